@@ -1,0 +1,24 @@
+"""gsched's workloads. Importing this package must stay cheap (no torch): the CLI validates job files with it.
+
+``steps_per_s`` is a rough default rate on one CPU device, used for the planner's duration estimate
+until a measured profile exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class WorkloadInfo:
+    module: str
+    summary: str
+    steps_per_s: float
+
+
+WORKLOADS: dict[str, WorkloadInfo] = {
+    info.module: info
+    for info in (
+        WorkloadInfo("jobs.linear", "the seed's Linear(1000, 10) regression, MSE, SGD lr 0.01, batch 100", 1500.0),
+    )
+}

@@ -1,0 +1,245 @@
+"""The gsched command line: parses, calls the daemon, prints, exits. No business logic here.
+
+Exit codes: 0 ok; 1 other error; 2 bad input (job file, config, arguments); 3 no daemon;
+4 no such job; 5 not allowed; 6 the job's state forbids it. ``wait`` exits with the job's code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import typer
+
+from scheduler.errors import GschedError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="gsched: a carbon- and price-aware job scheduler for GPU servers.")
+_state: dict[str, Any] = {}
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
+
+
+def _fail(exc: GschedError) -> NoReturn:
+    print(f"gsched: error: {exc}", file=sys.stderr)
+    raise typer.Exit(exc.exit_code)
+
+
+def _config() -> Any:
+    from scheduler.config import load_config
+
+    if "config" not in _state:
+        _state["config"] = load_config(_state.get("config_path"))
+    return _state["config"]
+
+
+def _client() -> Any:
+    from scheduler.client import Client
+    from scheduler.config import client_socket
+
+    return Client(client_socket(_config()))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+@app.callback()
+def _main(config: Optional[Path] = typer.Option(None, "--config", help="config file (default: $GSCHED_CONFIG, "
+                                                "/etc/gsched/config.toml, built-in defaults)")) -> None:
+    _state["config_path"] = config
+
+
+@app.command()
+def submit(file: Path = typer.Argument(..., help="job file (TOML)"),
+           now: bool = typer.Option(False, "--now", help="run as soon as devices are free; skip cheaper windows"),
+           parsable: bool = typer.Option(False, "--parsable", help="print only the job id")) -> None:
+    """Queue a job file; prints its id."""
+    from datetime import timezone
+
+    from scheduler.jobfile import parse_job, read_job_file
+    from scheduler.timeutil import parse_duration_s
+
+    try:
+        text = read_job_file(file)
+        config = _config()
+        # Validate here first for an instant, precise error; the daemon validates again on its own clock.
+        parse_job(text, source=str(file), base_dir=file.resolve().parent, now=datetime.now(timezone.utc),
+                  default_max_delay_s=parse_duration_s(config.default_max_delay))
+        with _client() as client:
+            reply = client.submit(text, str(file), str(file.resolve().parent), urgent=now)
+    except GschedError as exc:
+        _fail(exc)
+    print(reply["id"] if parsable else f"Submitted job {reply['id']} ({reply['name']})")
+
+
+def _num(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
+    return "-" if value is None else f"{value / scale:.{digits}f}"
+
+
+def _elapsed_s(job: dict[str, Any], now: datetime) -> float | None:
+    from scheduler.timeutil import parse_rfc3339
+
+    if not job["started_at"]:
+        return None
+    end = parse_rfc3339(job["finished_at"]) if job["finished_at"] else now
+    return (end - parse_rfc3339(job["started_at"])).total_seconds()
+
+
+def _short_time(text: str | None) -> str:
+    return "-" if not text else text[5:16].replace("T", " ")
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """The queue: every job with its state, plan, energy, cost and CO2."""
+    from scheduler.timeutil import format_duration, parse_rfc3339
+
+    try:
+        with _client() as client:
+            data = client.jobs()
+    except GschedError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(data)
+        return
+    now = parse_rfc3339(data["now"])
+    header = (f"{'JOBID':>6} {'NAME':<16} {'USER':<10} {'STATE':<10} {'GPUS':>4} {'START':<11} {'TIME':>10} "
+              f"{'ENERGY_J':>10} {'COST_EUR':>10} {'CO2_G':>9}  REASON")
+    print(header)
+    for job in data["jobs"]:
+        start = job["started_at"] or job["planned_start"]
+        print(f"{job['id']:>6} {job['name'][:16]:<16} {job['owner'][:10]:<10} {job['state']:<10} "
+              f"{job['gpus'] or job['gpus_min']:>4} {_short_time(start):<11} "
+              f"{format_duration(_elapsed_s(job, now)):>10} {_num(job['energy_j'], 1, 0):>10} "
+              f"{_num(job['cost_eur'], 1, 6):>10} {_num(job['co2_g'], 1, 3):>9}  {job['reason'] or ''}")
+
+
+@app.command()
+def show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """One job in full: its plan, runs, measurements and events."""
+    try:
+        with _client() as client:
+            job = client.job(job_id)
+    except GschedError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(job)
+        return
+    skip = {"events", "runs", "spec", "mode", "metrics"}
+    for key, value in job.items():
+        if key not in skip:
+            print(f"{key:>14}: {'-' if value is None else value}")
+    print(f"{'mode':>14}: {json.dumps(job['mode'])}")
+    print(f"{'metrics':>14}: {json.dumps(job['metrics'])}")
+    print("events:")
+    for event in job["events"]:
+        print(f"  {event['at']}  {event['state']:<10} {event['reason']}")
+
+
+@app.command()
+def cancel(job_ids: list[int] = typer.Argument(..., help="job ids")) -> None:
+    """Cancel jobs: queued ones at once, running ones by SIGTERM then SIGKILL after the grace period."""
+    code = 0
+    with _client() as client:
+        for job_id in job_ids:
+            try:
+                client.cancel(job_id)
+            except GschedError as exc:
+                print(f"gsched: error: {exc}", file=sys.stderr)
+                code = code or exc.exit_code
+    raise typer.Exit(code)
+
+
+@app.command()
+def logs(job_id: int = typer.Argument(...),
+         follow: bool = typer.Option(False, "-f", "--follow", help="keep printing until the job ends")) -> None:
+    """Print a job's output (owner or root only)."""
+    offset = 0
+    try:
+        with _client() as client:
+            while True:
+                chunk, size, state = client.log(job_id, offset)
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+                offset += len(chunk)
+                if offset < size:
+                    continue
+                if not follow or state in TERMINAL:
+                    break
+                time.sleep(0.5)
+    except GschedError as exc:
+        _fail(exc)
+
+
+@app.command()
+def wait(job_id: int = typer.Argument(...),
+         timeout: Optional[float] = typer.Option(None, help="give up after this many seconds (exit 124)")) -> None:
+    """Wait until a job ends; exit with its exit code (1 if it ended without one)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        with _client() as client:
+            while True:
+                job = client.job(job_id)
+                if job["state"] in TERMINAL:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    print(f"gsched: job {job_id} still {job['state']} after {timeout} s", file=sys.stderr)
+                    raise typer.Exit(124)
+                time.sleep(0.25)
+    except GschedError as exc:
+        _fail(exc)
+    if job["exit_code"] is None:
+        print(f"gsched: job {job_id} {job['state']}: {job['reason']}", file=sys.stderr)
+        raise typer.Exit(1)
+    raise typer.Exit(min(max(int(job["exit_code"]), 0), 255))
+
+
+@app.command()
+def devices(as_json: bool = typer.Option(False, "--json", help="print JSON"),
+            local: bool = typer.Option(False, "--local", help="query NVML here instead of asking the daemon")) -> None:
+    """What the daemon schedules on: name, UUID, memory, power limit and range, energy counter."""
+    try:
+        if local:
+            from scheduler.devices import discover
+
+            found = [d.to_json() for d in discover(_config().devices)]
+        else:
+            with _client() as client:
+                found = client.devices()
+    except GschedError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json({"devices": found})
+        return
+    print(f"{'IDX':>3} {'KIND':<4} {'NAME':<24} {'UUID':<42} {'MEM_MIB':>8} {'POWER_W':>8} {'RANGE_W':>11} COUNTER")
+    for d in found:
+        limits = "-" if d["power_limit_min_w"] is None else f"{d['power_limit_min_w']:.0f}-{d['power_limit_max_w']:.0f}"
+        print(f"{d['index']:>3} {d['kind']:<4} {d['name'][:24]:<24} {d['uuid'][:42]:<42} {d['memory_mib'] or '-':>8} "
+              f"{_num(d['power_limit_w'], 1, 0):>8} {limits:>11} {'yes' if d['energy_counter'] else 'no'}")
+
+
+@app.command()
+def daemon() -> None:
+    """Run the daemon in the foreground (systemd runs this; logs go to stderr/journald)."""
+    from scheduler.service import run_daemon
+
+    try:
+        run_daemon(_config())
+    except GschedError as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

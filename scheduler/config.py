@@ -1,0 +1,198 @@
+"""config.toml -> typed, validated settings. The defaults live here, once; config.toml documents them.
+
+Resolution of the file: ``--config PATH``, else ``$GSCHED_CONFIG``, else ``/etc/gsched/config.toml``
+when it exists, else the built-in defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scheduler.errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/gsched/config.toml")
+SYSTEM_HOME = Path("/var/lib/gsched")
+SYSTEM_SOCKET = Path("/run/gsched/gsched.sock")
+SOCKET_NAME = "gsched.sock"
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    tick_s: float = 2.0
+    kill_grace_s: float = 10.0
+    clock_speed: float = 1.0
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class DeviceSettings:
+    gpus: str = "auto"
+    cpu_devices: int = 0
+
+
+@dataclass(frozen=True)
+class EnergySettings:
+    cpu_watts_per_core: float = 10.0
+    power_sample_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    slot_minutes: int = 15
+    horizon_hours: int = 48
+    carbon_price_eur_per_t: float = 100.0
+    objective: str = "cost"
+    gpu_power_w: float = 300.0
+    cpu_device_power_w: float = 15.0
+
+
+@dataclass(frozen=True)
+class ForecastSettings:
+    trace: str = ""
+
+
+@dataclass(frozen=True)
+class Config:
+    home: str = ""
+    socket: str = ""
+    default_max_delay: str = "24h"
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    devices: DeviceSettings = field(default_factory=DeviceSettings)
+    energy: EnergySettings = field(default_factory=EnergySettings)
+    planner: PlannerSettings = field(default_factory=PlannerSettings)
+    forecast: ForecastSettings = field(default_factory=ForecastSettings)
+    source: str = "built-in defaults"
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.daemon.tick_s > 0, "daemon.tick_s", "must be > 0"),
+            (self.daemon.kill_grace_s >= 0, "daemon.kill_grace_s", "must be >= 0"),
+            (self.daemon.clock_speed > 0, "daemon.clock_speed", "must be > 0"),
+            (self.daemon.log_level in ("debug", "info", "warning", "error"), "daemon.log_level",
+             "must be one of debug, info, warning, error"),
+            (self.devices.gpus in ("auto", "none"), "devices.gpus", "must be 'auto' or 'none'"),
+            (self.devices.cpu_devices >= 0, "devices.cpu_devices", "must be >= 0 (0 = one per CPU core)"),
+            (self.energy.cpu_watts_per_core > 0, "energy.cpu_watts_per_core", "must be > 0"),
+            (self.energy.power_sample_s > 0, "energy.power_sample_s", "must be > 0"),
+            (1 <= self.planner.slot_minutes <= 1440, "planner.slot_minutes", "must be in 1..1440"),
+            (1 <= self.planner.horizon_hours <= 168, "planner.horizon_hours", "must be in 1..168"),
+            (self.planner.carbon_price_eur_per_t >= 0, "planner.carbon_price_eur_per_t", "must be >= 0"),
+            (self.planner.objective in ("cost", "carbon"), "planner.objective", "must be 'cost' or 'carbon'"),
+            (self.planner.gpu_power_w > 0, "planner.gpu_power_w", "must be > 0"),
+            (self.planner.cpu_device_power_w > 0, "planner.cpu_device_power_w", "must be > 0"),
+        ]
+        for ok, key, message in checks:
+            if not ok:
+                raise ConfigError(f"{self.source}: {key}: {message}")
+        from scheduler.timeutil import parse_duration_s
+
+        try:
+            parse_duration_s(self.default_max_delay)
+        except ValueError as exc:
+            raise ConfigError(f"{self.source}: default_max_delay: {exc}") from exc
+
+
+def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{source}: {dotted}: unknown key (known: {', '.join(sorted(known))})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted}: must be a table [{dotted}]")
+            kwargs[key] = _build(hint, value, source, f"{dotted}.")
+            continue
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{source}: {dotted}: must be {hint.__name__}, got {type(value).__name__} {value!r}")
+        kwargs[key] = value
+    if cls is Config:
+        kwargs["source"] = source
+    return cls(**kwargs)
+
+
+def parse_config(text: str, source: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: {exc}") from exc
+    return _build(Config, data, source, "")
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, str] = os.environ) -> Config:
+    chosen = Path(path) if path else Path(env["GSCHED_CONFIG"]) if env.get("GSCHED_CONFIG") else None
+    if chosen is None and SYSTEM_CONFIG.exists():
+        chosen = SYSTEM_CONFIG
+    if chosen is None:
+        return Config()
+    try:
+        text = chosen.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {chosen}: {exc.strerror}") from exc
+    return parse_config(text, str(chosen))
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+    socket: Path
+
+    @property
+    def db(self) -> Path:
+        return self.home / "gsched.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def runs(self) -> Path:
+        return self.home / "runs"
+
+
+def _user_home(env: typing.Mapping[str, str]) -> Path:
+    state = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".local" / "state")
+    return Path(state) / "gsched"
+
+
+def daemon_paths(config: Config, env: typing.Mapping[str, str] = os.environ, euid: int | None = None) -> Paths:
+    """Where a daemon keeps its state: GSCHED_HOME, else ``home``, else systemd's directories, else per user."""
+    euid = os.geteuid() if euid is None else euid
+    explicit = env.get("GSCHED_HOME") or config.home
+    if explicit:
+        home = Path(explicit)
+    elif env.get("STATE_DIRECTORY"):
+        home = Path(env["STATE_DIRECTORY"].split(":")[0])
+    else:
+        home = SYSTEM_HOME if euid == 0 else _user_home(env)
+    if config.socket:
+        socket_path = Path(config.socket)
+    elif explicit:
+        socket_path = home / SOCKET_NAME
+    elif env.get("RUNTIME_DIRECTORY"):
+        socket_path = Path(env["RUNTIME_DIRECTORY"].split(":")[0]) / SOCKET_NAME
+    else:
+        socket_path = SYSTEM_SOCKET if euid == 0 else home / SOCKET_NAME
+    return Paths(home=home, socket=socket_path)
+
+
+def client_socket(config: Config, env: typing.Mapping[str, str] = os.environ, euid: int | None = None) -> Path:
+    """The socket a CLI talks to: a user's own daemon first, then the system daemon."""
+    euid = os.geteuid() if euid is None else euid
+    if env.get("GSCHED_SOCKET"):
+        return Path(env["GSCHED_SOCKET"])
+    own = daemon_paths(config, env, euid).socket
+    if own.exists() or env.get("GSCHED_HOME") or config.home or config.socket:
+        return own
+    return SYSTEM_SOCKET if SYSTEM_SOCKET.exists() else own

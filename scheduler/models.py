@@ -1,0 +1,115 @@
+"""SQLModel tables and the job state machine (Slurm's state names, plus PLANNED)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+
+class JobState(str, enum.Enum):
+    PENDING = "PENDING"  # queued, not planned yet (or waiting for devices with no window in sight)
+    PLANNED = "PLANNED"  # has a planned start and device count; waits for its window
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    PREEMPTED = "PREEMPTED"  # stopped at a checkpoint, back in the queue
+    TIMEOUT = "TIMEOUT"  # killed at its time_limit
+
+
+TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
+_QUEUED = {JobState.PENDING, JobState.PLANNED, JobState.RUNNING, JobState.CANCELLED}
+ALLOWED = {
+    JobState.PENDING: _QUEUED,
+    JobState.PLANNED: _QUEUED,
+    JobState.PREEMPTED: _QUEUED,
+    JobState.RUNNING: {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT,
+                       JobState.PREEMPTED},
+}
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Stores UTC without an offset (SQLite has no zone) and hands back aware UTC datetimes."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("gsched stores aware UTC datetimes only")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def _time(index: bool = False, nullable: bool = True) -> object:
+    return Field(default=None, sa_type=UTCDateTime, index=index, nullable=nullable)
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    owner_uid: int = Field(index=True)
+    owner_name: str
+    state: JobState = Field(index=True)
+    spec_json: str
+    gpus_min: int
+    gpus_max: int
+    urgent: bool = False
+    deadline: datetime = _time()  # type: ignore[assignment]
+    submitted_at: datetime = _time()  # type: ignore[assignment]
+    planned_start: datetime | None = _time()  # type: ignore[assignment]
+    planned_end: datetime | None = _time()  # type: ignore[assignment]
+    planned_gpus: int | None = None
+    plan_reason: str | None = None
+    started_at: datetime | None = _time()  # type: ignore[assignment]
+    finished_at: datetime | None = _time()  # type: ignore[assignment]
+    gpus: int | None = None
+    devices_json: str | None = None
+    runner_pid: int | None = None
+    runner_start_ticks: int | None = None
+    cancel_requested: bool = False
+    exit_code: int | None = None
+    reason: str | None = None
+
+
+class JobEvent(SQLModel, table=True):
+    __tablename__ = "job_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    at: datetime = _time()  # type: ignore[assignment]
+    state: JobState
+    reason: str = ""
+
+
+class Measurement(SQLModel, table=True):
+    """One run of a job (a requeued job has several): what was measured, and its cost from the signals."""
+
+    __tablename__ = "measurements"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    started_at: datetime = _time()  # type: ignore[assignment]
+    finished_at: datetime = _time()  # type: ignore[assignment]
+    duration_s: float
+    energy_j: float
+    energy_source: str
+    cost_eur: float | None = None
+    co2_g: float | None = None
+    metrics_json: str = "{}"
+
+
+class Meta(SQLModel, table=True):
+    __tablename__ = "meta"
+
+    key: str = Field(primary_key=True)
+    value: str

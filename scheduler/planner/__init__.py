@@ -1,0 +1,1 @@
+"""Deciding when and on how many devices each job runs. Pure: no clock, no network, no database."""

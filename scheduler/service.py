@@ -1,0 +1,63 @@
+"""Wiring: build the daemon's collaborators from the config and run it until SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+from scheduler.config import Config, daemon_paths
+
+log = logging.getLogger("gsched")
+
+
+def _setup_logging(level: str) -> None:
+    # journald stamps each line itself; elsewhere, add the time.
+    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def run_daemon(config: Config) -> None:
+    from jobs import WORKLOADS
+    from scheduler.api import Api, ApiServer
+    from scheduler.clock import make_clock
+    from scheduler.daemon import Daemon, install_signal_handlers, sd_notify
+    from scheduler.devices import discover
+    from scheduler.executor.launch import Launcher
+    from scheduler.forecasts.trace import TraceProvider
+    from scheduler.store import Store
+
+    _setup_logging(config.daemon.log_level)
+    paths = daemon_paths(config)
+    os.umask(0o077)
+    paths.home.mkdir(parents=True, exist_ok=True)
+    os.chmod(paths.home, 0o711)  # others may reach the socket inside, not list or read the state
+    store = Store(paths.db)
+    devices = discover(config.devices)
+    provider = TraceProvider(config.forecast.trace or None)
+    clock = make_clock(config.daemon.clock_speed)
+    daemon = Daemon(config, paths, store, clock, devices, provider, Launcher(paths, config),
+                    {name: info.steps_per_s for name, info in WORKLOADS.items()})
+    stop = threading.Event()
+    install_signal_handlers(stop)
+    server = ApiServer(paths.socket, Api(daemon))
+    daemon.start()
+    threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+    log.info("gsched daemon ready: %d %s device(s), socket %s, home %s, forecast %s%s", len(devices),
+             devices[0].kind if devices else "-", paths.socket, paths.home, provider.name,
+             f", clock x{clock.speed:g}" if clock.speed != 1 else "")
+    sd_notify("READY=1\nSTATUS=scheduling")
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        sd_notify("STOPPING=1")
+        server.shutdown()
+        server.server_close()
+        daemon.stop()
+        store.close()
+        paths.socket.unlink(missing_ok=True)
+        log.info("gsched daemon stopped; running jobs were left running")

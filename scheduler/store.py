@@ -1,0 +1,229 @@
+"""The database: the only record of job state. SQLite in WAL mode, shared by the daemon's threads.
+
+Why BEGIN IMMEDIATE: a deferred BEGIN takes the write lock only at the first write, and two
+transactions that both read first then fail with "database is locked" instead of waiting. An
+immediate BEGIN waits (up to busy_timeout) for the lock before reading anything. Reads use a
+second engine with a plain deferred BEGIN, so they never queue behind writers (WAL snapshots).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlmodel import Session, SQLModel, col, func, select
+
+from scheduler.errors import Conflict, NotFound, StoreError
+from scheduler.jobfile import JobSpec
+from scheduler.models import ALLOWED, TERMINAL, Job, JobEvent, JobState, Measurement, Meta
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 10_000
+
+# from_version -> the step that brings a database to from_version + 1.
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {}
+
+
+def _engine(path: Path, begin: str) -> sa.Engine:
+    engine = sa.create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False,
+                                                                  "timeout": BUSY_TIMEOUT_MS / 1000})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let the "begin" hook below issue BEGIN itself
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _engine(path, "BEGIN IMMEDIATE")
+        self._reader = _engine(path, "BEGIN")
+        try:
+            self._migrate()
+        except sa.exc.DatabaseError as exc:
+            raise StoreError(f"{path}: not a usable gsched database: {exc.orig}") from exc
+
+    def close(self) -> None:
+        self._writer.dispose()
+        self._reader.dispose()
+
+    def _migrate(self) -> None:
+        with self._writer.begin() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            if "meta" not in tables:
+                if tables:
+                    raise StoreError(f"{self.path}: has tables but no gsched schema version; not touching it")
+                SQLModel.metadata.create_all(conn)
+                conn.execute(sa.insert(Meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                return
+            version = int(conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar_one())
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema v{version} is newer than this gsched (v{SCHEMA_VERSION});"
+                                 " upgrade gsched")
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](conn)
+                version += 1
+            conn.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value=str(version)))
+
+    @property
+    def schema_version(self) -> int:
+        with self.read() as s:
+            return int(s.exec(select(Meta.value).where(Meta.key == "schema_version")).one())
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self._reader, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # --- jobs -------------------------------------------------------------------------------------
+
+    def add_job(self, spec: JobSpec, *, owner_uid: int, owner_name: str, urgent: bool, now: datetime) -> Job:
+        job = Job(name=spec.name, owner_uid=owner_uid, owner_name=owner_name, state=JobState.PENDING,
+                  spec_json=json.dumps(spec.to_json()), gpus_min=spec.gpus_min, gpus_max=spec.gpus_max,
+                  urgent=urgent, deadline=spec.deadline, submitted_at=now)
+        with self.write() as s:
+            s.add(job)
+            s.flush()
+            s.add(JobEvent(job_id=job.id, at=now, state=JobState.PENDING, reason="submitted"))
+        return job
+
+    def get(self, job_id: int) -> Job:
+        with self.read() as s:
+            job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def jobs(self, states: Sequence[JobState] | None = None, owner_uid: int | None = None) -> list[Job]:
+        query = select(Job).order_by(col(Job.id))
+        if states is not None:
+            query = query.where(col(Job.state).in_(list(states)))
+        if owner_uid is not None:
+            query = query.where(Job.owner_uid == owner_uid)
+        with self.read() as s:
+            return list(s.exec(query).all())
+
+    def transition(self, job_id: int, to: JobState, *, at: datetime, reason: str,
+                   expect: Sequence[JobState] | None = None, **fields: Any) -> Job:
+        """Move a job to ``to`` and record the event, in one transaction; refuses moves the machine forbids."""
+        with self.write() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            allowed = expect if expect is not None else [st for st, nxt in ALLOWED.items() if to in nxt]
+            if job.state not in allowed:
+                raise Conflict(f"job {job_id} is {job.state.value}; cannot become {to.value}")
+            changed = job.state != to
+            job.state, job.reason = to, reason
+            for key, value in fields.items():
+                setattr(job, key, value)
+            if changed:
+                s.add(JobEvent(job_id=job_id, at=at, state=to, reason=reason))
+            s.add(job)
+        return job
+
+    def update(self, job_id: int, **fields: Any) -> Job:
+        """Change fields without a state change (plans, runner pid, cancel flag)."""
+        with self.write() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            for key, value in fields.items():
+                setattr(job, key, value)
+            s.add(job)
+        return job
+
+    def save_plans(self, plans: dict[int, dict[str, Any]], *, at: datetime) -> None:
+        """Write many jobs' plans in one transaction; jobs that left the queue meanwhile are skipped."""
+        with self.write() as s:
+            for job_id, fields in plans.items():
+                job = s.get(Job, job_id)
+                if job is None or job.state not in (JobState.PENDING, JobState.PLANNED, JobState.PREEMPTED):
+                    continue
+                to = fields.pop("state")
+                if to != job.state:
+                    s.add(JobEvent(job_id=job_id, at=at, state=to, reason=fields.get("plan_reason") or ""))
+                    job.state = to
+                for key, value in fields.items():
+                    setattr(job, key, value)
+                s.add(job)
+
+    def note(self, job_id: int, *, at: datetime, reason: str) -> None:
+        """An event without a state change (a re-adopted runner, say)."""
+        with self.write() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            s.add(JobEvent(job_id=job_id, at=at, state=job.state, reason=reason))
+
+    def events(self, job_id: int) -> list[JobEvent]:
+        with self.read() as s:
+            return list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))).all())
+
+    # --- measurements -------------------------------------------------------------------------------
+
+    def finish(self, job_id: int, to: JobState, *, at: datetime, reason: str, measurement: Measurement | None,
+               **fields: Any) -> Job:
+        """End a run: the state change, its event and its measurement land together or not at all."""
+        if to not in TERMINAL and to != JobState.PREEMPTED:
+            raise ValueError(f"{to} does not end a run")
+        with self.write() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            if job.state != JobState.RUNNING:
+                raise Conflict(f"job {job_id} is {job.state.value}; cannot become {to.value}")
+            job.state, job.reason = to, reason
+            for key, value in fields.items():
+                setattr(job, key, value)
+            s.add(job)
+            s.add(JobEvent(job_id=job_id, at=at, state=to, reason=reason))
+            if measurement is not None:
+                measurement.job_id = job_id
+                s.add(measurement)
+        return job
+
+    def measurements(self, job_id: int) -> list[Measurement]:
+        with self.read() as s:
+            return list(s.exec(select(Measurement).where(Measurement.job_id == job_id)
+                               .order_by(col(Measurement.id))).all())
+
+    def totals(self, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """energy_j, cost_eur, co2_g summed over each job's runs; energy_source of the last run."""
+        if not job_ids:
+            return {}
+        query = (select(Measurement.job_id, func.sum(Measurement.energy_j), func.sum(Measurement.cost_eur),
+                        func.sum(Measurement.co2_g), func.max(Measurement.id))
+                 .where(col(Measurement.job_id).in_(list(job_ids))).group_by(Measurement.job_id))
+        with self.read() as s:
+            rows = s.exec(query).all()
+            last_ids = [row[4] for row in rows]
+            sources = dict(s.exec(select(Measurement.id, Measurement.energy_source)
+                                  .where(col(Measurement.id).in_(last_ids))).all())
+        return {row[0]: {"energy_j": row[1], "cost_eur": row[2], "co2_g": row[3], "energy_source": sources[row[4]]}
+                for row in rows}

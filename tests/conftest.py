@@ -1,0 +1,145 @@
+"""Real parts: a real daemon process on a real Unix socket, over a real SQLite file, driven by the real CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "jobs" / "examples"
+
+TEST_CONFIG = """
+[daemon]
+tick_s = 0.3
+kill_grace_s = 2.0
+[devices]
+gpus = "none"
+cpu_devices = 2
+"""
+
+
+def cli(*args: str, home: Path | None = None, env: dict[str, str] | None = None, user: str | None = None,
+        timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real gsched CLI in a subprocess."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GSCHED_")}
+    if home is not None:
+        full_env["GSCHED_HOME"] = str(home)
+    full_env.update(env or {})
+    argv = [sys.executable, "-m", "scheduler.cli", *args]
+    if user is not None:
+        argv = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in full_env.items()
+                                                          if k in ("GSCHED_HOME", "PATH", "GSCHED_CONFIG")), *argv]
+    result = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    if check and result.returncode != 0:
+        raise AssertionError(f"gsched {' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+class DaemonProc:
+    def __init__(self, home: Path, config_text: str = TEST_CONFIG, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.config = home.parent / f"{home.name}-config.toml"
+        self.config.write_text(config_text)
+        self.env = env or {}
+        self.proc: subprocess.Popen[str] | None = None
+        self.stderr_path = home.parent / f"{home.name}-daemon.log"
+
+    @property
+    def socket(self) -> Path:
+        return self.home / "gsched.sock"
+
+    def start(self, wait: bool = True, user: str | None = None) -> "DaemonProc":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GSCHED_")}
+        env.update(GSCHED_HOME=str(self.home), GSCHED_CONFIG=str(self.config), **self.env)
+        argv = [sys.executable, "-m", "scheduler.cli", "daemon"]
+        if user is not None:
+            argv = ["runuser", "-u", user, "--", "env", f"GSCHED_HOME={self.home}", f"GSCHED_CONFIG={self.config}",
+                    *argv]
+        log = self.stderr_path.open("a")
+        self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log, text=True, cwd=ROOT)
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.stderr_path.read_text()}")
+            if self.socket.exists() and self.cli("status").returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"daemon not ready after {timeout_s} s:\n{self.stderr_path.read_text()}")
+
+    def cli(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return cli(*args, home=self.home, **kwargs)
+
+    def submit(self, job: Path | str, *flags: str, user: str | None = None) -> int:
+        result = self.cli("submit", str(job), "--parsable", *flags, user=user)
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.strip())
+
+    def show(self, job_id: int) -> dict[str, Any]:
+        result = self.cli("show", str(job_id), "--json", check=True)
+        return json.loads(result.stdout)
+
+    def wait_state(self, job_id: int, states: set[str], timeout_s: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            job = self.show(job_id)
+            if job["state"] in states:
+                return job
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} never reached {states}: {job}\n{self.stderr_path.read_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    def kill_runners(self) -> None:
+        """Test teardown: no runner survives the test."""
+        for run in (self.home / "runs").glob("*/run.json"):
+            subprocess.run(["pkill", "-KILL", "-f", str(run)], check=False)
+
+
+def make_home() -> Path:
+    # Outside pytest's 0700 tmp tree, so a second Unix user can reach the socket.
+    base = Path(tempfile.mkdtemp(prefix="gsched-test-", dir="/tmp"))
+    base.chmod(0o755)
+    return base / "home"
+
+
+@pytest.fixture
+def home() -> Iterator[Path]:
+    path = make_home()
+    yield path
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(home: Path) -> Iterator[DaemonProc]:
+    proc = DaemonProc(home).start()
+    yield proc
+    proc.stop()
+    proc.kill_runners()
+
+
+def write_job(directory: Path, name: str, text: str) -> Path:
+    path = directory / f"{name}.toml"
+    path.write_text(text)
+    return path
