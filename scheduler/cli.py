@@ -115,7 +115,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> 
         start = job["started_at"] or job["planned_start"]
         print(f"{job['id']:>6} {job['name'][:16]:<16} {job['owner'][:10]:<10} {job['state']:<10} "
               f"{job['gpus'] or job['gpus_min']:>4} {_short_time(start):<11} "
-              f"{format_duration(_elapsed_s(job, now)):>10} {_num(job['energy_j'], 1, 0):>10} "
+              f"{format_duration(_elapsed_s(job, now)):>10} {_num(job['energy_j'], 1, 1):>10} "
               f"{_num(job['cost_eur'], 1, 6):>10} {_num(job['co2_g'], 1, 3):>9}  {job['reason'] or ''}")
 
 

@@ -86,7 +86,9 @@ def plan(jobs: list[PlanJob], signals: Signals, capacity: int, reservations: lis
                         fallback = (k, gpus, n)
                     break
                 cost = prefix[k + n] - prefix[k]
-                if best is None or (cost, k) < best[:2] or job.urgent and k < best[1]:
+                # Prefix sums carry rounding noise: equal-priced windows must tie, and ties go to the earliest,
+                # or the chosen window wanders from tick to tick.
+                if best is None or cost < best[0] - 1e-9 * max(1.0, abs(best[0])):
                     best = (cost, k, gpus, n)
                 if job.urgent:
                     break

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pynvml
+import pytest
+
+from fake_nvml import FakeGpu, FakeNvml
+from scheduler.config import DeviceSettings
+from scheduler.devices import discover, nvml_devices
+from scheduler.errors import DeviceError
+from scheduler.executor.energy import CpuEstimateMeter, NvmlMeter, RaplMeter, choose_meter
+
+
+def test_nvml_devices_keyed_by_uuid_read_only() -> None:
+    gpus = [FakeGpu("GPU-aaa"), FakeGpu("GPU-bbb", energy_mj=None)]
+    nvml = FakeNvml(gpus)
+    devices = discover(DeviceSettings(), nvml)
+    assert [d.uuid for d in devices] == ["GPU-aaa", "GPU-bbb"]
+    assert devices[0].power_limit_w == 700 and devices[0].power_limit_min_w == 200 and devices[0].memory_mib == 81920
+    assert devices[0].energy_counter and not devices[1].energy_counter
+    assert nvml.inits == nvml.shutdowns == 1 and not any(g.set_calls for g in gpus)
+
+
+def test_no_driver_means_cpu_devices() -> None:
+    for code in (pynvml.NVML_ERROR_LIBRARY_NOT_FOUND, pynvml.NVML_ERROR_DRIVER_NOT_LOADED):
+        devices = discover(DeviceSettings(cpu_devices=3), FakeNvml([], init_error=code))
+        assert [d.kind for d in devices] == ["cpu"] * 3
+
+
+def test_real_nvml_on_this_machine_degrades_to_cpu() -> None:
+    devices = discover(DeviceSettings())
+    assert devices and all(d.kind in ("cpu", "gpu") for d in devices)
+
+
+def test_other_nvml_failures_are_translated() -> None:
+    with pytest.raises(DeviceError, match="NVML init failed"):
+        nvml_devices(FakeNvml([], init_error=pynvml.NVML_ERROR_NO_PERMISSION))
+
+
+def test_nvml_counter_delta_per_gpu() -> None:
+    gpus = [FakeGpu("GPU-a", energy_mj=5_000), FakeGpu("GPU-b", energy_mj=9_000)]
+    meter = NvmlMeter(FakeNvml(gpus), ["GPU-a", "GPU-b"])
+    meter.begin_window()
+    gpus[0].energy_mj += 120_000  # 120 J
+    gpus[1].energy_mj += 30_500
+    reading = meter.end_window()
+    assert reading.source == "nvml" and reading.energy_j == pytest.approx(150.5)
+    assert reading.detail == {"GPU-a": 120.0, "GPU-b": 30.5}
+
+
+def test_nvml_power_sampling_without_counter() -> None:
+    gpus = [FakeGpu("GPU-old", energy_mj=None, power_mw=200_000)]
+    meter = NvmlMeter(FakeNvml(gpus), ["GPU-old"], sample_s=0.02)
+    meter.begin_window()
+    time.sleep(0.5)
+    reading = meter.end_window()
+    assert reading.source == "nvml-power"
+    assert 60 < reading.energy_j <= 110  # ~200 W x ~0.5 s
+
+
+def write_zone(root: Path, name: str, energy_uj: int, max_uj: int = 2**32) -> None:
+    zone = root / name
+    zone.mkdir(parents=True, exist_ok=True)
+    (zone / "energy_uj").write_text(str(energy_uj))
+    (zone / "max_energy_range_uj").write_text(str(max_uj))
+
+
+def test_rapl_reads_packages_and_handles_wraparound(tmp_path: Path) -> None:
+    write_zone(tmp_path, "intel-rapl:0", 1_000_000, max_uj=10_000_000)
+    write_zone(tmp_path, "intel-rapl:0:0", 5)  # a sub-zone (core): not counted twice
+    meter = choose_meter("cpu", [], 10.0, 0.5, powercap=tmp_path)
+    assert isinstance(meter, RaplMeter)
+    meter.begin_window()
+    write_zone(tmp_path, "intel-rapl:0", 500_000, max_uj=10_000_000)  # wrapped past 10 J
+    reading = meter.end_window()
+    assert reading.source == "rapl" and reading.energy_j == pytest.approx(9.5)
+
+
+def test_cpu_estimate_counts_a_real_childs_cpu_time(tmp_path: Path) -> None:
+    meter = choose_meter("cpu", [], 10.0, 0.5, powercap=tmp_path / "absent")
+    assert isinstance(meter, CpuEstimateMeter)
+    meter.begin_window()
+    subprocess.run([sys.executable, "-c", "import time\nt=time.process_time()\nwhile time.process_time()-t<0.5: pass"],
+                   check=True)
+    reading = meter.end_window()
+    assert reading.source == "estimate"
+    assert reading.detail["cpu_s"] >= 0.5 and reading.energy_j == pytest.approx(reading.detail["cpu_s"] * 10.0)
+

@@ -1,0 +1,92 @@
+"""Each kind of bad job file gets a clear error naming the field or line, through the real CLI, and nothing is
+stored."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, DaemonProc, write_job
+from scheduler.errors import JobFileError
+from scheduler.jobfile import JobSpec, parse_job
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
+
+BAD = [
+    ("unknown key", 'workload = "jobs.linear"\nsteps = 10\ncolour = "red"\n', "colour: unknown key"),
+    ("syntax", 'workload = "jobs.linear"\nsteps = \n', "line 2"),
+    ("neither", 'steps = 10\n', "workload: give exactly one"),
+    ("both", 'workload = "jobs.linear"\ncommand = ["true"]\nsteps = 1\n', "workload: give exactly one"),
+    ("missing workload", 'workload = "jobs.nope"\nsteps = 10\n', "workload: no workload 'jobs.nope'"),
+    ("steps type", 'workload = "jobs.linear"\nsteps = "ten"\n', "steps: must be a whole number"),
+    ("steps missing", 'workload = "jobs.linear"\n', "steps: required"),
+    ("steps zero", 'workload = "jobs.linear"\nsteps = 0\n', "steps: must be >= 1"),
+    ("min > max", 'workload = "jobs.linear"\nsteps = 5\ngpus = {min = 4, max = 2}\n', "gpus.min: must be <= gpus.max"),
+    ("gpus zero", 'workload = "jobs.linear"\nsteps = 5\ngpus = 0\n', "gpus: must be >= 1"),
+    ("gpus type", 'workload = "jobs.linear"\nsteps = 5\ngpus = "two"\n', "gpus: must be a whole number"),
+    ("gpus key", 'workload = "jobs.linear"\nsteps = 5\ngpus = {lo = 1}\n', "gpus.lo: unknown key"),
+    ("deadline past", 'workload = "jobs.linear"\nsteps = 5\ndeadline = 2020-01-01T00:00:00Z\n',
+     "deadline: 2020-01-01T00:00:00Z is already past"),
+    ("deadline naive", 'workload = "jobs.linear"\nsteps = 5\ndeadline = 2030-01-01T00:00:00\n', "deadline: has no UTC"),
+    ("deadline text", 'workload = "jobs.linear"\nsteps = 5\ndeadline = "tomorrow"\n', "deadline:"),
+    ("both timings", 'workload = "jobs.linear"\nsteps = 5\nmax_delay = "1h"\ndeadline = 2030-01-01T00:00:00Z\n',
+     "deadline: give either"),
+    ("bad delay", 'workload = "jobs.linear"\nsteps = 5\nmax_delay = "soonish"\n', "max_delay: not a duration"),
+    ("command type", 'command = "python train.py"\nduration = "1h"\n', "command: must be a list"),
+    ("command empty", 'command = []\nduration = "1h"\n', "command: must be a non-empty list"),
+    ("command duration", 'command = ["true"]\n', "duration: required for a command"),
+    ("precision", 'workload = "jobs.linear"\nsteps = 5\noptimisations = {precision = ["fp8"]}\n',
+     "optimisations.precision"),
+    ("pruning", 'workload = "jobs.linear"\nsteps = 5\noptimisations = {pruning = [1.5]}\n', "optimisations.pruning"),
+    ("env", 'workload = "jobs.linear"\nsteps = 5\nenv = {N = 3}\n', "env.N: must be a string"),
+    ("workdir", 'workload = "jobs.linear"\nsteps = 5\nworkdir = "/no/such/dir"\n', "workdir: /no/such/dir is not"),
+    ("preemptible", 'workload = "jobs.linear"\nsteps = 5\npreemptible = "yes"\n', "preemptible: must be true or false"),
+    ("args for command", 'command = ["true"]\nduration = "1m"\nargs = {a = 1}\n', "args: only for a workload"),
+]
+
+
+@pytest.mark.parametrize(("label", "text", "needle"), BAD, ids=[b[0] for b in BAD])
+def test_bad_job_file_names_the_field(label: str, text: str, needle: str, tmp_path: Path) -> None:
+    with pytest.raises(JobFileError) as info:
+        parse_job(text, source="job.toml", base_dir=tmp_path, now=NOW)
+    assert str(info.value).startswith("job.toml: ")
+    assert needle in str(info.value)
+
+
+def test_good_job_round_trips_and_builds_argv(tmp_path: Path) -> None:
+    spec = parse_job('workload = "jobs.linear"\nsteps = 50\nargs = {seed = 3, batch_size = 8}\ngpus = {min = 1, max = 2}'
+                     '\nmax_delay = "2h"\nenv = {A = "b"}\n', source="j.toml", base_dir=tmp_path, now=NOW)
+    assert spec.deadline == NOW + timedelta(hours=2) and (spec.gpus_min, spec.gpus_max) == (1, 2)
+    assert JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    assert spec.argv("py") == ["py", "-m", "jobs.linear", "--steps", "50", "--seed", "3", "--batch-size", "8"]
+    assert spec.name == "j" and spec.workdir == str(tmp_path.resolve())
+
+
+def test_examples_are_valid(tmp_path: Path) -> None:
+    for path in EXAMPLES.glob("*.toml"):
+        parse_job(path.read_text(), source=str(path), base_dir=path.parent, now=NOW)
+
+
+def test_cli_rejects_bad_files_and_stores_nothing(daemon: DaemonProc, tmp_path: Path) -> None:
+    for label, text, needle in BAD[:6] + [("missing file", None, "no such file")]:
+        path = tmp_path / f"{label.replace(' ', '_')}.toml"
+        if text is not None:
+            path.write_text(text)
+        result = daemon.cli("submit", str(path))
+        assert result.returncode == 2, (label, result.stderr)
+        assert needle in result.stderr and str(path) in result.stderr
+    assert json.loads(daemon.cli("status", "--json", check=True).stdout)["jobs"] == []
+
+
+def test_daemon_validates_too(daemon: DaemonProc, tmp_path: Path) -> None:
+    """A client that skips local validation still cannot store a bad job."""
+    from scheduler.client import Client
+    from scheduler.errors import InputError
+
+    with Client(daemon.socket) as client, pytest.raises(InputError, match="gpus.min"):
+        client.submit('command = ["true"]\nduration = "1m"\ngpus = {min = 2, max = 1}\n', "x.toml", str(tmp_path))
+    good = write_job(tmp_path, "ok", 'command = ["true"]\nduration = "1m"\n')
+    assert daemon.submit(good) == 1
