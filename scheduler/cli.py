@@ -223,6 +223,34 @@ def devices(as_json: bool = typer.Option(False, "--json", help="print JSON"),
               f"{_num(d['power_limit_w'], 1, 0):>8} {limits:>11} {'yes' if d['energy_counter'] else 'no'}")
 
 
+@app.command("plan")
+def plan_cmd(problem: Path = typer.Option(..., "--problem", help="problem file (JSON), see README"),
+             output: Path = typer.Option(..., "--output", help="where to write the plan (JSON)"),
+             time_limit: float = typer.Option(10.0, "--time-limit", help="seconds the planner may take"),
+             compare: bool = typer.Option(False, "--compare", help="also evaluate run-now, lwa and carbonscaler"),
+             as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")) -> None:
+    """Plan a problem file offline, without a daemon; writes the plan and prints a summary."""
+    from scheduler.offline import plan_file
+
+    try:
+        summary = plan_file(problem, output, time_limit, compare)
+    except GschedError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(summary)
+        return
+    print(f"planned {summary['jobs']} jobs in {summary['solve_s']:.2f} s ({summary['method']}): "
+          f"objective {summary['objective']:.6g} {summary['objective_unit']}, energy {summary['energy_kwh']:.4g} kWh, "
+          f"{summary['co2_kg']:.4g} kgCO2")
+    if summary.get("bound") is not None:
+        print(f"LP lower bound {summary['bound']:.6g}: at most {100 * summary['gap_to_bound']:.2f}% above the optimum")
+    for name, other in summary.get("baselines", {}).items():
+        print(f"  vs {name:<12} {other['objective']:.6g} ({other['saving_pct']:+.1f}% saved by gsched, "
+              f"{other['late_jobs']} late)")
+    for job_id, why in {**summary["late"], **summary["unplanned"]}.items():
+        print(f"  job {job_id}: {why}", file=sys.stderr)
+
+
 @app.command()
 def daemon() -> None:
     """Run the daemon in the foreground (systemd runs this; logs go to stderr/journald)."""

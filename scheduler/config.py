@@ -50,6 +50,8 @@ class PlannerSettings:
     objective: str = "cost"
     gpu_power_w: float = 300.0
     cpu_device_power_w: float = 15.0
+    time_limit_s: float = 5.0
+    hysteresis_pct: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Config:
             (self.planner.objective in ("cost", "carbon"), "planner.objective", "must be 'cost' or 'carbon'"),
             (self.planner.gpu_power_w > 0, "planner.gpu_power_w", "must be > 0"),
             (self.planner.cpu_device_power_w > 0, "planner.cpu_device_power_w", "must be > 0"),
+            (self.planner.time_limit_s > 0, "planner.time_limit_s", "must be > 0"),
+            (0 <= self.planner.hysteresis_pct < 100, "planner.hysteresis_pct", "must be in [0, 100)"),
         ]
         for ok, key, message in checks:
             if not ok:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pwd
 import signal
@@ -29,10 +30,12 @@ from scheduler.forecasts.base import Forecast, Provider
 from scheduler.jobfile import JobSpec
 from scheduler.models import Job, JobState, Measurement
 from scheduler.planner.cost import run_cost
-from scheduler.planner.estimate import durations_s
-from scheduler.planner.placeholder import PlanJob, Reservation, Signals, plan
+from scheduler.planner.estimate import job_modes
+from scheduler.planner.options import Costing
+from scheduler.planner.problem import PJob, Problem
+from scheduler.planner.solve import solve
 from scheduler.store import Store
-from scheduler.timeutil import floor_to
+from scheduler.timeutil import floor_to, parse_rfc3339, rfc3339
 
 log = logging.getLogger("gsched.daemon")
 QUEUED = (JobState.PENDING, JobState.PLANNED, JobState.PREEMPTED)
@@ -63,6 +66,8 @@ class Daemon:
         self._children: dict[int, Any] = {}  # job id -> Popen of runners this process started
         self._tick_lock = threading.Lock()
         self._again = threading.Event()
+        self._dirty = threading.Event()  # something changed that the plan must follow
+        self._planned_grid: datetime | None = None
         self._scheduler: BackgroundScheduler | None = None
         self.forecast_error: str | None = None
 
@@ -82,7 +87,8 @@ class Daemon:
             self._scheduler = None
 
     def wake(self) -> None:
-        """Tick soon: after a submit, a cancel or a job's end."""
+        """Replan and tick soon: after a submit, a cancel or a job's end."""
+        self._dirty.set()
         if self._tick_lock.locked():
             self._again.set()
         elif self._scheduler is not None:
@@ -165,6 +171,7 @@ class Daemon:
                               finished_at=finished, exit_code=exit_code)
         except Conflict:
             return  # another thread ended it first
+        self._dirty.set()  # its devices are free: replan
         log.info("job %s %s: %s, %.1f J (%s)", job.id, state.value, reason, energy_j, measurement.energy_source)
 
     def _end_lost(self, job: Job, now: datetime, reason: str) -> None:
@@ -174,15 +181,8 @@ class Daemon:
             self.store.finish(job.id, state, at=now, reason=reason, measurement=None, finished_at=now)
         except Conflict:
             return
+        self._dirty.set()
         log.warning("job %s %s: %s", job.id, state.value, reason)
-
-    def _signals(self, now: datetime) -> Signals:
-        slot_s = self.config.planner.slot_minutes * 60
-        grid0 = floor_to(now, timedelta(seconds=slot_s))
-        slots = self.config.planner.horizon_hours * 3600 // slot_s
-        forecast = self.forecast(grid0, grid0 + timedelta(seconds=slots * slot_s))
-        price, carbon = forecast.on_grid(grid0, slot_s, slots)
-        return Signals(grid0, slot_s, price, carbon)
 
     def forecast(self, start: datetime, end: datetime) -> Forecast:
         return self.provider.forecast(start, end)
@@ -190,65 +190,111 @@ class Daemon:
     def spec_of(self, job: Job) -> JobSpec:
         return JobSpec.from_json(json.loads(job.spec_json))
 
-    def plan_durations_s(self, spec: JobSpec) -> tuple[float, ...]:
-        rate = self.steps_per_s.get(spec.workload) if spec.workload else None
-        return tuple(d * self.clock.speed for d in durations_s(spec, rate))
-
     def plan_and_dispatch(self, now: datetime) -> None:
+        slot = timedelta(minutes=self.config.planner.slot_minutes)
+        grid0 = floor_to(now, slot)
         queued = self.store.jobs(QUEUED)
-        if not queued:
-            return
-        running = self.store.jobs([JobState.RUNNING])
-        reservations = []
-        for job in running:
-            assert job.started_at is not None and job.gpus is not None
-            expected = job.started_at + timedelta(seconds=self.plan_durations_s(self.spec_of(job))[job.gpus - 1])
-            reservations.append(Reservation(job.gpus, max(expected, now)))
-        capacity = len(self.devices)
-        plan_jobs, specs = [], {}
-        for job in queued:
-            assert job.id is not None
-            specs[job.id] = spec = self.spec_of(job)
-            plan_jobs.append(PlanJob(job.id, job.deadline, min(job.gpus_min, capacity), min(job.gpus_max, capacity),
-                                     self.plan_durations_s(spec), job.urgent))
+        if queued and (self._dirty.is_set() or grid0 != self._planned_grid):
+            self._dirty.clear()
+            self._planned_grid = grid0
+            self._replan(now, grid0, queued)
+            queued = self.store.jobs(QUEUED)
+        self._dispatch_due(now, queued)
+
+    def _replan(self, now: datetime, grid0: datetime, queued: list[Job]) -> None:
+        settings = self.config.planner
+        slot = timedelta(minutes=settings.slot_minutes)
+        horizon = settings.horizon_hours * 60 // settings.slot_minutes
         try:
-            signals = self._signals(now)
+            forecast = self.forecast(grid0, grid0 + horizon * slot)
+            price, carbon = forecast.on_grid(grid0, int(slot.total_seconds()), horizon)
             self.forecast_error = None
         except GschedError as exc:
-            # No signals: still meet deadlines, by planning on flat ones (run as soon as devices allow).
+            # Without signals every slot costs the same: jobs still run, as early as devices allow.
             if self.forecast_error != str(exc):
                 log.error("forecast unavailable, planning without prices: %s", exc)
             self.forecast_error = str(exc)
-            slot_s = self.config.planner.slot_minutes * 60
-            slots = self.config.planner.horizon_hours * 3600 // slot_s
-            signals = Signals(floor_to(now, timedelta(seconds=slot_s)), slot_s, [1.0] * slots, [1.0] * slots)
-        assignments = plan(plan_jobs, signals, capacity, reservations, now,
-                           self.config.planner.carbon_price_eur_per_t, self.config.planner.objective)
-        planned = {a.job_id: a for a in assignments}
-        updates: dict[int, dict[str, Any]] = {}
+            price, carbon = [1.0] * horizon, [1.0] * horizon
+        capacity = [len(self.devices)] * horizon
+        for job in self.store.jobs([JobState.RUNNING]):
+            end = job.planned_end if job.planned_end and job.planned_end > now else now
+            for k in range(min(horizon, max(1, math.ceil((end - grid0) / slot)))):
+                capacity[k] -= job.gpus or 0
+        capacity = [max(0, c) for c in capacity]
+        kind = self.devices[0].kind if self.devices else "cpu"
+        nominal_w = settings.gpu_power_w if kind == "gpu" else settings.cpu_device_power_w
+        pjobs, modes_of, previous = [], {}, {}
         for job in queued:
-            assert job.id is not None
-            a = planned.get(job.id)
-            if a is None:
-                updates[job.id] = {"state": JobState.PENDING, "planned_start": None, "planned_end": None,
-                                   "planned_gpus": None,
-                                   "plan_reason": "no free devices within the planning horizon"}
-            else:
-                updates[job.id] = {"state": JobState.PLANNED, "planned_start": a.start, "planned_end": a.end,
-                                   "planned_gpus": a.gpus, "plan_reason": a.reason}
+            spec = self.spec_of(job)
+            jm = job_modes(spec, len(self.devices), kind, nominal_w,
+                           self.steps_per_s.get(spec.workload) if spec.workload else None, self.clock.speed)
+            indices = [jm.requested] if job.urgent else list(range(len(jm.modes)))
+            modes = tuple(jm.modes[i] for i in indices)
+            described = [jm.described[i] for i in indices]
+            deadline_slot = max(0, min(horizon, math.floor((job.deadline - grid0) / slot)))
+            if job.urgent:  # --now: as soon as devices allow; any wait shows as lateness, so none is chosen
+                deadline_slot = min(deadline_slot, max(1, math.ceil(jm.work / modes[0].rate / (slot / timedelta(hours=1)))))
+            pjobs.append(PJob(str(job.id), 0, deadline_slot, jm.work, modes, 0 if job.urgent else jm.requested))
+            modes_of[str(job.id)] = described
+            if job.plan_json:
+                old = json.loads(job.plan_json)
+                if old["mode"] in described:
+                    segments = tuple((round((parse_rfc3339(a) - grid0) / slot), round((parse_rfc3339(b) - grid0) / slot))
+                                     for a, b in old["segments"])
+                    previous[str(job.id)] = (described.index(old["mode"]), segments)
+        problem = Problem(grid0, settings.slot_minutes, len(self.devices), settings.carbon_price_eur_per_t,
+                          tuple(price), tuple(carbon), tuple(pjobs), settings.objective, tuple(capacity))
+        solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100)
+        log.info("planned %d job(s) in %.2f s (%s)", len(pjobs), solution.stats["solve_s"], solution.stats["method"])
+        costing = Costing(problem)
+        updates: dict[int, dict[str, Any]] = {}
+        for j, pjob in enumerate(pjobs):
+            option = solution.options.get(pjob.id)
+            if option is None:
+                updates[int(pjob.id)] = {"state": JobState.PENDING, "planned_start": None, "planned_end": None,
+                                         "planned_gpus": None, "plan_json": None,
+                                         "plan_reason": solution.unplanned.get(pjob.id, "not planned")}
+                continue
+            mode = pjob.modes[option.mode]
+            start = max(now, grid0 + option.start * slot)
+            end = start + timedelta(hours=pjob.work / mode.rate)
+            updates[int(pjob.id)] = {
+                "state": JobState.PLANNED, "planned_start": start, "planned_end": end, "planned_gpus": mode.gpus,
+                "plan_json": json.dumps({"mode": modes_of[pjob.id][option.mode], "label": mode.label,
+                                         "segments": [[rfc3339(grid0 + a * slot), rfc3339(grid0 + b * slot)]
+                                                      for a, b in option.segments]}),
+                "plan_reason": solution.late.get(pjob.id) or self._explain(costing, j, option, start, end,
+                                                                           queued[j].urgent),
+            }
         self.store.save_plans(updates, at=now)
-        busy = {uuid for job in running for uuid in json.loads(job.devices_json or "[]")}
-        for a in sorted(assignments, key=lambda a: a.start):
-            if a.start > now:
-                continue
-            free = [d for d in self.devices if d.uuid not in busy]
-            if len(free) < a.gpus:
-                continue
-            chosen = free[: a.gpus]
-            busy.update(d.uuid for d in chosen)
-            self._dispatch(a.job_id, specs[a.job_id], chosen, now)
 
-    def _dispatch(self, job_id: int, spec: JobSpec, devices: list[Device], now: datetime) -> None:
+    def _explain(self, costing: Costing, j: int, option: Any, start: datetime, end: datetime, urgent: bool) -> str:
+        job = costing.problem.jobs[j]
+        label = job.modes[option.mode].label
+        unit = "less CO2" if costing.problem.objective == "carbon" else "cheaper"
+        if option.start == 0:
+            return f"runs now (--now) on {label}" if urgent else f"runs now on {label}: no cheaper window before its deadline"
+        starts, costs, _n = costing.rigid_costs(job, option.mode, costing.horizon)
+        now_cost = float(costs[0]) if len(starts) and starts[0] == 0 else None
+        window = f"{start:%H:%M}-{end:%H:%M} UTC"
+        if now_cost and now_cost > 0 and option.cost < now_cost:
+            return f"waits for {window} on {label}, {100 * (now_cost - option.cost) / now_cost:.0f}% {unit} than now"
+        return f"waits for {window} on {label}: devices are busy until then"
+
+    def _dispatch_due(self, now: datetime, queued: list[Job]) -> None:
+        busy = {uuid for job in self.store.jobs([JobState.RUNNING]) for uuid in json.loads(job.devices_json or "[]")}
+        due = [j for j in queued if j.state == JobState.PLANNED and j.planned_start and j.planned_start <= now]
+        for job in sorted(due, key=lambda j: (j.planned_start, j.id)):
+            assert job.id is not None and job.plan_json is not None
+            mode = json.loads(job.plan_json)["mode"]
+            free = [d for d in self.devices if d.uuid not in busy]
+            if len(free) < mode["gpus"]:
+                continue
+            chosen = free[: mode["gpus"]]
+            busy.update(d.uuid for d in chosen)
+            self._dispatch(job.id, self.spec_of(job), chosen, now, mode["precision"])
+
+    def _dispatch(self, job_id: int, spec: JobSpec, devices: list[Device], now: datetime, precision: str) -> None:
         job = self.store.get(job_id)
         if job.state not in QUEUED:
             return
@@ -258,7 +304,7 @@ class Daemon:
             gid = job.owner_uid
         uid = job.owner_uid if self.uid == 0 else self.uid
         try:
-            launched = self.launcher.start(job_id, spec, devices, uid, gid)
+            launched = self.launcher.start(job_id, spec, devices, uid, gid, precision)
         except OSError as exc:
             self.store.transition(job_id, JobState.FAILED, at=now, reason=f"cannot start runner: {exc}",
                                   finished_at=now)

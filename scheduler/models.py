@@ -70,6 +70,7 @@ class Job(SQLModel, table=True):
     planned_end: datetime | None = _time()  # type: ignore[assignment]
     planned_gpus: int | None = None
     plan_reason: str | None = None
+    plan_json: str | None = None  # the chosen mode and segments, for show, dispatch and hysteresis
     started_at: datetime | None = _time()  # type: ignore[assignment]
     finished_at: datetime | None = _time()  # type: ignore[assignment]
     gpus: int | None = None

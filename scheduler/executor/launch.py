@@ -80,7 +80,8 @@ class Launcher:
             env.setdefault("OMP_NUM_THREADS", str(len(devices)))
         return env
 
-    def start(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int) -> Launched:
+    def start(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int,
+              precision: str = "fp32") -> Launched:
         run_dir = self.paths.runs / str(job_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
@@ -89,7 +90,7 @@ class Launcher:
         runfile: dict[str, Any] = {
             "argv": spec.argv(sys.executable),
             "cwd": spec.workdir,
-            "env": self.job_env(job_id, spec, devices, owner_uid),
+            "env": self.job_env(job_id, spec, devices, owner_uid, precision),
             "uid": owner_uid,
             "gid": owner_gid,
             "device_kind": devices[0].kind,

@@ -1,22 +1,62 @@
-"""Duration estimates until measured profiles exist.
+"""A queued job's modes until measured profiles exist: the documented default scaling model.
 
-Default scaling model: a job on n devices runs n^0.9 times as fast as on one (a typical data-parallel
-efficiency). A workload's one-device rate is its ``steps_per_s`` in jobs/; a command's ``duration`` is
-taken as measured at its ``gpus.min``.
+For a job allowed n devices (gpus.min..gpus.max), precisions P and power caps C (GPUs only):
+- rate(n, p, c) = base_rate x n^0.9 x speedup[p] x (c / nominal_w)^0.4, in work units per hour;
+- power(n, p, c) = n x (c or nominal_w), in kW, where nominal_w is planner.gpu_power_w (GPUs) or
+  planner.cpu_device_power_w (CPU virtual devices).
+n^0.9 is a typical data-parallel efficiency; speedup is 1.8 for bf16/fp16 on GPUs (tensor cores) and
+1.0 on CPUs; the ^0.4 reflects that a GPU's throughput falls more slowly than its power cap (as Zeus
+measured). Work units: a workload's steps (base_rate = its steps_per_s x 3600); a command's
+"one-device hours" (its duration on gpus.min devices x gpus.min^0.9, base_rate = 1).
+Every such mode is labelled ``source: default-scaling``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from scheduler.jobfile import JobSpec
+from scheduler.planner.problem import Mode
 
 SCALING_EXPONENT = 0.9
+CAP_EXPONENT = 0.4
+GPU_SPEEDUP = {"fp32": 1.0, "bf16": 1.8, "fp16": 1.8}
 
 
-def durations_s(spec: JobSpec, steps_per_s: float | None) -> tuple[float, ...]:
-    """Estimated duration on 1 .. gpus_max devices (entries below gpus_min are estimates too)."""
+@dataclass(frozen=True)
+class JobModes:
+    work: float
+    modes: tuple[Mode, ...]
+    described: tuple[dict[str, Any], ...]  # what gsched show prints per mode
+    requested: int
+
+
+def job_modes(spec: JobSpec, capacity: int, device_kind: str, nominal_w: float, steps_per_s: float | None,
+              clock_speed: float = 1.0) -> JobModes:
     if spec.duration_s is not None:
-        base_n, base_s = spec.gpus_min, spec.duration_s
+        work = spec.duration_s / 3600 * spec.gpus_min ** SCALING_EXPONENT
+        base_rate = 1.0
     else:
         assert spec.steps is not None and steps_per_s
-        base_n, base_s = 1, spec.steps / steps_per_s
-    return tuple(base_s * (base_n / n) ** SCALING_EXPONENT for n in range(1, spec.gpus_max + 1))
+        work, base_rate = float(spec.steps), steps_per_s * 3600
+    caps: list[int | None] = [None]
+    if device_kind == "gpu":
+        caps += [c for c in spec.optimisations.power_cap_w if c < nominal_w]
+    modes, described = [], []
+    top = max(spec.gpus_min, min(spec.gpus_max, capacity))
+    for n in range(spec.gpus_min, top + 1):
+        for precision in spec.optimisations.precision:
+            for cap in caps:
+                speedup = GPU_SPEEDUP[precision] if device_kind == "gpu" else 1.0
+                watts = cap if cap is not None else nominal_w
+                rate = base_rate * n ** SCALING_EXPONENT * speedup * (watts / nominal_w) ** CAP_EXPONENT
+                # On an accelerated clock a real run spans `speed` times as much simulated time.
+                modes.append(Mode(n, rate / clock_speed, n * watts / 1000,
+                                  f"{n}x{device_kind} {precision}" + (f" {cap}W" if cap else "")))
+                described.append({"gpus": n, "precision": precision, "power_limit_w": cap, "pruning": 0.0,
+                                  "compile": False, "source": "default-scaling"})
+    requested = next(i for i, d in enumerate(described)
+                     if d["gpus"] == top and d["precision"] == spec.optimisations.precision[0]
+                     and d["power_limit_w"] is None)
+    return JobModes(work, tuple(modes), tuple(described), requested)

@@ -1,0 +1,51 @@
+"""`gsched plan`: read a problem file, plan it, write the plan file, summarise (no daemon)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from scheduler.errors import InputError
+from scheduler.planner.baselines import BASELINES
+from scheduler.planner.problem import evaluate, plan_to_json, problem_from_json
+from scheduler.planner.solve import solve
+
+
+def plan_file(problem_path: Path, output: Path, time_limit_s: float, compare: bool) -> dict[str, Any]:
+    try:
+        data = json.loads(problem_path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{problem_path}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{problem_path}: not readable JSON ({exc})") from None
+    if time_limit_s <= 0:
+        raise InputError("--time-limit: must be > 0")
+    problem = problem_from_json(data, str(problem_path))
+    solution = solve(problem, time_limit_s)
+    evaluation = evaluate(problem, solution.plan)
+    document = plan_to_json(solution.plan)
+    document.update(objective=evaluation.objective, cost_eur=evaluation.cost_eur, energy_kwh=evaluation.energy_kwh,
+                    co2_g=evaluation.co2_g, late=solution.late, unplanned=solution.unplanned)
+    output.write_text(json.dumps(document, indent=1))
+    summary: dict[str, Any] = {
+        "jobs": len(problem.jobs), "method": solution.stats.get("method"), "solve_s": solution.stats["solve_s"],
+        "objective": evaluation.objective, "objective_unit": "gCO2" if problem.objective == "carbon" else "EUR",
+        "cost_eur": evaluation.cost_eur, "energy_kwh": evaluation.energy_kwh, "co2_kg": evaluation.co2_g / 1000,
+        "bound": solution.bound, "gap_to_bound": solution.stats.get("gap_to_bound"),
+        "late": solution.late, "unplanned": solution.unplanned,
+    }
+    if compare:
+        summary["baselines"] = {}
+        for name, policy in BASELINES.items():
+            other = evaluate(problem, policy(problem))
+            late = sum(1 for job in problem.jobs if not other.jobs[job.id].finished
+                       or other.jobs[job.id].finish_h is None
+                       or other.jobs[job.id].finish_h > job.deadline_slot * problem.slot_h + 1e-9)
+            summary["baselines"][name] = {
+                "objective": other.objective, "cost_eur": other.cost_eur, "co2_kg": other.co2_g / 1000,
+                "late_jobs": late,
+                "saving_pct": 100 * (other.objective - evaluation.objective) / abs(other.objective)
+                if other.objective else 0.0,
+            }
+    return summary

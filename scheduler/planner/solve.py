@@ -1,0 +1,392 @@
+"""The planner: all queued jobs together, on a shared pool of GPUs, close to the optimum.
+
+1. LP relaxation (relax.py, HiGHS): a lower bound on every plan, and a price per GPU-slot where
+   capacity is contended.
+2. Greedy: jobs in order of tightness, each takes its cheapest option (mode and start, or for a
+   preemptible job possibly a set of slots) at cost + GPU-slot prices, within the capacity left. Then
+   local search on the true cost: each job in turn is lifted out and re-placed at its cheapest
+   option given the others, until a pass changes nothing.
+3. MILP (HiGHS) over the options whose LP reduced cost is within (greedy cost - bound) - the ones that
+   can be in a better plan - plus split options for preemptible jobs, warm-started from the greedy,
+   within what is left of the time limit. The better plan wins.
+
+Hysteresis: a job's previous option is priced at ``1 - hysteresis`` of its cost, so a replan moves a
+job only for a larger gain. A job whose deadline cannot be met is planned for its earliest finish
+(each late slot is priced above any saving), with the reason; one that fits nowhere in the horizon
+is reported as unplanned, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scheduler.planner.highs import column_lp, new_highs
+from scheduler.planner.options import Costing, Option, _runs
+from scheduler.planner.problem import Plan, Problem, Segment
+
+log = logging.getLogger("gsched.planner")
+TIE = 1e-9
+Previous = dict[str, tuple[int, tuple[tuple[int, int], ...]]]  # job id -> (mode, segments)
+
+
+@dataclass
+class Solution:
+    plan: Plan
+    options: dict[str, Option]
+    late: dict[str, str]  # job id -> why its deadline cannot be met
+    unplanned: dict[str, str]  # job id -> why it fits nowhere in the horizon
+    objective: float
+    bound: float | None  # LP lower bound on any plan's objective, when known
+    stats: dict[str, float | str] = field(default_factory=dict)
+
+
+def _better(a: float, b: float) -> bool:
+    """a < b beyond rounding noise (prefix sums make equal windows differ in the last bits)."""
+    return a < b - TIE * max(1.0, abs(b)) if math.isfinite(b) else a < b
+
+
+def _first_min(costs: np.ndarray) -> int:
+    """Index of the cheapest entry; near-equal costs tie, and the first (earliest start) wins."""
+    low = costs.min()
+    return int(np.flatnonzero(costs <= low + TIE * max(1.0, abs(low)))[0])
+
+
+def _window_min(free: np.ndarray, n: int) -> np.ndarray:
+    """min(free[s:s+n]) for every start s."""
+    return np.lib.stride_tricks.sliding_window_view(free, n).min(axis=1)
+
+
+class Planner:
+    def __init__(self, problem: Problem, previous: Previous | None = None, hysteresis: float = 0.0) -> None:
+        self.problem = problem
+        self.costing = Costing(problem)
+        self.hysteresis = hysteresis
+        self.jobs = problem.jobs
+        self.late_penalty = self.costing.late_penalty
+        self.lam = np.zeros(self.costing.horizon)  # GPU-slot prices from the LP
+        self.lam_prefix = np.zeros(self.costing.horizon + 1)
+        self.previous: dict[int, Option] = {}
+        for j, job in enumerate(self.jobs):
+            if previous and job.id in previous:
+                option = self._checked(j, *previous[job.id])
+                if option is not None:
+                    self.previous[j] = option
+
+    def _checked(self, j: int, mode: int, segments: tuple[tuple[int, int], ...]) -> Option | None:
+        job = self.jobs[j]
+        if not 0 <= mode < len(job.modes) or not segments or (not job.preemptible and len(segments) > 1):
+            return None
+        if segments[0][0] < job.release_slot or segments[-1][1] > min(job.deadline_slot, self.costing.horizon):
+            return None
+        cost, done = self.costing.simulate(job, mode, segments)
+        return Option(j, mode, segments, cost) if done else None
+
+    def price(self, option: Option) -> float:
+        """What the solvers minimise: the cost, a discount for staying put, a prohibitive price per late slot."""
+        price = option.cost + self.costing.tiebreak * option.start
+        if option.late:
+            return price + self.late_penalty * (option.end - self.jobs[option.job].deadline_slot)
+        previous = self.previous.get(option.job)
+        if previous is not None and previous.mode == option.mode and previous.segments == option.segments:
+            return price - self.hysteresis * abs(option.cost)
+        return price
+
+    def _gpu_slots_price(self, option: Option) -> float:
+        g = self.jobs[option.job].modes[option.mode].gpus
+        return g * sum(self.lam_prefix[b] - self.lam_prefix[a] for a, b in option.segments)
+
+    # --- the greedy and its local search ---------------------------------------------------------------------
+
+    def best_option(self, j: int, free: np.ndarray, priced: bool = False) -> Option | None:
+        """The cheapest on-time option that fits ``free``; with ``priced``, GPU-slots cost their LP price."""
+        job, costing = self.jobs[j], self.costing
+        best: Option | None = None
+        best_key = math.inf
+        for m, mode in enumerate(job.modes):
+            starts, costs, n = costing.rigid_costs(job, m, job.deadline_slot)
+            if len(starts):
+                ok = _window_min(free, n)[starts] >= mode.gpus
+                if ok.any():
+                    keys = costs[ok]
+                    if priced:
+                        keys = keys + mode.gpus * (self.lam_prefix[starts[ok] + n] - self.lam_prefix[starts[ok]])
+                    i = _first_min(keys)
+                    if _better(float(keys[i]), best_key):
+                        s = int(starts[ok][i])
+                        best, best_key = Option(j, m, ((s, s + n),), float(costs[ok][i])), float(keys[i])
+            if job.preemptible:
+                key = None
+                if priced and mode.power_kw > 0:
+                    key = costing.w + self.lam * mode.gpus / (mode.power_kw * costing.slot_h)
+                split = costing.split_option(j, m, free, key)
+                if split is not None:
+                    split_key = split.cost + (self._gpu_slots_price(split) if priced else 0.0)
+                    if _better(split_key, best_key):
+                        best, best_key = split, split_key
+        previous = self.previous.get(j)
+        if previous is not None and self._fits(previous, free):
+            key = self.price(previous) + (self._gpu_slots_price(previous) if priced else 0.0)
+            if not _better(best_key, key):
+                best = previous
+        return best
+
+    def earliest_option(self, j: int, free: np.ndarray) -> Option | None:
+        """Ignoring the deadline: the option that finishes first (then the cheapest)."""
+        job, costing = self.jobs[j], self.costing
+        best: Option | None = None
+        for m, mode in enumerate(job.modes):
+            starts, costs, n = costing.rigid_costs(job, m, costing.horizon)
+            if not len(starts):
+                continue
+            ok = np.flatnonzero(_window_min(free, n)[starts] >= mode.gpus)
+            if not len(ok):
+                continue
+            s = int(starts[ok[0]])
+            cand = Option(j, m, ((s, s + n),), float(costs[ok[0]]), late=s + n > job.deadline_slot)
+            if best is None or (cand.end, cand.cost) < (best.end, best.cost):
+                best = cand
+        return best
+
+    def _fits(self, option: Option, free: np.ndarray) -> bool:
+        return bool(np.all(free[option.slots()] >= self.jobs[option.job].modes[option.mode].gpus))
+
+    def _take(self, option: Option, free: np.ndarray, sign: int = -1) -> None:
+        free[option.slots()] += sign * self.jobs[option.job].modes[option.mode].gpus
+
+    def order(self) -> list[int]:
+        def tightness(j: int) -> tuple[float, float]:
+            job = self.jobs[j]
+            window = min(job.deadline_slot, self.costing.horizon) - job.release_slot
+            needed = [self.costing.slots_needed(job, m)[0] for m in range(len(job.modes))]
+            size = max(mode.gpus * n for mode, n in zip(job.modes, needed))
+            return (window - min(needed), -size)
+
+        return sorted(range(len(self.jobs)), key=tightness)
+
+    def rounded(self, relaxation: object | None) -> list[tuple[float, Option]]:
+        """The LP's rigid columns with their values, largest first: what LP rounding tries first."""
+        out = []
+        for j, m, starts, n, costs, _rc, x in getattr(relaxation, "rigid", None) or []:
+            for i in np.flatnonzero(x > 1e-6):
+                s = int(starts[i])
+                if s + n <= self.jobs[j].deadline_slot:
+                    out.append((float(x[i]), Option(j, m, ((s, s + n),), float(costs[i]))))
+        out.sort(key=lambda item: -item[0])
+        return out
+
+    def greedy(self, deadline_s: float, relaxation: object | None = None) -> dict[int, Option]:
+        free = self.costing.capacity.copy()
+        chosen: dict[int, Option] = {}
+        # LP rounding: jobs the LP places (nearly) whole go first, where the LP put them, while they fit.
+        for _value, option in self.rounded(relaxation):  # on-time columns only
+            if option.job not in chosen and self._fits(option, free):
+                chosen[option.job] = option
+                self._take(option, free)
+        order = self.order()
+        for j in order:
+            if j in chosen:
+                continue
+            option = self.best_option(j, free, priced=True) or self.earliest_option(j, free)
+            if option is not None:
+                chosen[j] = option
+                self._take(option, free)
+        improved = True
+        while improved and time.monotonic() < deadline_s:
+            improved = False
+            for j in order:
+                current = chosen.get(j)
+                if current is None:
+                    option = self.best_option(j, free) or self.earliest_option(j, free)
+                    if option is not None:
+                        chosen[j], improved = option, True
+                        self._take(option, free)
+                    continue
+                self._take(current, free, +1)
+                option = self.best_option(j, free)
+                if option is None and current.late:
+                    option = self.earliest_option(j, free)
+                if option is not None and _better(self.price(option), self.price(current)):
+                    chosen[j], improved = option, True
+                self._take(chosen[j], free)
+        return chosen
+
+    # --- the MILP --------------------------------------------------------------------------------------------
+
+    def candidates(self, chosen: dict[int, Option], relaxation: object | None, slack: float, max_columns: int
+                   ) -> list[list[Option]]:
+        costing = self.costing
+        per_job: list[dict[tuple[int, tuple[tuple[int, int], ...]], Option]] = [{} for _ in self.jobs]
+        rigid = getattr(relaxation, "rigid", None)
+        if rigid:
+            # Columns whose reduced cost exceeds (greedy - bound) are in no better plan; of the rest, each job
+            # keeps its ``per_job`` lowest (all of them when that fits the column budget: then exact).
+            per_job_rc: dict[int, list[tuple[float, Option]]] = {}
+            limit = slack + TIE * max(1.0, abs(slack))
+            for j, m, starts, n, costs, rc, _x in rigid:
+                deadline = self.jobs[j].deadline_slot
+                ok = np.flatnonzero(rc <= limit)
+                per_job_rc.setdefault(j, []).extend(
+                    (float(rc[i]), Option(j, m, ((int(starts[i]), int(starts[i]) + n),), float(costs[i]),
+                                          late=int(starts[i]) + n > deadline)) for i in ok)
+            total = sum(len(v) for v in per_job_rc.values())
+            keep = total if total <= max_columns else max(4, max_columns // max(1, len(per_job_rc)))
+            for j, ranked in per_job_rc.items():
+                ranked.sort(key=lambda item: item[0])
+                for _rc, option in ranked[:keep]:
+                    per_job[j][(option.mode, option.segments)] = option
+        else:
+            keep_n = max(6, max_columns // max(1, sum(len(job.modes) for job in self.jobs)))
+            for j, job in enumerate(self.jobs):
+                for m in range(len(job.modes)):
+                    starts, costs, n = costing.rigid_costs(job, m, job.deadline_slot)
+                    if len(starts):
+                        for i in np.argsort(costs, kind="stable")[:keep_n]:
+                            s = int(starts[i])
+                            per_job[j][(m, ((s, s + n),))] = Option(j, m, ((s, s + n),), float(costs[i]))
+        preemptible_x = getattr(relaxation, "preemptible_x", {}) or {}
+        per_mode = max(2, max_columns // max(1, 4 * sum(len(job.modes) for job in self.jobs)))
+        for j, job in enumerate(self.jobs):
+            if not job.preemptible:
+                continue
+            for m, mode in enumerate(job.modes):
+                # A contiguous run is a valid plan for a preemptible job too: its cheapest ones at LP prices.
+                starts, costs, n = costing.rigid_costs(job, m, job.deadline_slot)
+                if len(starts):
+                    keys = costs + mode.gpus * (self.lam_prefix[starts + n] - self.lam_prefix[starts])
+                    for i in np.argsort(keys, kind="stable")[:per_mode]:
+                        s = int(starts[i])
+                        per_job[j][(m, ((s, s + n),))] = Option(j, m, ((s, s + n),), float(costs[i]))
+                keys = [None]
+                if mode.power_kw > 0:
+                    keys.append(costing.w + self.lam * mode.gpus / (mode.power_kw * costing.slot_h))
+                for key in keys:
+                    split = costing.split_option(j, m, costing.capacity, key)
+                    if split is not None:
+                        per_job[j][(m, split.segments)] = split
+            x = preemptible_x.get(j)
+            if x is not None:  # the LP's own slots, in its dominant mode
+                m = int(np.argmax(x.sum(axis=1)))
+                slots = np.flatnonzero(x.sum(axis=0) > 1e-6)
+                if len(slots):
+                    option = self._checked(j, m, _runs(slots))
+                    if option is not None:
+                        per_job[j][(m, option.segments)] = option
+        for j in range(len(self.jobs)):
+            for extra in (chosen.get(j), self.previous.get(j)):
+                if extra is not None:
+                    per_job[j][(extra.mode, extra.segments)] = extra
+        return [list(options.values()) for options in per_job]
+
+    def milp(self, columns: dict[int, list[Option]], capacity: np.ndarray, warm: dict[int, Option],
+             time_limit_s: float) -> tuple[dict[int, Option] | None, str]:
+        """Choose one option per job in ``columns`` within ``capacity``; None when no plan was found."""
+        jobs = sorted(columns)
+        flat = [(j, o) for j in jobs for o in columns[j]]
+        if not flat or time_limit_s <= 0.05:
+            return None, "skipped"
+        horizon, row_of = self.costing.horizon, {j: r for r, j in enumerate(jobs)}
+        starts, index, value, costs, hint = [0], [], [], [], []
+        for j, option in flat:
+            slots = option.slots()
+            index += [row_of[j], *(len(jobs) + slots).tolist()]
+            value += [1.0] + [float(self.jobs[j].modes[option.mode].gpus)] * len(slots)
+            starts.append(len(index))
+            costs.append(self.price(option))
+            hint.append(1.0 if warm.get(j) is option else 0.0)
+        ones = np.ones(len(jobs))
+        lp = column_lp(np.asarray(costs), np.ones(len(flat)), np.concatenate([ones, np.full(horizon, -np.inf)]),
+                       np.concatenate([ones, capacity.astype(float)]), np.asarray(starts), np.asarray(index),
+                       np.asarray(value), integer=True)
+        h = new_highs(time_limit_s)
+        h.setOptionValue("mip_rel_gap", 1e-4)
+        h.passModel(lp)
+        if sum(hint) == len(jobs):
+            import highspy
+
+            solution = highspy.HighsSolution()
+            solution.col_value = hint
+            solution.value_valid = True
+            h.setSolution(solution)
+        h.run()
+        status = h.modelStatusToString(h.getModelStatus())
+        if h.getInfo().primal_solution_status != 2:  # no feasible point
+            return None, status
+        picked = {j: option for (j, option), v in zip(flat, h.getSolution().col_value) if v > 0.5}
+        return (picked if len(picked) == len(jobs) else None), status
+
+    # --- explanations ----------------------------------------------------------------------------------------
+
+    def why_late(self, j: int, option: Option | None) -> str:
+        job, costing = self.jobs[j], self.costing
+        fastest = min(range(len(job.modes)), key=lambda m: costing.slots_needed(job, m)[0])
+        need_h = job.work / job.modes[fastest].rate
+        left_h = max(0, min(job.deadline_slot, costing.horizon) - job.release_slot) * costing.slot_h
+        if need_h > left_h + 1e-9:
+            return (f"needs {need_h:.1f} h at {job.modes[fastest].gpus} GPUs, {left_h:.1f} h left before its deadline"
+                    + ("; planned for its earliest finish" if option else "; no room in the horizon"))
+        if option is None:
+            return "no room for it anywhere in the planning horizon"
+        over_h = (option.end - job.deadline_slot) * costing.slot_h
+        return f"GPUs are busy: earliest finish is {over_h:.2f} h after its deadline; planned for that"
+
+    def solve(self, time_limit_s: float = 10.0, max_columns: int = 3000, use_milp: bool = True) -> Solution:
+        t0 = time.monotonic()
+        deadline = t0 + time_limit_s
+        stats: dict[str, float | str] = {"method": "greedy"}
+        relaxation = None
+        if use_milp and self.jobs:
+            try:
+                from scheduler.planner.relax import relax
+
+                relaxation = relax(self.costing, 0.4 * time_limit_s)
+            except ImportError:
+                log.warning("highspy is not installed: planning with the greedy alone")
+                use_milp = False
+        if relaxation is not None:
+            self.lam = relaxation.capacity_price
+            self.lam_prefix = np.concatenate([[0.0], np.cumsum(self.lam)])
+            stats["lp_status"], stats["lp_s"] = relaxation.status, time.monotonic() - t0
+        chosen = self.greedy(t0 + 0.6 * time_limit_s, relaxation)
+        greedy_obj = sum(self.price(o) for o in chosen.values())
+        stats["greedy_objective"], stats["greedy_s"] = greedy_obj, time.monotonic() - t0
+        bound = relaxation.bound if relaxation is not None and math.isfinite(relaxation.bound) else None
+        if use_milp and len(chosen) > 1 and time.monotonic() < deadline - 0.1:
+            slack = greedy_obj - bound if bound is not None else math.inf
+            if slack > TIE * max(1.0, abs(greedy_obj)):
+                columns = self.candidates(chosen, relaxation, slack, max_columns)
+                stats["milp_columns"] = float(sum(len(c) for c in columns))
+                picked, status = self.milp(dict(enumerate(columns)), self.costing.capacity, chosen,
+                                           deadline - time.monotonic())
+                stats["milp_status"] = status
+                if picked is not None and _better(sum(self.price(o) for o in picked.values()), greedy_obj):
+                    chosen, stats["method"] = picked, "milp"
+            stats["objective_priced"] = sum(self.price(o) for o in chosen.values())
+        plan: Plan = {}
+        options: dict[str, Option] = {}
+        late: dict[str, str] = {}
+        unplanned: dict[str, str] = {}
+        for j, job in enumerate(self.jobs):
+            option = chosen.get(j)
+            if option is None:
+                unplanned[job.id] = self.why_late(j, None)
+                continue
+            options[job.id] = option
+            plan[job.id] = [Segment(a, b, option.mode) for a, b in option.segments]
+            if option.late:
+                late[job.id] = self.why_late(j, option)
+        objective = sum(o.cost for o in options.values())
+        if bound is not None and not late and not unplanned:
+            stats["gap_to_bound"] = (objective - bound) / abs(bound) if bound else 0.0
+        stats["solve_s"] = time.monotonic() - t0
+        return Solution(plan, options, late, unplanned, objective, bound if not late and not unplanned else None,
+                        stats)
+
+
+def solve(problem: Problem, time_limit_s: float = 10.0, previous: Previous | None = None,
+          hysteresis: float = 0.0, use_milp: bool = True) -> Solution:
+    return Planner(problem, previous, hysteresis).solve(time_limit_s, use_milp=use_milp)
