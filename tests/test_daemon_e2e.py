@@ -60,7 +60,7 @@ def test_missing_program_fails_with_reason(daemon: DaemonProc, tmp_path: Path) -
 def test_cancel_running_and_planned_jobs(daemon: DaemonProc, tmp_path: Path) -> None:
     running = daemon.submit(sleeper(tmp_path, 60), "--now")
     daemon.wait_state(running, {"RUNNING"})
-    planned = daemon.submit(sleeper(tmp_path, 1, "later"))
+    planned = daemon.submit(sleeper(tmp_path, 1, "later", extra="gpus = 2\n"))  # waits: a device is busy
     daemon.wait_state(planned, {"PLANNED", "PENDING"})
     assert daemon.cli("cancel", str(running), str(planned)).returncode == 0
     assert daemon.wait_state(running, {"CANCELLED"}, timeout_s=20)["state"] == "CANCELLED"
