@@ -8,6 +8,7 @@ Routes (JSON in and out; errors are {"error": message} with 400/403/404/409):
     POST /v1/jobs/ID/cancel        owner or root
     GET  /v1/jobs/ID/log?offset=N  owner or root; raw bytes, X-Log-Size and X-Job-State headers
     GET  /v1/devices               what the daemon schedules on
+    GET  /v1/forecast?hours=48     the signals ahead, per step with its source and flags
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import socket
 import socketserver
 import struct
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
@@ -101,6 +102,7 @@ class Api:
         self.routes: list[tuple[str, re.Pattern[str], Callable[..., tuple[int, Any]]]] = [
             ("GET", re.compile(r"/v1/info"), self.info),
             ("GET", re.compile(r"/v1/devices"), self.devices),
+            ("GET", re.compile(r"/v1/forecast"), self.forecast),
             ("GET", re.compile(r"/v1/jobs"), self.list_jobs),
             ("POST", re.compile(r"/v1/jobs"), self.submit),
             ("GET", re.compile(r"/v1/jobs/(\d+)"), self.show),
@@ -113,6 +115,17 @@ class Api:
 
     def devices(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
         return 200, {"devices": [d.to_json() for d in self.daemon.devices]}
+
+    def forecast(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        hours = float(query.get("hours", "48") or 48)
+        if not 0 < hours <= 24 * 14:
+            raise InputError("hours: must be in (0, 336]")
+        now = self.daemon.clock.now()
+        provider = self.daemon.provider
+        return 200, {"currency": self.daemon.config.forecast.currency,
+                     "points": provider.points(now, now + timedelta(hours=hours)),  # type: ignore[attr-defined]
+                     "providers": [vars(st) for st in getattr(provider, "status", {}).values()],
+                     "error": self.daemon.forecast_error}
 
     def list_jobs(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
         jobs = self.store.jobs()

@@ -7,7 +7,6 @@ Exit codes: 0 ok; 1 other error; 2 bad input (job file, config, arguments); 3 no
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import datetime
@@ -221,6 +220,42 @@ def devices(as_json: bool = typer.Option(False, "--json", help="print JSON"),
         limits = "-" if d["power_limit_min_w"] is None else f"{d['power_limit_min_w']:.0f}-{d['power_limit_max_w']:.0f}"
         print(f"{d['index']:>3} {d['kind']:<4} {d['name'][:24]:<24} {d['uuid'][:42]:<42} {d['memory_mib'] or '-':>8} "
               f"{_num(d['power_limit_w'], 1, 0):>8} {limits:>11} {'yes' if d['energy_counter'] else 'no'}")
+
+
+@app.command()
+def forecast(as_json: bool = typer.Option(False, "--json", help="print JSON"),
+             hours: float = typer.Option(48.0, "--hours", help="how far ahead"),
+             plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the curves into this PNG"),
+             fetch: bool = typer.Option(False, "--fetch", help="fetch from the config's providers here, no daemon")
+             ) -> None:
+    """The price, carbon intensity and renewable share ahead, with each step's source and flags."""
+    try:
+        if fetch:
+            from scheduler.offline import fetch_forecast
+
+            data = fetch_forecast(_config(), hours)
+        else:
+            with _client() as client:
+                data = client.forecast(hours)
+    except GschedError as exc:
+        _fail(exc)
+    for status in data.get("providers", []):
+        if status.get("ok") is False:
+            print(f"gsched: provider {status['name']} failing: {status['error']}", file=sys.stderr)
+    if plot is not None:
+        from scheduler.plots import forecast_png
+
+        forecast_png(data, plot)
+    if as_json:
+        _print_json(data)
+        return
+    currency = data["currency"]
+    print(f"{'START (UTC)':<17} {currency + '/MWH':>9} {'GCO2/KWH':>9} {'RENEW_%':>8}  FLAGS      SOURCE")
+    for p in data["points"]:
+        flags = ",".join(f for f in ("estimated", "stale") if p.get(f)) or "-"
+        print(f"{p['start'][:16].replace('T', ' '):<17} {_num(p['price_per_mwh'], 1, 2):>9} "
+              f"{_num(p['carbon_g_per_kwh'], 1, 0):>9} {_num(p['renewable_share_pct'], 1, 1):>8}  {flags:<10} "
+              f"{p['source']}")
 
 
 @app.command("plan")

@@ -50,6 +50,9 @@ class Client:
     def devices(self) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/devices").json()["devices"]
 
+    def forecast(self, hours: float) -> dict[str, Any]:
+        return self._request("GET", "/v1/forecast", params={"hours": hours}).json()
+
     def jobs(self) -> dict[str, Any]:
         return self._request("GET", "/v1/jobs").json()
 

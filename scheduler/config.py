@@ -54,9 +54,47 @@ class PlannerSettings:
     hysteresis_pct: float = 2.0
 
 
+PROVIDER_KINDS = ("energy-charts", "uk-carbon-intensity", "electricity-maps", "watttime", "entsoe", "awattar",
+                  "octopus", "file")
+SIGNALS = ("price", "carbon", "renewable_share")
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    kind: str = ""
+    base_url: str = ""
+    priority: int = 100  # lower first
+    signals: tuple[str, ...] = ()  # empty: every signal the provider has
+    timeout_s: float = 10.0
+    # Region keys, named as each service names them (only the one its kind uses is read).
+    bzn: str = ""  # energy-charts price bidding zone, e.g. DE-LU
+    country: str = ""  # energy-charts renewable share, e.g. de
+    regionid: int = 0  # uk-carbon-intensity: 0 = national
+    zone: str = ""  # electricity-maps, e.g. DE
+    region: str = ""  # watttime, e.g. CAISO_NORTH
+    area: str = ""  # entsoe EIC code, e.g. 10Y1001A1001A82H
+    market: str = ""  # awattar: de | at
+    product: str = ""  # octopus product code
+    tariff: str = ""  # octopus tariff code
+    path: str = ""  # file: a CSV trace ("" = the embedded one)
+    # Credentials: the names of environment variables, or a file; never the secret itself.
+    token_env: str = ""
+    token_file: str = ""
+    username_env: str = ""
+    password_env: str = ""
+
+
 @dataclass(frozen=True)
 class ForecastSettings:
     trace: str = ""
+    currency: str = "EUR"
+    rates: tuple[tuple[str, float], ...] = ()  # from [forecast.rates]: currency -> report-currency units per unit
+    refresh_minutes: float = 30.0
+    stale_after_hours: float = 6.0
+    retries: int = 3
+    fossil_g_per_kwh: float = 700.0
+    renewable_g_per_kwh: float = 30.0
+    providers: tuple[ProviderSettings, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +134,21 @@ class Config:
                 raise ConfigError(f"{self.source}: {key}: {message}")
         from scheduler.timeutil import parse_duration_s
 
+        f = self.forecast
+        for ok, key, message in [
+            (f.refresh_minutes > 0, "forecast.refresh_minutes", "must be > 0"),
+            (f.stale_after_hours > 0, "forecast.stale_after_hours", "must be > 0"),
+            (0 <= f.retries <= 10, "forecast.retries", "must be in 0..10"),
+            (len(f.currency) == 3 and f.currency.isalpha(), "forecast.currency", "must be a 3-letter code"),
+        ]:
+            if not ok:
+                raise ConfigError(f"{self.source}: {key}: {message}")
+        for i, p in enumerate(f.providers):
+            where = f"{self.source}: forecast.providers[{i}]"
+            if p.kind not in PROVIDER_KINDS:
+                raise ConfigError(f"{where}.kind: must be one of {', '.join(PROVIDER_KINDS)}, got {p.kind!r}")
+            if p.timeout_s <= 0:
+                raise ConfigError(f"{where}.timeout_s: must be > 0")
         try:
             parse_duration_s(self.default_max_delay)
         except ValueError as exc:
@@ -111,6 +164,22 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
         if key not in known:
             raise ConfigError(f"{source}: {dotted}: unknown key (known: {', '.join(sorted(known))})")
         hint = hints[key]
+        if key == "providers":
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{source}: {dotted}: must be a list of tables [[{dotted}]]")
+            kwargs[key] = tuple(_build(ProviderSettings, v, source, f"{dotted}[{i}].") for i, v in enumerate(value))
+            continue
+        if key == "rates":
+            if not isinstance(value, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and v > 0 for v in value.values()):
+                raise ConfigError(f"{source}: {dotted}: must be a table of positive numbers, e.g. {{ GBP = 1.17 }}")
+            kwargs[key] = tuple((str(k).upper(), float(v)) for k, v in value.items())
+            continue
+        if key == "signals":
+            if not isinstance(value, list) or any(v not in SIGNALS for v in value):
+                raise ConfigError(f"{source}: {dotted}: must be a list drawn from {', '.join(SIGNALS)}")
+            kwargs[key] = tuple(value)
+            continue
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise ConfigError(f"{source}: {dotted}: must be a table [{dotted}]")

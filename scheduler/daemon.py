@@ -78,7 +78,19 @@ class Daemon:
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)  # in-memory job store: ticks only
         self._scheduler.add_job(self.tick, "interval", seconds=self.config.daemon.tick_s, id="tick",
                                 max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
+        refresh = getattr(self.provider, "refresh", None)
+        if refresh is not None:  # live providers: fetch now, then every forecast.refresh_minutes
+            self._scheduler.add_job(self._refresh_forecast, "interval", id="forecast", max_instances=1,
+                                    coalesce=True, seconds=self.config.forecast.refresh_minutes * 60,
+                                    next_run_time=datetime.now(timezone.utc))
         self._scheduler.start()
+
+    def _refresh_forecast(self) -> None:
+        try:
+            if self.provider.refresh():  # type: ignore[attr-defined]
+                self.wake()  # new signals: replan
+        except Exception:  # a provider must never take the daemon down
+            log.exception("forecast refresh failed")
 
     def stop(self) -> None:
         """Stop ticking. Running jobs are left alone: their runners outlive us and are re-adopted."""
@@ -336,6 +348,7 @@ class Daemon:
 
     def info(self) -> dict[str, Any]:
         return {"version": __version__, "now": self.clock.now(), "clock_speed": self.clock.speed,
+                "forecast_providers": [vars(st) for st in getattr(self.provider, "status", {}).values()],
                 "home": str(self.paths.home), "socket": str(self.paths.socket), "devices": len(self.devices),
                 "forecast_source": self.provider.name, "forecast_error": self.forecast_error, "uid": self.uid}
 

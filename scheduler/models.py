@@ -114,3 +114,19 @@ class Meta(SQLModel, table=True):
 
     key: str = Field(primary_key=True)
     value: str
+
+
+class ForecastPoint(SQLModel, table=True):
+    """One cached step of one signal from one provider; a newer fetch of the same step replaces it."""
+
+    __tablename__ = "forecast_points"
+    __table_args__ = (sa.UniqueConstraint("provider", "signal", "start"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    provider: str = Field(index=True)
+    signal: str = Field(index=True)
+    start: datetime = _time(index=True)  # type: ignore[assignment]
+    step_s: int
+    value: float | None = None
+    currency: str | None = None
+    fetched_at: datetime = _time()  # type: ignore[assignment]

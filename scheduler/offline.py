@@ -1,15 +1,18 @@
-"""`gsched plan`: read a problem file, plan it, write the plan file, summarise (no daemon)."""
+"""Commands that work without a daemon: `gsched plan` and `gsched forecast --fetch`."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scheduler.errors import InputError
 from scheduler.planner.baselines import BASELINES
 from scheduler.planner.problem import evaluate, plan_to_json, problem_from_json
 from scheduler.planner.solve import solve
+
+if TYPE_CHECKING:
+    from scheduler.config import Config
 
 
 def plan_file(problem_path: Path, output: Path, time_limit_s: float, compare: bool) -> dict[str, Any]:
@@ -49,3 +52,27 @@ def plan_file(problem_path: Path, output: Path, time_limit_s: float, compare: bo
                 if other.objective else 0.0,
             }
     return summary
+
+
+def fetch_forecast(config: "Config", hours: float) -> dict[str, Any]:
+    """Fetch once from the configured providers into a throwaway cache, as the daemon would."""
+    import tempfile
+    from datetime import datetime, timedelta, timezone
+
+    from scheduler.forecasts.service import ForecastService
+    from scheduler.service import forecast_provider
+    from scheduler.store import Store
+
+    if not config.forecast.providers:
+        raise InputError(f"{config.source}: no [[forecast.providers]] to fetch from")
+    with tempfile.TemporaryDirectory(prefix="gsched-forecast-") as tmp:
+        store = Store(Path(tmp) / "cache.db")
+        now = datetime.now(timezone.utc)
+        service = forecast_provider(config, store, lambda: now)
+        assert isinstance(service, ForecastService)
+        service.refresh()
+        points = service.points(now, now + timedelta(hours=hours))
+        store.close()
+    return {"currency": config.forecast.currency, "points": points,
+            "providers": [vars(status) | {"fetched_at": str(status.fetched_at) if status.fetched_at else None}
+                          for status in service.status.values()]}

@@ -6,8 +6,16 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from scheduler.config import Config, daemon_paths
+
+if TYPE_CHECKING:
+    from scheduler.forecasts.base import Provider
+    from scheduler.store import Store
 
 log = logging.getLogger("gsched")
 
@@ -20,6 +28,21 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
+def forecast_provider(config: Config, store: "Store", now: "Callable[[], datetime]") -> "Provider":
+    """The configured providers behind a cache, or the embedded trace when none is configured."""
+    if not config.forecast.providers:
+        from scheduler.forecasts.trace import TraceProvider
+
+        return TraceProvider(Path(config.forecast.trace) if config.forecast.trace else None)
+    import httpx
+
+    from scheduler import __version__
+    from scheduler.forecasts.service import ForecastService
+
+    client = httpx.Client(headers={"User-Agent": f"gsched/{__version__}"}, follow_redirects=True)
+    return ForecastService(config.forecast, store, client, now, timedelta(hours=config.planner.horizon_hours))
+
+
 def run_daemon(config: Config) -> None:
     from jobs import WORKLOADS
     from scheduler.api import Api, ApiServer
@@ -27,7 +50,6 @@ def run_daemon(config: Config) -> None:
     from scheduler.daemon import Daemon, install_signal_handlers, sd_notify
     from scheduler.devices import discover
     from scheduler.executor.launch import Launcher
-    from scheduler.forecasts.trace import TraceProvider
     from scheduler.store import Store
 
     _setup_logging(config.daemon.log_level)
@@ -37,8 +59,8 @@ def run_daemon(config: Config) -> None:
     os.chmod(paths.home, 0o711)  # others may reach the socket inside, not list or read the state
     store = Store(paths.db)
     devices = discover(config.devices)
-    provider = TraceProvider(config.forecast.trace or None)
     clock = make_clock(config.daemon.clock_speed)
+    provider = forecast_provider(config, store, clock.now)
     daemon = Daemon(config, paths, store, clock, devices, provider, Launcher(paths, config),
                     {name: info.steps_per_s for name, info in WORKLOADS.items()})
     stop = threading.Event()

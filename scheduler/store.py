@@ -12,19 +12,21 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import sqlalchemy.dialects.sqlite
 from sqlalchemy import event
 from sqlmodel import Session, SQLModel, col, func, select
 
 from scheduler.errors import Conflict, NotFound, StoreError
 from scheduler.jobfile import JobSpec
-from scheduler.models import ALLOWED, TERMINAL, Job, JobEvent, JobState, Measurement, Meta
+from scheduler.models import ALLOWED, TERMINAL, ForecastPoint, Job, JobEvent, JobState, Measurement, Meta
 
 SCHEMA_VERSION = 1
+_SECOND = timedelta(seconds=1)
 BUSY_TIMEOUT_MS = 10_000
 
 # from_version -> the step that brings a database to from_version + 1.
@@ -227,3 +229,26 @@ class Store:
                                   .where(col(Measurement.id).in_(last_ids))).all())
         return {row[0]: {"energy_j": row[1], "cost_eur": row[2], "co2_g": row[3], "energy_source": sources[row[4]]}
                 for row in rows}
+
+    # --- forecast cache -----------------------------------------------------------------------------------
+
+    def save_series(self, provider: str, signal: str, start: datetime, step_s: int, values: Sequence[float | None],
+                    currency: str | None, fetched_at: datetime) -> None:
+        rows = [{"provider": provider, "signal": signal, "start": start + (i * step_s) * _SECOND, "step_s": step_s,
+                 "value": v, "currency": currency, "fetched_at": fetched_at} for i, v in enumerate(values)]
+        if not rows:
+            return
+        table = ForecastPoint.__table__
+        statement = sa.dialects.sqlite.insert(table).values(rows)
+        statement = statement.on_conflict_do_update(
+            index_elements=["provider", "signal", "start"],
+            set_={key: statement.excluded[key] for key in ("step_s", "value", "currency", "fetched_at")})
+        with self.write() as s:
+            s.execute(statement)
+
+    def forecast_points(self, signal: str, start: datetime, end: datetime) -> list[ForecastPoint]:
+        query = (select(ForecastPoint).where(ForecastPoint.signal == signal, ForecastPoint.start < end,
+                                             ForecastPoint.start >= start - 86400 * _SECOND)
+                 .order_by(col(ForecastPoint.start)))
+        with self.read() as s:
+            return list(s.exec(query).all())

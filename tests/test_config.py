@@ -40,3 +40,12 @@ def test_paths_follow_gsched_home_then_systemd_then_user() -> None:
     user = daemon_paths(config, {"HOME": "/home/ann"}, euid=1000)
     assert user.home == Path("/home/ann/.local/state/gsched") and user.db.name == "gsched.db"
     assert client_socket(config, {"GSCHED_SOCKET": "/s.sock"}, euid=1000) == Path("/s.sock")
+
+
+def test_readme_provider_example_parses_and_covers_every_kind() -> None:
+    from scheduler.config import PROVIDER_KINDS
+
+    text = (ROOT / "README.md").read_text()
+    block = text[text.index("[forecast]\ncurrency"):]
+    config = parse_config(block[: block.index("```")], "README.md")
+    assert sorted(p.kind for p in config.forecast.providers) == sorted(PROVIDER_KINDS)

@@ -34,6 +34,9 @@ def test_linear_workload_runs_measured_and_priced(daemon: DaemonProc) -> None:
     for key in ("submitted_at", "started_at", "finished_at"):
         assert job[key].endswith("Z")
     assert [e["state"] for e in job["events"]] == ["PENDING", "PLANNED", "RUNNING", "COMPLETED"]
+    assert job["events"][1]["reason"] == "runs now (--now) on 1xcpu fp32"
+    assert job["mode"] == {"gpus": 1, "precision": "fp32", "power_limit_w": None, "pruning": 0.0, "compile": False,
+                           "source": "default-scaling"}
     log = daemon.cli("logs", str(job_id), check=True).stdout
     assert "step 3000/3000" in log and "gsched-metrics" in log
     table = daemon.cli("status", check=True).stdout

@@ -1,4 +1,4 @@
-"""The cost model: energy x (price + carbon price x carbon intensity). Pure functions."""
+"""Pricing a finished run: its measured energy spread over the run, priced step by step. Pure."""
 
 from __future__ import annotations
 
@@ -7,14 +7,6 @@ from datetime import datetime, timedelta
 from scheduler.forecasts.base import Forecast
 
 J_PER_KWH = 3.6e6
-
-
-def slot_weights(price_eur_per_mwh: list[float], carbon_g_per_kwh: list[float], carbon_price_eur_per_t: float,
-                 objective: str = "cost") -> list[float]:
-    """What one kWh costs in each slot: EUR/kWh for ``cost``, gCO2 for ``carbon``."""
-    if objective == "carbon":
-        return list(carbon_g_per_kwh)
-    return [p / 1000 + carbon_price_eur_per_t * c / 1e6 for p, c in zip(price_eur_per_mwh, carbon_g_per_kwh)]
 
 
 def run_cost(energy_j: float, start: datetime, end: datetime, forecast: Forecast) -> tuple[float, float]:

@@ -218,7 +218,9 @@ class Planner:
     # --- the MILP --------------------------------------------------------------------------------------------
 
     def candidates(self, chosen: dict[int, Option], relaxation: object | None, slack: float, max_columns: int
-                   ) -> list[list[Option]]:
+                   ) -> tuple[list[list[Option]], bool]:
+        """Each job's options for the MILP, and whether the column budget cut any that could be in a better
+        plan (if not, the MILP's optimum is the optimum over all rigid plans)."""
         costing = self.costing
         per_job: list[dict[tuple[int, tuple[tuple[int, int], ...]], Option]] = [{} for _ in self.jobs]
         rigid = getattr(relaxation, "rigid", None)
@@ -234,12 +236,14 @@ class Planner:
                     (float(rc[i]), Option(j, m, ((int(starts[i]), int(starts[i]) + n),), float(costs[i]),
                                           late=int(starts[i]) + n > deadline)) for i in ok)
             total = sum(len(v) for v in per_job_rc.values())
-            keep = total if total <= max_columns else max(4, max_columns // max(1, len(per_job_rc)))
+            truncated = total > max_columns
+            keep = total if not truncated else max(4, max_columns // max(1, len(per_job_rc)))
             for j, ranked in per_job_rc.items():
                 ranked.sort(key=lambda item: item[0])
                 for _rc, option in ranked[:keep]:
                     per_job[j][(option.mode, option.segments)] = option
         else:
+            truncated = True
             keep_n = max(6, max_columns // max(1, sum(len(job.modes) for job in self.jobs)))
             for j, job in enumerate(self.jobs):
                 for m in range(len(job.modes)):
@@ -280,7 +284,7 @@ class Planner:
             for extra in (chosen.get(j), self.previous.get(j)):
                 if extra is not None:
                     per_job[j][(extra.mode, extra.segments)] = extra
-        return [list(options.values()) for options in per_job]
+        return [list(options.values()) for options in per_job], truncated
 
     def milp(self, columns: dict[int, list[Option]], capacity: np.ndarray, warm: dict[int, Option],
              time_limit_s: float) -> tuple[dict[int, Option] | None, str]:
@@ -334,7 +338,7 @@ class Planner:
         over_h = (option.end - job.deadline_slot) * costing.slot_h
         return f"GPUs are busy: earliest finish is {over_h:.2f} h after its deadline; planned for that"
 
-    def solve(self, time_limit_s: float = 10.0, max_columns: int = 3000, use_milp: bool = True) -> Solution:
+    def solve(self, time_limit_s: float = 10.0, max_columns: int = 1500, use_milp: bool = True) -> Solution:
         t0 = time.monotonic()
         deadline = t0 + time_limit_s
         stats: dict[str, float | str] = {"method": "greedy"}
@@ -355,16 +359,25 @@ class Planner:
         greedy_obj = sum(self.price(o) for o in chosen.values())
         stats["greedy_objective"], stats["greedy_s"] = greedy_obj, time.monotonic() - t0
         bound = relaxation.bound if relaxation is not None and math.isfinite(relaxation.bound) else None
-        if use_milp and len(chosen) > 1 and time.monotonic() < deadline - 0.1:
-            slack = greedy_obj - bound if bound is not None else math.inf
-            if slack > TIE * max(1.0, abs(greedy_obj)):
-                columns = self.candidates(chosen, relaxation, slack, max_columns)
+        if use_milp and len(chosen) > 1:
+            # Start with a small candidate set; while the MILP proves optimality over a set the budget cut,
+            # double the set and solve again from the best plan so far.
+            budget = max_columns
+            while time.monotonic() < deadline - 0.1:
+                best = sum(self.price(o) for o in chosen.values())
+                slack = best - bound if bound is not None else math.inf
+                if slack <= TIE * max(1.0, abs(best)):
+                    break  # already at the bound
+                columns, truncated = self.candidates(chosen, relaxation, slack, budget)
                 stats["milp_columns"] = float(sum(len(c) for c in columns))
                 picked, status = self.milp(dict(enumerate(columns)), self.costing.capacity, chosen,
                                            deadline - time.monotonic())
                 stats["milp_status"] = status
-                if picked is not None and _better(sum(self.price(o) for o in picked.values()), greedy_obj):
+                if picked is not None and _better(sum(self.price(o) for o in picked.values()), best):
                     chosen, stats["method"] = picked, "milp"
+                if status != "Optimal" or not truncated:
+                    break
+                budget *= 2
             stats["objective_priced"] = sum(self.price(o) for o in chosen.values())
         plan: Plan = {}
         options: dict[str, Option] = {}
