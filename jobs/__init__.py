@@ -20,5 +20,6 @@ WORKLOADS: dict[str, WorkloadInfo] = {
     info.module: info
     for info in (
         WorkloadInfo("jobs.linear", "the seed's Linear(1000, 10) regression, MSE, SGD lr 0.01, batch 100", 1500.0),
+        WorkloadInfo("jobs.mlp", "MLP classifier (3x1024 hidden) on 10 overlapping Gaussian classes, AdamW", 15.0),
     )
 }

@@ -291,7 +291,7 @@ def test_provider_config_errors_name_the_key() -> None:
 @pytest.fixture
 def replay_server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "replay_server.py"), str(port_file), "4"])
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "replay_server.py"), str(port_file), "8"])
     for _ in range(100):
         if port_file.exists() and port_file.read_text():
             break
@@ -313,7 +313,7 @@ def test_forecast_fetch_with_a_config_needs_no_daemon(replay_server: tuple, tmp_
     assert data["currency"] == "EUR" and len(data["points"]) in (24, 25)  # 6 h of 15-minute steps from now
     assert set(data["points"][0]) >= {"start", "end", "price_per_mwh", "carbon_g_per_kwh", "renewable_share_pct",
                                       "source", "estimated"}
-    assert "uk-carbon-intensity" in data["points"][0]["source"]  # the replayed 2 h
+    assert "uk-carbon-intensity" in data["points"][0]["source"]  # the replayed 4 h
     assert data["points"][-1]["source"] == "file:trace_de_2023-06.csv"  # after them, the fallback
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -323,7 +323,7 @@ def test_daemon_survives_its_primary_provider_dying_mid_run(replay_server: tuple
     config = f"""
 [daemon]
 tick_s = 0.3
-clock_speed = 1800.0
+clock_speed = 900.0
 [devices]
 gpus = "none"
 cpu_devices = 2
@@ -342,11 +342,16 @@ priority = 2
     daemon = DaemonProc(home, config)
     daemon.start()
     try:
-        data = json.loads(daemon.cli("forecast", "--json", "--hours", "1", check=True).stdout)
+        deadline = time.monotonic() + 15  # the first fetch runs beside the daemon's start
+        while time.monotonic() < deadline:
+            data = json.loads(daemon.cli("forecast", "--json", "--hours", "1", check=True).stdout)
+            if "uk-carbon-intensity" in data["points"][0]["source"]:
+                break
+            time.sleep(0.2)
         assert "uk-carbon-intensity" in data["points"][0]["source"]
         proc.kill()  # the primary dies
         proc.wait()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 45  # 4 replayed hours at 900x: 16 s
         while time.monotonic() < deadline:
             data = json.loads(daemon.cli("forecast", "--json", "--hours", "1", check=True).stdout)
             failing = [p for p in data["providers"] if p["ok"] is False]
@@ -354,7 +359,7 @@ priority = 2
                 break
             time.sleep(0.3)
         assert failing and "cannot connect" in failing[0]["error"]
-        assert data["points"][0]["source"] == "file:trace_de_2023-06.csv"  # the replayed 2 h have passed
+        assert data["points"][0]["source"] == "file:trace_de_2023-06.csv"  # the replayed hours have passed
         shown = daemon.cli("forecast", "--hours", "1")
         assert "provider uk-carbon-intensity failing" in shown.stderr
         job = write_job(tmp_path, "j", 'command = ["true"]\nduration = "1m"\nmax_delay = "2h"\n')

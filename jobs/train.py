@@ -1,0 +1,178 @@
+"""The training loop every workload shares, with the optimisations gsched chooses applied here, not in the
+workload: precision (torch.amp autocast; GradScaler for fp16), L1-unstructured pruning (masks kept while
+training, made permanent at the end), torch.compile, and DDP when started by torchrun (gloo on CPU devices,
+nccl on GPUs).
+
+Checkpoints are exact: the batch of step k depends only on (seed, k, rank), and the model, optimiser and
+scaler states are saved together, atomically, on SIGTERM (at the next step boundary, agreed across ranks) and
+at the end. A run that finds its checkpoint resumes from it; on CPU with the same device count the final loss
+is bit-identical to an uninterrupted run.
+
+Settings come from the command line, with gsched's environment as defaults: GSCHED_PRECISION,
+GSCHED_PRUNING, GSCHED_COMPILE, GSCHED_CHECKPOINT. The last line is ``gsched-metrics {json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.utils.prune
+
+PREEMPTED_EXIT = 0  # a checkpointed stop is a clean exit; the daemon knows it asked for it
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Parts:
+    """What a workload provides; everything else is the harness's."""
+
+    model: torch.nn.Module
+    batch: Callable[[torch.Generator, torch.device], tuple[torch.Tensor, torch.Tensor]]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    optimiser: Callable[[Any], torch.optim.Optimizer]
+
+
+def common_args(description: str) -> argparse.ArgumentParser:
+    env = os.environ
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=env.get("GSCHED_PRECISION", "fp32"))
+    parser.add_argument("--pruning", type=float, default=float(env.get("GSCHED_PRUNING", "0") or 0))
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
+                        default=env.get("GSCHED_COMPILE", "") in ("1", "true"))
+    parser.add_argument("--checkpoint", type=Path, default=Path(env["GSCHED_CHECKPOINT"])
+                        if env.get("GSCHED_CHECKPOINT") else None)
+    parser.add_argument("--report-every", type=int, default=0, help="progress lines (default: 10 per run)")
+    return parser
+
+
+class _Stop:
+    """SIGTERM asks for a checkpoint at the next step boundary instead of killing the step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+
+def _device() -> torch.device:
+    if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES"):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _prunable(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    return (m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)))
+
+
+def _save_atomic(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run(build: Callable[[argparse.Namespace], Parts], parser: argparse.ArgumentParser,
+        argv: list[str] | None = None) -> int:
+    args = parser.parse_args(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    device = _device()
+    if distributed:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
+    stop = _Stop()
+    torch.manual_seed(args.seed)
+    parts = build(args)
+    model = parts.model.to(device)
+    if args.pruning > 0:
+        for module in _prunable(model):
+            torch.nn.utils.prune.l1_unstructured(module, "weight", amount=args.pruning)
+    optimiser = parts.optimiser(model.parameters())
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    step = 0
+    resumed_from = None
+    if args.checkpoint is not None and args.checkpoint.exists():
+        state = torch.load(args.checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scaler.load_state_dict(state["scaler"])
+        step = resumed_from = state["step"]
+        if rank == 0:
+            print(f"resumed from step {step} ({args.checkpoint})", flush=True)
+    trained = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    if args.compile:
+        trained = torch.compile(trained)
+    autocast = (torch.amp.autocast(device.type, dtype=DTYPES[args.precision]) if args.precision in DTYPES
+                else nullcontext())
+    report_every = args.report_every or max(1, args.steps // 10)
+    started = time.monotonic()
+    steps_this_run = 0
+    loss = torch.tensor(float("nan"))
+    preempted = False
+    while step < args.steps:
+        if _agreed(stop.requested, distributed):
+            preempted = True
+            break
+        generator = torch.Generator().manual_seed((args.seed * 1_000_003 + step) * 64 + rank)
+        inputs, targets = parts.batch(generator, device)
+        optimiser.zero_grad(set_to_none=True)
+        with autocast:
+            loss = parts.loss_fn(trained(inputs), targets)
+        scaler.scale(loss).backward()
+        scaler.step(optimiser)
+        scaler.update()
+        step += 1
+        steps_this_run += 1
+        if rank == 0 and (step % report_every == 0 or step == args.steps):
+            print(f"step {step}/{args.steps} loss {loss.item():.6f}", flush=True)
+    if not preempted and args.pruning > 0:
+        for module in _prunable(model):
+            torch.nn.utils.prune.remove(module, "weight")  # permanent: plain weights with zeros
+    if rank == 0 and args.checkpoint is not None:
+        _save_atomic(args.checkpoint, {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                                       "scaler": scaler.state_dict(), "step": step})
+    elapsed_s = time.monotonic() - started
+    if rank == 0:
+        weights = [m.weight for m in _prunable(model)]
+        zeros = sum(int((w == 0).sum()) for w in weights)
+        total = sum(w.numel() for w in weights)
+        metrics = {"steps": step, "loss": float(loss.item()), "steps_per_s": steps_this_run / elapsed_s if elapsed_s
+                   else 0.0, "precision": args.precision, "pruning": args.pruning, "compile": args.compile,
+                   "world_size": world, "device": device.type, "sparsity": zeros / total if total else 0.0,
+                   "preempted": preempted, "resumed_from": resumed_from}
+        print("gsched-metrics " + json.dumps(metrics), flush=True)
+    if distributed:
+        dist.destroy_process_group()
+    return PREEMPTED_EXIT if preempted else 0
+
+
+def _agreed(flag: bool, distributed: bool) -> bool:
+    """Every rank stops at the same step: the stop request is max-reduced across ranks."""
+    if not distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def main(build: Callable[[argparse.Namespace], Parts], parser: argparse.ArgumentParser) -> None:
+    sys.exit(run(build, parser))
