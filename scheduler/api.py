@@ -6,6 +6,7 @@ Routes (JSON in and out; errors are {"error": message} with 400/403/404/409):
     POST /v1/jobs                  {"text", "source", "base_dir", "urgent"} -> {"id"}   (201)
     GET  /v1/jobs/ID               one job with its events and runs
     POST /v1/jobs/ID/cancel        owner or root
+    POST /v1/jobs/ID/requeue       owner or root: checkpoint a running preemptible job, back to the queue
     GET  /v1/jobs/ID/log?offset=N  owner or root; raw bytes, X-Log-Size and X-Job-State headers
     GET  /v1/devices               what the daemon schedules on
     GET  /v1/forecast?hours=48     the signals ahead, per step with its source and flags
@@ -107,6 +108,7 @@ class Api:
             ("POST", re.compile(r"/v1/jobs"), self.submit),
             ("GET", re.compile(r"/v1/jobs/(\d+)"), self.show),
             ("POST", re.compile(r"/v1/jobs/(\d+)/cancel"), self.cancel),
+            ("POST", re.compile(r"/v1/jobs/(\d+)/requeue"), self.requeue),
             ("GET", re.compile(r"/v1/jobs/(\d+)/log"), self.log),
         ]
 
@@ -175,6 +177,10 @@ class Api:
             raise Conflict(f"job {job_id} already ended ({job.state.value})")
         job = self.daemon.cancel(job)
         return 200, {"id": job.id, "state": job.state.value, "cancel_requested": job.cancel_requested}
+
+    def requeue(self, caller: Caller, query: dict[str, str], body: Any, job_id: str) -> tuple[int, Any]:
+        job = self.daemon.requeue(self._owned(caller, job_id, "requeue it"))
+        return 200, {"id": job.id, "state": job.state.value, "preempt_requested": job.preempt_requested}
 
     def log(self, caller: Caller, query: dict[str, str], body: Any, job_id: str) -> tuple[int, Any]:
         job = self._owned(caller, job_id, "read its log")

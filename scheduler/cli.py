@@ -155,6 +155,16 @@ def cancel(job_ids: list[int] = typer.Argument(..., help="job ids")) -> None:
 
 
 @app.command()
+def requeue(job_id: int = typer.Argument(...)) -> None:
+    """Checkpoint a running preemptible job and return it to the queue (like scontrol requeue)."""
+    try:
+        with _client() as client:
+            client.requeue(job_id)
+    except GschedError as exc:
+        _fail(exc)
+
+
+@app.command()
 def logs(job_id: int = typer.Argument(...),
          follow: bool = typer.Option(False, "-f", "--follow", help="keep printing until the job ends")) -> None:
     """Print a job's output (owner or root only)."""

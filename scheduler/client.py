@@ -66,6 +66,9 @@ class Client:
     def cancel(self, job_id: int) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
 
+    def requeue(self, job_id: int) -> dict[str, Any]:
+        return self._request("POST", f"/v1/jobs/{job_id}/requeue").json()
+
     def log(self, job_id: int, offset: int = 0) -> tuple[bytes, int, str]:
         response = self._request("GET", f"/v1/jobs/{job_id}/log", params={"offset": offset})
         return response.content, int(response.headers["X-Log-Size"]), response.headers["X-Job-State"]

@@ -157,8 +157,14 @@ class Daemon:
         # Times are on the daemon's clock, which may run faster than the wall (the demo).
         finished = job.started_at + timedelta(seconds=duration_s * self.clock.speed)
         exit_code = result.get("exit_code")
+        metrics = result.get("metrics") or {}
         if job.cancel_requested:
             state, reason = JobState.CANCELLED, "cancelled by user"
+        elif job.preempt_requested and not (exit_code == 0 and metrics.get("preempted") is False):
+            # A workload that reports it finished all its steps completed; anything else goes back to the queue.
+            state = JobState.PREEMPTED
+            reason = (f"requeued: checkpointed at step {metrics['steps']}" if metrics.get("preempted")
+                      else f"requeued (exit code {exit_code})")
         elif result.get("timed_out"):
             state, reason = JobState.TIMEOUT, "reached its time_limit"
         elif exit_code == 0:
@@ -177,10 +183,12 @@ class Daemon:
         measurement = Measurement(job_id=job.id, started_at=job.started_at, finished_at=finished,
                                   duration_s=duration_s, energy_j=energy_j,
                                   energy_source=result.get("energy_source", "estimate"),
-                                  cost_eur=cost_eur, co2_g=co2_g, metrics_json=json.dumps(result.get("metrics") or {}))
+                                  cost_eur=cost_eur, co2_g=co2_g, metrics_json=json.dumps(metrics))
+        ended = {"finished_at": finished, "exit_code": exit_code} if state != JobState.PREEMPTED else {
+            "preempt_requested": False, "started_at": None, "gpus": None, "devices_json": None, "runner_pid": None,
+            "runner_start_ticks": None, "plan_json": None, "planned_start": None, "planned_end": None}
         try:
-            self.store.finish(job.id, state, at=finished, reason=reason, measurement=measurement,
-                              finished_at=finished, exit_code=exit_code)
+            self.store.finish(job.id, state, at=finished, reason=reason, measurement=measurement, **ended)
         except Conflict:
             return  # another thread ended it first
         self._dirty.set()  # its devices are free: replan
@@ -246,7 +254,8 @@ class Daemon:
             deadline_slot = max(0, min(horizon, math.floor((job.deadline - grid0) / slot)))
             if job.urgent:  # --now: as soon as devices allow; any wait shows as lateness, so none is chosen
                 deadline_slot = min(deadline_slot, max(1, math.ceil(jm.work / modes[0].rate / (slot / timedelta(hours=1)))))
-            pjobs.append(PJob(str(job.id), 0, deadline_slot, jm.work, modes, 0 if job.urgent else jm.requested))
+            work = jm.work * self.remaining_fraction(job)
+            pjobs.append(PJob(str(job.id), 0, deadline_slot, work, modes, 0 if job.urgent else jm.requested))
             modes_of[str(job.id)] = described
             if job.plan_json:
                 old = json.loads(job.plan_json)
@@ -304,9 +313,10 @@ class Daemon:
                 continue
             chosen = free[: mode["gpus"]]
             busy.update(d.uuid for d in chosen)
-            self._dispatch(job.id, self.spec_of(job), chosen, now, mode["precision"])
+            self._dispatch(job.id, self.spec_of(job), chosen, now, mode)
 
-    def _dispatch(self, job_id: int, spec: JobSpec, devices: list[Device], now: datetime, precision: str) -> None:
+    def _dispatch(self, job_id: int, spec: JobSpec, devices: list[Device], now: datetime, mode: dict[str, Any]
+                  ) -> None:
         job = self.store.get(job_id)
         if job.state not in QUEUED:
             return
@@ -316,7 +326,7 @@ class Daemon:
             gid = job.owner_uid
         uid = job.owner_uid if self.uid == 0 else self.uid
         try:
-            launched = self.launcher.start(job_id, spec, devices, uid, gid, precision)
+            launched = self.launcher.start(job_id, spec, devices, uid, gid, mode)
         except OSError as exc:
             self.store.transition(job_id, JobState.FAILED, at=now, reason=f"cannot start runner: {exc}",
                                   finished_at=now)
@@ -345,6 +355,27 @@ class Daemon:
             return job
         return self.store.transition(job.id, JobState.CANCELLED, at=now, reason="cancelled by user",
                                      expect=QUEUED, finished_at=now)
+
+    def requeue(self, job: Job) -> Job:
+        """Checkpoint a running preemptible job and put it back in the queue (Slurm's scontrol requeue)."""
+        assert job.id is not None
+        if job.state != JobState.RUNNING:
+            raise Conflict(f"job {job.id} is {job.state.value}; only a running job can be requeued")
+        if not self.spec_of(job).preemptible:
+            raise Conflict(f"job {job.id} is not preemptible (set preemptible = true in its job file)")
+        job = self.store.update(job.id, preempt_requested=True)
+        if not self.launcher.signal(job.runner_pid or 0, job.runner_start_ticks or -1, signal.SIGTERM):
+            self.wake()
+        return job
+
+    def remaining_fraction(self, job: Job) -> float:
+        """Of a requeued workload, the share of its steps still to run (from its runs' metrics)."""
+        if job.state != JobState.PREEMPTED:
+            return 1.0
+        spec = self.spec_of(job)
+        done = max((json.loads(m.metrics_json).get("steps") or 0 for m in self.store.measurements(job.id or 0)),
+                   default=0)
+        return max(0.05, 1 - done / spec.steps) if spec.steps else 1.0
 
     def info(self) -> dict[str, Any]:
         return {"version": __version__, "now": self.clock.now(), "clock_speed": self.clock.speed,

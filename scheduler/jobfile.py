@@ -63,11 +63,13 @@ class JobSpec:
             data["command"] = tuple(data["command"])
         return cls(**data)
 
-    def argv(self, python: str) -> list[str]:
-        """The program the runner starts; never through a shell."""
+    def argv(self, python: str, processes: int = 1) -> list[str]:
+        """The program the runner starts; never through a shell. A workload on several devices runs under
+        torchrun, one process per device (DDP)."""
         if self.command is not None:
             return list(self.command)
-        argv = [python, "-m", str(self.workload), "--steps", str(self.steps)]
+        launcher = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        argv = [*(launcher if processes > 1 else [python]), "-m", str(self.workload), "--steps", str(self.steps)]
         for key, value in self.args.items():
             argv += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
         return argv

@@ -78,6 +78,7 @@ class Job(SQLModel, table=True):
     runner_pid: int | None = None
     runner_start_ticks: int | None = None
     cancel_requested: bool = False
+    preempt_requested: bool = False  # `gsched requeue`: checkpoint, then back to the queue
     exit_code: int | None = None
     reason: str | None = None
 

@@ -51,8 +51,13 @@ class Launcher:
     def result_path(self, job_id: int) -> Path:
         return self.paths.runs / str(job_id) / "result.json"
 
+    def work_dir(self, job_id: int) -> Path:
+        """Where the job itself may write (its checkpoint): owned by the job's owner."""
+        return self.paths.runs / str(job_id) / "work"
+
     def job_env(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int,
-                precision: str = "fp32") -> dict[str, str]:
+                mode: dict[str, Any] | None = None) -> dict[str, str]:
+        mode = mode or {}
         try:
             account = pwd.getpwuid(owner_uid)
             home, user = account.pw_dir, account.pw_name
@@ -73,24 +78,34 @@ class Launcher:
             GSCHED_JOB_NAME=spec.name,
             GSCHED_DEVICES=uuids,
             GSCHED_NUM_DEVICES=str(len(devices)),
-            GSCHED_PRECISION=precision,
+            GSCHED_PRECISION=str(mode.get("precision", "fp32")),
+            GSCHED_PRUNING=str(mode.get("pruning", 0.0)),
+            GSCHED_COMPILE="1" if mode.get("compile") else "0",
+            GSCHED_CHECKPOINT=str(self.work_dir(job_id) / "checkpoint.pt"),
             CUDA_VISIBLE_DEVICES=uuids if devices and devices[0].kind == "gpu" else "",
         )
         if devices and devices[0].kind == "cpu":
-            env.setdefault("OMP_NUM_THREADS", str(len(devices)))
+            env.setdefault("OMP_NUM_THREADS", "1" if spec.workload and len(devices) > 1 else str(len(devices)))
+            env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # DDP between processes on this host
         return env
 
     def start(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int,
-              precision: str = "fp32") -> Launched:
+              mode: dict[str, Any] | None = None) -> Launched:
         run_dir = self.paths.runs / str(job_id)
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.paths.runs.chmod(0o711)
+        run_dir.chmod(0o711)  # the owner may reach its work dir inside, not read the run files
+        work = self.work_dir(job_id)
+        work.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            os.chown(work, owner_uid, owner_gid)
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         result = self.result_path(job_id)
         result.unlink(missing_ok=True)
         runfile: dict[str, Any] = {
-            "argv": spec.argv(sys.executable),
+            "argv": spec.argv(sys.executable, len(devices)),
             "cwd": spec.workdir,
-            "env": self.job_env(job_id, spec, devices, owner_uid, precision),
+            "env": self.job_env(job_id, spec, devices, owner_uid, mode),
             "uid": owner_uid,
             "gid": owner_gid,
             "device_kind": devices[0].kind,

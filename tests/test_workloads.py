@@ -1,0 +1,114 @@
+"""The workloads with the runner's optimisations, with real torch on CPU: precision, pruning, DDP over two CPU
+devices, and checkpointed preemption that resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, DaemonProc, write_job
+
+SMALL_MLP = ["-m", "jobs.mlp", "--hidden", "64", "--batch-size", "64"]
+
+
+def metrics(output: str) -> dict:
+    return json.loads([line for line in output.splitlines() if line.startswith("gsched-metrics ")][-1][15:])
+
+
+def train(*args: str, env: dict[str, str] | None = None) -> dict:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return metrics(result.stdout)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_each_precision_trains(precision: str) -> None:
+    m = train(*SMALL_MLP, "--steps", "30", "--precision", precision)
+    assert m["precision"] == precision and m["steps"] == 30 and 0 < m["loss"] < 10
+
+
+def test_precision_comes_from_gsched_environment() -> None:
+    assert train(*SMALL_MLP, "--steps", "5", env={"GSCHED_PRECISION": "bf16"})["precision"] == "bf16"
+
+
+def test_pruning_is_made_permanent(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "ck.pt"
+    m = train(*SMALL_MLP, "--steps", "20", "--pruning", "0.5", "--checkpoint", str(checkpoint))
+    assert m["sparsity"] == pytest.approx(0.5, abs=0.01)
+    state = torch.load(checkpoint, weights_only=False)["model"]
+    assert not any(key.endswith(("weight_orig", "weight_mask")) for key in state)  # plain weights again
+    zeros = sum(int((v == 0).sum()) for k, v in state.items() if k.endswith("weight"))
+    assert zeros / sum(v.numel() for k, v in state.items() if k.endswith("weight")) == pytest.approx(0.5, abs=0.01)
+
+
+def torchrun(n: int, *args: str) -> dict:
+    return train("-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}", *args,
+                 env={"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"})
+
+
+def test_ddp_across_two_cpu_devices() -> None:
+    m = torchrun(2, "-m", "jobs.linear", "--steps", "100")
+    assert m["world_size"] == 2 and m["steps"] == 100 and 0 < m["loss"] < 5
+
+
+def interrupted(args: list[str], checkpoint: Path, at_step: int) -> dict:
+    """Run, SIGTERM it once it has printed step ``at_step``, and return what it reported."""
+    proc = subprocess.Popen([sys.executable, *args, "--checkpoint", str(checkpoint), "--report-every", "1"],
+                            stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(f"step {at_step}/"):
+            proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    return metrics("".join(lines))
+
+
+def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path: Path) -> None:
+    args = [*SMALL_MLP, "--steps", "80", "--seed", "3"]
+    straight = train(*args)
+    stopped = interrupted(args, tmp_path / "ck.pt", 30)
+    assert stopped["preempted"] and 30 <= stopped["steps"] < 80
+    resumed = train(*args, "--checkpoint", str(tmp_path / "ck.pt"))
+    assert resumed["resumed_from"] == stopped["steps"] and resumed["steps"] == 80
+    assert resumed["loss"] == straight["loss"]  # bit for bit
+
+
+def test_a_checkpoint_resumes_on_a_different_device_count(tmp_path: Path) -> None:
+    args = ["-m", "jobs.linear", "--steps", "60"]
+    stopped = interrupted(args, tmp_path / "ck.pt", 20)
+    resumed = torchrun(2, *args, "--checkpoint", str(tmp_path / "ck.pt"))
+    assert resumed["resumed_from"] == stopped["steps"] and resumed["world_size"] == 2 and resumed["steps"] == 60
+
+
+def test_gsched_requeue_checkpoints_and_the_job_resumes_exactly(daemon: DaemonProc, tmp_path: Path) -> None:
+    body = ('workload = "jobs.mlp"\nsteps = 300\nargs = { seed = 5, hidden = 256 }\npreemptible = true\n'
+            'max_delay = "1h"\n')
+    requeued = daemon.submit(write_job(tmp_path, "pre", body), "--now")
+    daemon.wait_state(requeued, {"RUNNING"})
+    log = ""
+    while "step 60/" not in log:  # let it train a while, past torch's start-up
+        log = daemon.cli("logs", str(requeued), check=True).stdout
+    assert daemon.cli("requeue", str(requeued)).returncode == 0
+    job = daemon.wait_state(requeued, {"COMPLETED", "FAILED"}, timeout_s=120)
+    states = [e["state"] for e in job["events"]]
+    assert states[states.index("RUNNING"):] == ["RUNNING", "PREEMPTED", "PLANNED", "RUNNING", "COMPLETED"]
+    assert any(e["reason"].startswith("requeued: checkpointed at step") for e in job["events"])
+    assert len(job["runs"]) == 2 and job["metrics"]["resumed_from"] >= 60
+    straight = daemon.submit(write_job(tmp_path, "straight", body), "--now")
+    assert daemon.cli("wait", str(straight), timeout=180).returncode == 0
+    assert daemon.show(straight)["metrics"]["loss"] == job["metrics"]["loss"]  # bit for bit
+    rigid = daemon.submit(write_job(tmp_path, "rigid", 'command = ["sleep", "30"]\nduration = "30s"\n'), "--now")
+    daemon.wait_state(rigid, {"RUNNING"})
+    refused = daemon.cli("requeue", str(rigid))
+    assert refused.returncode == 6 and "not preemptible" in refused.stderr
+    daemon.cli("cancel", str(rigid))
