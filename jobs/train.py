@@ -91,7 +91,7 @@ def _save_atomic(path: Path, state: dict[str, Any]) -> None:
 def run(build: Callable[[argparse.Namespace], Parts], parser: argparse.ArgumentParser,
         argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    distributed = "WORLD_SIZE" in os.environ  # started by torchrun: DDP, even on one device
     device = _device()
     if distributed:
         if device.type == "cuda":
