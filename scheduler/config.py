@@ -34,6 +34,7 @@ class DaemonSettings:
 class DeviceSettings:
     gpus: str = "auto"
     cpu_devices: int = 0
+    power_limits: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,7 @@ class Config:
              "must be one of debug, info, warning, error"),
             (self.devices.gpus in ("auto", "none"), "devices.gpus", "must be 'auto' or 'none'"),
             (self.devices.cpu_devices >= 0, "devices.cpu_devices", "must be >= 0 (0 = one per CPU core)"),
+            (self.devices.power_limits in ("auto", "off"), "devices.power_limits", "must be 'auto' or 'off'"),
             (self.energy.cpu_watts_per_core > 0, "energy.cpu_watts_per_core", "must be > 0"),
             (self.energy.power_sample_s > 0, "energy.power_sample_s", "must be > 0"),
             (1 <= self.planner.slot_minutes <= 1440, "planner.slot_minutes", "must be in 1..1440"),

@@ -26,6 +26,7 @@ from scheduler.config import Config, Paths
 from scheduler.devices import Device
 from scheduler.errors import Conflict, GschedError
 from scheduler.executor.launch import Launcher, runner_alive
+from scheduler.executor.power import PowerLimiter
 from scheduler.forecasts.base import Forecast, Provider
 from scheduler.jobfile import JobSpec
 from scheduler.models import Job, JobState, Measurement
@@ -58,10 +59,12 @@ def sd_notify(message: str) -> None:
 
 class Daemon:
     def __init__(self, config: Config, paths: Paths, store: Store, clock: Clock, devices: list[Device],
-                 provider: Provider, launcher: Launcher, steps_per_s: dict[str, float]) -> None:
+                 provider: Provider, launcher: Launcher, steps_per_s: dict[str, float],
+                 power: PowerLimiter | None = None) -> None:
         self.config, self.paths, self.store, self.clock = config, paths, store, clock
         self.devices, self.provider, self.launcher = devices, provider, launcher
         self.steps_per_s = steps_per_s
+        self.power = power  # set only for a root daemon on GPUs with devices.power_limits = "auto"
         self.uid = os.geteuid()
         self._children: dict[int, Any] = {}  # job id -> Popen of runners this process started
         self._tick_lock = threading.Lock()
@@ -93,10 +96,22 @@ class Daemon:
             log.exception("forecast refresh failed")
 
     def stop(self) -> None:
-        """Stop ticking. Running jobs are left alone: their runners outlive us and are re-adopted."""
+        """Stop ticking. Running jobs are left alone: their runners outlive us and are re-adopted; the power
+        limits set for them are restored."""
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
+        for job in self.store.jobs([JobState.RUNNING]):
+            self._restore_power(job)
+
+    def _restore_power(self, job: Job) -> None:
+        if not job.power_restore_json or self.power is None or job.id is None:
+            return
+        try:
+            self.power.restore({k: int(v) for k, v in json.loads(job.power_restore_json).items()})
+            self.store.update(job.id, power_restore_json=None)
+        except GschedError as exc:
+            log.error("job %s: %s", job.id, exc)
 
     def wake(self) -> None:
         """Replan and tick soon: after a submit, a cancel or a job's end."""
@@ -184,6 +199,7 @@ class Daemon:
                                   duration_s=duration_s, energy_j=energy_j,
                                   energy_source=result.get("energy_source", "estimate"),
                                   cost_eur=cost_eur, co2_g=co2_g, metrics_json=json.dumps(metrics))
+        self._restore_power(job)
         ended = {"finished_at": finished, "exit_code": exit_code} if state != JobState.PREEMPTED else {
             "preempt_requested": False, "started_at": None, "gpus": None, "devices_json": None, "runner_pid": None,
             "runner_start_ticks": None, "plan_json": None, "planned_start": None, "planned_end": None}
@@ -196,6 +212,7 @@ class Daemon:
 
     def _end_lost(self, job: Job, now: datetime, reason: str) -> None:
         assert job.id is not None
+        self._restore_power(job)
         state = JobState.CANCELLED if job.cancel_requested else JobState.FAILED
         try:
             self.store.finish(job.id, state, at=now, reason=reason, measurement=None, finished_at=now)
@@ -325,6 +342,14 @@ class Daemon:
         except KeyError:
             gid = job.owner_uid
         uid = job.owner_uid if self.uid == 0 else self.uid
+        cap_w = mode.get("power_limit_w")
+        if cap_w and self.power is not None and devices[0].kind == "gpu":
+            try:
+                originals = self.power.apply([d.uuid for d in devices], float(cap_w))
+                self.store.update(job_id, power_restore_json=json.dumps(originals))
+            except GschedError as exc:
+                log.warning("job %s: runs without its %s W cap: %s", job_id, cap_w, exc)
+                self.store.note(job_id, at=now, reason=f"power cap not set: {exc}")
         try:
             launched = self.launcher.start(job_id, spec, devices, uid, gid, mode)
         except OSError as exc:

@@ -79,6 +79,7 @@ class Job(SQLModel, table=True):
     runner_start_ticks: int | None = None
     cancel_requested: bool = False
     preempt_requested: bool = False  # `gsched requeue`: checkpoint, then back to the queue
+    power_restore_json: str | None = None  # {gpu uuid: original power limit in mW} while a cap is set
     exit_code: int | None = None
     reason: str | None = None
 

@@ -61,8 +61,15 @@ def run_daemon(config: Config) -> None:
     devices = discover(config.devices)
     clock = make_clock(config.daemon.clock_speed)
     provider = forecast_provider(config, store, clock.now)
+    power = None
+    if config.devices.power_limits == "auto" and os.geteuid() == 0 and devices and devices[0].kind == "gpu":
+        import pynvml
+
+        from scheduler.executor.power import PowerLimiter
+
+        power = PowerLimiter(pynvml)
     daemon = Daemon(config, paths, store, clock, devices, provider, Launcher(paths, config),
-                    {name: info.steps_per_s for name, info in WORKLOADS.items()})
+                    {name: info.steps_per_s for name, info in WORKLOADS.items()}, power)
     stop = threading.Event()
     install_signal_handlers(stop)
     server = ApiServer(paths.socket, Api(daemon))

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -90,3 +91,67 @@ def test_cpu_estimate_counts_a_real_childs_cpu_time(tmp_path: Path) -> None:
     assert reading.source == "estimate"
     assert reading.detail["cpu_s"] >= 0.5 and reading.energy_j == pytest.approx(reading.detail["cpu_s"] * 10.0)
 
+
+
+def test_power_limit_is_clamped_applied_and_restored() -> None:
+    from scheduler.executor.power import PowerLimiter
+
+    gpus = [FakeGpu("GPU-a", limit_mw=700_000), FakeGpu("GPU-b", limit_mw=650_000, constraints_mw=(300_000, 650_000))]
+    nvml = FakeNvml(gpus)
+    limiter = PowerLimiter(nvml)
+    originals = limiter.apply(["GPU-a", "GPU-b"], 250)
+    assert originals == {"GPU-a": 700_000, "GPU-b": 650_000}
+    assert gpus[0].limit_mw == 250_000 and gpus[1].limit_mw == 300_000  # clamped to GPU-b's floor
+    limiter.restore(originals)
+    assert [g.limit_mw for g in gpus] == [700_000, 650_000]
+    assert nvml.inits == nvml.shutdowns == 2
+
+
+def test_a_failed_power_limit_undoes_what_it_set() -> None:
+    from scheduler.executor.power import PowerLimiter
+
+    gpus = [FakeGpu("GPU-a")]
+    limiter = PowerLimiter(FakeNvml(gpus))
+    with pytest.raises(DeviceError, match="cannot set the power limit"):
+        limiter.apply(["GPU-a", "GPU-missing"], 300)
+    assert gpus[0].limit_mw == 700_000 and gpus[0].set_calls == [300_000, 700_000]
+
+
+def test_daemon_caps_a_gpu_job_and_restores_the_limit_after(tmp_path: Path) -> None:
+    """In process, on fake GPUs: the planner picks the capped mode, the daemon applies it, the job runs (its runner
+    falls back to the CPU estimate without NVML), and the original limit comes back."""
+    from datetime import datetime, timezone
+
+    from scheduler.clock import SystemClock
+    from scheduler.config import Config, Paths, PlannerSettings
+    from scheduler.daemon import Daemon
+    from scheduler.devices import Device
+    from scheduler.executor.launch import Launcher
+    from scheduler.executor.power import PowerLimiter
+    from scheduler.forecasts.trace import TraceProvider
+    from scheduler.jobfile import parse_job
+    from scheduler.store import Store
+
+    gpus = [FakeGpu("GPU-a", limit_mw=300_000, constraints_mw=(100_000, 300_000))]
+    devices = [Device(0, "GPU-a", "fake GPU", "gpu", 80 * 1024, 300.0, 100.0, 300.0, True)]
+    paths = Paths(home=tmp_path / "home", socket=tmp_path / "home" / "gsched.sock")
+    store = Store(paths.db)
+    # Planned on carbon (always > 0): on price alone a negative-price hour would make the uncapped mode cheaper.
+    config = Config(planner=PlannerSettings(objective="carbon"))
+    daemon = Daemon(config, paths, store, SystemClock(), devices, TraceProvider(), Launcher(paths, config),
+                    {}, PowerLimiter(FakeNvml(gpus)))
+    # A 15-minute window leaves only "now", and the planner still picks the cheaper capped mode.
+    spec = parse_job('command = ["true"]\nduration = "10m"\nmax_delay = "15m"\n[optimisations]\npower_cap_w = [200]\n',
+                     source="j.toml", base_dir=tmp_path, now=datetime.now(timezone.utc))
+    job = store.add_job(spec, owner_uid=os.geteuid(), owner_name="me", urgent=False, now=datetime.now(timezone.utc))
+    daemon.tick()
+    assert store.get(job.id).state.value == "RUNNING"
+    assert gpus[0].set_calls == [200_000]  # the capped mode costs less energy per unit of work
+    deadline = time.monotonic() + 30
+    while store.get(job.id).state.value == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        daemon.tick()
+    done = store.get(job.id)
+    assert done.state.value == "COMPLETED" and done.power_restore_json is None
+    assert gpus[0].limit_mw == 300_000 and gpus[0].set_calls == [200_000, 300_000]
+    assert store.measurements(job.id)[0].energy_source == "estimate"
