@@ -29,7 +29,7 @@ from scheduler.executor.launch import Launcher, runner_alive
 from scheduler.executor.power import PowerLimiter
 from scheduler.forecasts.base import Forecast, Provider
 from scheduler.jobfile import JobSpec
-from scheduler.models import Job, JobState, Measurement
+from scheduler.models import Job, JobState, Measurement, Profile
 from scheduler.planner.cost import run_cost
 from scheduler.planner.estimate import job_modes
 from scheduler.planner.options import Costing
@@ -70,6 +70,7 @@ class Daemon:
         self._tick_lock = threading.Lock()
         self._again = threading.Event()
         self._dirty = threading.Event()  # something changed that the plan must follow
+        self._stopping = threading.Event()
         self._planned_grid: datetime | None = None
         self._scheduler: BackgroundScheduler | None = None
         self.forecast_error: str | None = None
@@ -98,6 +99,7 @@ class Daemon:
     def stop(self) -> None:
         """Stop ticking. Running jobs are left alone: their runners outlive us and are re-adopted; the power
         limits set for them are restored."""
+        self._stopping.set()  # a tick in flight finishes its pass and does not start another
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
@@ -149,7 +151,7 @@ class Daemon:
                     self.plan_and_dispatch(now)
                 except Exception:  # a tick must never kill the daemon; the next one retries
                     log.exception("tick failed")
-                if not self._again.is_set():
+                if not self._again.is_set() or self._stopping.is_set():
                     break
 
     def reap(self, now: datetime) -> None:
@@ -200,6 +202,7 @@ class Daemon:
                                   energy_source=result.get("energy_source", "estimate"),
                                   cost_eur=cost_eur, co2_g=co2_g, metrics_json=json.dumps(metrics))
         self._restore_power(job)
+        self._learn(job, metrics, duration_s, energy_j, measurement.energy_source, finished)
         ended = {"finished_at": finished, "exit_code": exit_code} if state != JobState.PREEMPTED else {
             "preempt_requested": False, "started_at": None, "gpus": None, "devices_json": None, "runner_pid": None,
             "runner_start_ticks": None, "plan_json": None, "planned_start": None, "planned_end": None}
@@ -209,6 +212,20 @@ class Daemon:
             return  # another thread ended it first
         self._dirty.set()  # its devices are free: replan
         log.info("job %s %s: %s, %.1f J (%s)", job.id, state.value, reason, energy_j, measurement.energy_source)
+
+    def _learn(self, job: Job, metrics: dict[str, Any], duration_s: float, energy_j: float, source: str,
+               at: datetime) -> None:
+        """A workload's run measured its mode: keep it as a profile for planning the next runs."""
+        spec = self.spec_of(job)
+        steps_per_s = metrics.get("steps_per_s")
+        if not spec.profile_key or not steps_per_s or duration_s < 1 or not job.plan_json or not job.gpus:
+            return
+        mode = json.loads(job.plan_json)["mode"]
+        self.store.record_profile(Profile(
+            key=spec.profile_key, device_kind=self.devices[0].kind, gpus=job.gpus, precision=mode["precision"],
+            pruning=float(mode.get("pruning") or 0.0), compile=bool(mode.get("compile")),
+            power_limit_w=int(mode.get("power_limit_w") or 0), steps_per_s=float(steps_per_s),
+            watts=energy_j / duration_s, energy_source=source, measured_at=at))
 
     def _end_lost(self, job: Job, now: datetime, reason: str) -> None:
         assert job.id is not None
@@ -263,8 +280,9 @@ class Daemon:
         pjobs, modes_of, previous = [], {}, {}
         for job in queued:
             spec = self.spec_of(job)
+            profiles = self.store.profiles(spec.profile_key, kind) if spec.profile_key else []
             jm = job_modes(spec, len(self.devices), kind, nominal_w,
-                           self.steps_per_s.get(spec.workload) if spec.workload else None, self.clock.speed)
+                           self.steps_per_s.get(spec.workload) if spec.workload else None, self.clock.speed, profiles)
             indices = [jm.requested] if job.urgent else list(range(len(jm.modes)))
             modes = tuple(jm.modes[i] for i in indices)
             described = [jm.described[i] for i in indices]

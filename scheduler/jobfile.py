@@ -5,6 +5,7 @@ Every error names the file and the field (or the line, for TOML syntax), and not
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,14 @@ class JobSpec:
         if data.get("command") is not None:
             data["command"] = tuple(data["command"])
         return cls(**data)
+
+    @property
+    def profile_key(self) -> str | None:
+        """What makes two workload runs comparable in speed: the workload and its arguments but the seed."""
+        if self.workload is None:
+            return None
+        return json.dumps({"workload": self.workload, "args": {k: v for k, v in self.args.items() if k != "seed"}},
+                          sort_keys=True)
 
     def argv(self, python: str, processes: int = 1) -> list[str]:
         """The program the runner starts; never through a shell. A workload on several devices runs under

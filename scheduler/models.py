@@ -132,3 +132,25 @@ class ForecastPoint(SQLModel, table=True):
     value: float | None = None
     currency: str | None = None
     fetched_at: datetime = _time()  # type: ignore[assignment]
+
+
+class Profile(SQLModel, table=True):
+    """A measured mode of a workload: what the planner uses instead of the default scaling model."""
+
+    __tablename__ = "profiles"
+    __table_args__ = (sa.UniqueConstraint("key", "device_kind", "gpus", "precision", "pruning", "compile",
+                                          "power_limit_w"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(index=True)  # the workload and its arguments but the seed, as canonical JSON
+    device_kind: str
+    gpus: int
+    precision: str
+    pruning: float
+    compile: bool
+    power_limit_w: int = 0  # 0: the device's own limit
+    steps_per_s: float
+    watts: float  # mean power over the run
+    energy_source: str
+    runs: int = 1
+    measured_at: datetime = _time()  # type: ignore[assignment]

@@ -23,7 +23,8 @@ from sqlmodel import Session, SQLModel, col, func, select
 
 from scheduler.errors import Conflict, NotFound, StoreError
 from scheduler.jobfile import JobSpec
-from scheduler.models import ALLOWED, TERMINAL, ForecastPoint, Job, JobEvent, JobState, Measurement, Meta
+from scheduler.models import (ALLOWED, TERMINAL, ForecastPoint, Job, JobEvent, JobState, Measurement, Meta,
+                              Profile)
 
 SCHEMA_VERSION = 1
 _SECOND = timedelta(seconds=1)
@@ -252,3 +253,22 @@ class Store:
                  .order_by(col(ForecastPoint.start)))
         with self.read() as s:
             return list(s.exec(query).all())
+
+    # --- profiles -----------------------------------------------------------------------------------------
+
+    def record_profile(self, profile: Profile) -> None:
+        """Keep the latest measurement of each (workload, arguments, device kind, mode)."""
+        with self.write() as s:
+            old = s.exec(select(Profile).where(
+                Profile.key == profile.key, Profile.device_kind == profile.device_kind, Profile.gpus == profile.gpus,
+                Profile.precision == profile.precision, Profile.pruning == profile.pruning,
+                Profile.compile == profile.compile, Profile.power_limit_w == profile.power_limit_w)).first()
+            if old is not None:
+                profile.runs = old.runs + 1
+                s.delete(old)
+                s.flush()
+            s.add(profile)
+
+    def profiles(self, key: str, device_kind: str) -> list[Profile]:
+        with self.read() as s:
+            return list(s.exec(select(Profile).where(Profile.key == key, Profile.device_kind == device_kind)).all())

@@ -26,6 +26,8 @@ kill_grace_s = 2.0
 [devices]
 gpus = "none"
 cpu_devices = 2
+[planner]
+time_limit_s = 1.0
 """
 
 
@@ -109,7 +111,12 @@ class DaemonProc:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        return self.proc.wait(timeout=30)
+        try:
+            return self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never leave a daemon behind for the next test
+            self.proc.wait()
+            raise AssertionError(f"daemon did not stop within 30 s:\n{self.stderr_path.read_text()[-3000:]}") from None
 
     def kill_runners(self) -> None:
         """Test teardown: no runner survives the test."""

@@ -112,3 +112,19 @@ def test_gsched_requeue_checkpoints_and_the_job_resumes_exactly(daemon: DaemonPr
     refused = daemon.cli("requeue", str(rigid))
     assert refused.returncode == 6 and "not preemptible" in refused.stderr
     daemon.cli("cancel", str(rigid))
+
+
+def test_profile_measures_modes_and_the_planner_uses_them(daemon: DaemonProc, tmp_path: Path) -> None:
+    job = write_job(tmp_path, "lin", 'workload = "jobs.linear"\nsteps = 4000\nargs = { seed = 1 }\n'
+                                     'gpus = { min = 1, max = 2 }\nmax_delay = "6h"\n'
+                                     '[optimisations]\nprecision = ["fp32", "bf16"]\n')
+    result = daemon.cli("profile", str(job), "--steps", "1500", "--json", timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert sorted((r["gpus"], r["precision"]) for r in rows) == [(1, "bf16"), (1, "fp32"), (2, "bf16"), (2, "fp32")]
+    assert all(r["state"] == "COMPLETED" and r["steps_per_s"] > 0 and r["j_per_step"] > 0 for r in rows)
+    planned = daemon.submit(job)
+    mode = daemon.wait_state(planned, {"PLANNED", "RUNNING", "COMPLETED"})["mode"]
+    assert mode["source"] == "profile"
+    refused = daemon.cli("profile", str(write_job(tmp_path, "cmd", 'command = ["true"]\nduration = "1m"\n')))
+    assert refused.returncode == 2 and "profile measures workloads" in refused.stderr

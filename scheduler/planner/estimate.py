@@ -8,7 +8,9 @@ n^0.9 is a typical data-parallel efficiency; speedup is 1.8 for bf16/fp16 on GPU
 1.0 on CPUs; the ^0.4 reflects that a GPU's throughput falls more slowly than its power cap (as Zeus
 measured). Work units: a workload's steps (base_rate = its steps_per_s x 3600); a command's
 "one-device hours" (its duration on gpus.min devices x gpus.min^0.9, base_rate = 1).
-Every such mode is labelled ``source: default-scaling``.
+Every such mode is labelled ``source: default-scaling``. A mode measured before (a Profile: any finished run of
+the same workload and arguments in that mode, or `gsched profile`) uses its measured rate and mean power
+instead, labelled ``source: profile``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ class JobModes:
 
 
 def job_modes(spec: JobSpec, capacity: int, device_kind: str, nominal_w: float, steps_per_s: float | None,
-              clock_speed: float = 1.0) -> JobModes:
+              clock_speed: float = 1.0, profiles: list[Any] | None = None) -> JobModes:
     if spec.duration_s is not None:
         work = spec.duration_s / 3600 * spec.gpus_min ** SCALING_EXPONENT
         base_rate = 1.0
@@ -51,11 +53,16 @@ def job_modes(spec: JobSpec, capacity: int, device_kind: str, nominal_w: float, 
                 speedup = GPU_SPEEDUP[precision] if device_kind == "gpu" else 1.0
                 watts = cap if cap is not None else nominal_w
                 rate = base_rate * n ** SCALING_EXPONENT * speedup * (watts / nominal_w) ** CAP_EXPONENT
+                power_kw, source = n * watts / 1000, "default-scaling"
+                measured = next((p for p in profiles or [] if p.gpus == n and p.precision == precision
+                                 and p.power_limit_w == (cap or 0) and p.pruning == 0.0 and not p.compile), None)
+                if measured is not None and spec.steps:
+                    rate, power_kw, source = measured.steps_per_s * 3600, measured.watts / 1000, "profile"
                 # On an accelerated clock a real run spans `speed` times as much simulated time.
-                modes.append(Mode(n, rate / clock_speed, n * watts / 1000,
+                modes.append(Mode(n, rate / clock_speed, power_kw,
                                   f"{n}x{device_kind} {precision}" + (f" {cap}W" if cap else "")))
                 described.append({"gpus": n, "precision": precision, "power_limit_w": cap, "pruning": 0.0,
-                                  "compile": False, "source": "default-scaling"})
+                                  "compile": False, "source": source})
     requested = next(i for i, d in enumerate(described)
                      if d["gpus"] == top and d["precision"] == spec.optimisations.precision[0]
                      and d["power_limit_w"] is None)
