@@ -6,11 +6,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-import httpx
-
-from scheduler.config import ProviderSettings
 from scheduler.errors import ProviderError
-from scheduler.forecasts.http import get_json
+from scheduler.forecasts.http import HttpProvider
 from scheduler.forecasts.series import Series, from_points
 
 
@@ -27,16 +24,17 @@ def parse(body: Any, what: str = "awattar") -> Series:
     return from_points(what, "price", points, currency="EUR", hold=True)
 
 
-class Awattar:
+class Awattar(HttpProvider):
     kind = "awattar"
 
-    def __init__(self, settings: ProviderSettings, client: httpx.Client, retries: int) -> None:
-        self.settings, self.client, self.retries = settings, client, retries
-        self.name = f"{self.kind}:{settings.market or 'de'}"
+    def region(self) -> str:
+        return self.settings.market or "de"
+
+    def url(self, path: str = "") -> str:
+        base = self.settings.base_url or f"https://api.awattar.{self.region()}"
+        return base.rstrip("/") + path
 
     def fetch(self, start: datetime, end: datetime) -> list[Series]:
-        base = (self.settings.base_url or f"https://api.awattar.{self.settings.market or 'de'}").rstrip("/")
-        body = get_json(self.client, f"{base}/v1/marketdata",
-                        params={"start": int(start.timestamp() * 1000), "end": int(end.timestamp() * 1000)},
-                        what=self.name, timeout_s=self.settings.timeout_s, retries=self.retries)
+        body = self.get_json("/v1/marketdata", params={"start": int(start.timestamp() * 1000),
+                                                       "end": int(end.timestamp() * 1000)})
         return [parse(body, self.name)]

@@ -10,12 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import httpx
-
-from scheduler.config import ProviderSettings
 from scheduler.errors import ProviderError
 from scheduler.forecasts.credentials import secret
-from scheduler.forecasts.http import get_json
+from scheduler.forecasts.http import HttpProvider
 from scheduler.forecasts.series import Series, from_points, utc
 
 
@@ -29,17 +26,15 @@ def parse(body: Any, what: str = "electricity-maps") -> Series:
     return from_points(what, "carbon", points)
 
 
-class ElectricityMaps:
+class ElectricityMaps(HttpProvider):
     kind = "electricity-maps"
     default_url = "https://api.electricitymaps.com/v3"
 
-    def __init__(self, settings: ProviderSettings, client: httpx.Client, retries: int) -> None:
-        self.settings, self.client, self.retries = settings, client, retries
-        self.name = f"{self.kind}:{settings.zone}"
+    def region(self) -> str:
+        return self.settings.zone
 
     def fetch(self, start: datetime, end: datetime) -> list[Series]:
-        base = (self.settings.base_url or self.default_url).rstrip("/")
-        headers = {"auth-token": secret(self.settings.token_env, self.settings.token_file, self.name)}
-        body = get_json(self.client, f"{base}/carbon-intensity/forecast", params={"zone": self.settings.zone},
-                        headers=headers, what=self.name, timeout_s=self.settings.timeout_s, retries=self.retries)
+        token = secret(self.settings.token_env, self.settings.token_file, self.name)
+        body = self.get_json("/carbon-intensity/forecast", params={"zone": self.settings.zone},
+                             headers={"auth-token": token})
         return [parse(body, self.name)]

@@ -10,11 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-import httpx
-
-from scheduler.config import ProviderSettings
 from scheduler.errors import ProviderError
-from scheduler.forecasts.http import get_json
+from scheduler.forecasts.http import HttpProvider
 from scheduler.forecasts.series import Series, from_points
 
 
@@ -40,26 +37,22 @@ def parse_share(body: Any, what: str = "energy-charts") -> Series:
     return from_points(what, "renewable_share", _pairs(body, "ren_share", what))
 
 
-class EnergyCharts:
+class EnergyCharts(HttpProvider):
     kind = "energy-charts"
     default_url = "https://api.energy-charts.info"
 
-    def __init__(self, settings: ProviderSettings, client: httpx.Client, retries: int) -> None:
-        self.settings, self.client, self.retries = settings, client, retries
-        self.name = f"{self.kind}:{settings.bzn or settings.country or 'DE-LU'}"
+    def region(self) -> str:
+        return self.settings.bzn or self.settings.country or "DE-LU"
 
     def fetch(self, start: datetime, end: datetime) -> list[Series]:
-        base = (self.settings.base_url or self.default_url).rstrip("/")
-        common = {"what": self.name, "timeout_s": self.settings.timeout_s, "retries": self.retries}
         wanted = self.settings.signals or ("price", "renewable_share")
         out = []
         if "price" in wanted:
-            body = get_json(self.client, f"{base}/price", params={
-                "bzn": self.settings.bzn or "DE-LU", "start": start.strftime("%Y-%m-%dT%H:%MZ"),
-                "end": end.strftime("%Y-%m-%dT%H:%MZ")}, **common)
+            body = self.get_json("/price", params={"bzn": self.settings.bzn or "DE-LU",
+                                                   "start": start.strftime("%Y-%m-%dT%H:%MZ"),
+                                                   "end": end.strftime("%Y-%m-%dT%H:%MZ")})
             out.append(parse_price(body, self.name))
         if "renewable_share" in wanted:
-            body = get_json(self.client, f"{base}/ren_share_forecast",
-                            params={"country": self.settings.country or "de"}, **common)
+            body = self.get_json("/ren_share_forecast", params={"country": self.settings.country or "de"})
             out.append(parse_share(body, self.name))
         return out

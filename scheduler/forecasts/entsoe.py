@@ -10,12 +10,9 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta
 
-import httpx
-
-from scheduler.config import ProviderSettings
 from scheduler.errors import ProviderError
 from scheduler.forecasts.credentials import secret
-from scheduler.forecasts.http import get
+from scheduler.forecasts.http import HttpProvider
 from scheduler.forecasts.series import Series, from_points, utc
 
 RESOLUTION_S = {"PT15M": 900, "PT30M": 1800, "PT60M": 3600}
@@ -64,18 +61,15 @@ def parse(xml_text: str, what: str = "entsoe") -> Series:
     return from_points(what, "price", points, step, currency or "EUR", hold=True)
 
 
-class Entsoe:
+class Entsoe(HttpProvider):
     kind = "entsoe"
     default_url = "https://web-api.tp.entsoe.eu/api"
 
-    def __init__(self, settings: ProviderSettings, client: httpx.Client, retries: int) -> None:
-        self.settings, self.client, self.retries = settings, client, retries
-        self.name = f"{self.kind}:{settings.area}"
+    def region(self) -> str:
+        return self.settings.area
 
     def fetch(self, start: datetime, end: datetime) -> list[Series]:
         params = {"documentType": "A44", "in_Domain": self.settings.area, "out_Domain": self.settings.area,
                   "periodStart": start.strftime("%Y%m%d%H00"), "periodEnd": end.strftime("%Y%m%d%H00"),
                   "securityToken": secret(self.settings.token_env, self.settings.token_file, self.name)}
-        response = get(self.client, self.settings.base_url or self.default_url, params=params, what=self.name,
-                       timeout_s=self.settings.timeout_s, retries=self.retries)
-        return [parse(response.text, self.name)]
+        return [parse(self.get(params=params).text, self.name)]

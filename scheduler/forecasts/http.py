@@ -66,3 +66,29 @@ def get_json(client: httpx.Client, url: str, *, what: str, **kwargs: Any) -> Any
         return response.json()
     except ValueError as exc:
         raise ProviderError(f"{what}: malformed JSON from {url}: {exc}") from None
+
+
+class HttpProvider:
+    """What every HTTP provider shares: its settings, the client, the retry budget, and requests made through
+    the door above with the configured timeout. A subclass names its ``kind``, ``default_url`` and region."""
+
+    kind = ""
+    default_url = ""
+
+    def __init__(self, settings: Any, client: httpx.Client, retries: int) -> None:
+        self.settings, self.client, self.retries = settings, client, retries
+        self.name = f"{self.kind}:{self.region()}" if self.region() else self.kind
+
+    def region(self) -> str:
+        return ""
+
+    def url(self, path: str = "") -> str:
+        return (self.settings.base_url or self.default_url).rstrip("/") + path
+
+    def get(self, path: str = "", **kwargs: Any) -> httpx.Response:
+        return get(self.client, self.url(path), what=self.name, timeout_s=self.settings.timeout_s,
+                   retries=self.retries, **kwargs)
+
+    def get_json(self, path: str = "", **kwargs: Any) -> Any:
+        return get_json(self.client, self.url(path), what=self.name, timeout_s=self.settings.timeout_s,
+                        retries=self.retries, **kwargs)

@@ -10,11 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import httpx
-
-from scheduler.config import ProviderSettings
 from scheduler.errors import ProviderError
-from scheduler.forecasts.http import get_json
+from scheduler.forecasts.http import HttpProvider
 from scheduler.forecasts.series import Series, from_points, utc
 
 GBP_PER_MWH_PER_P_PER_KWH = 10.0
@@ -29,19 +26,16 @@ def parse(body: Any, what: str = "octopus") -> Series:
     return from_points(what, "price", points, 1800, currency="GBP", hold=True)
 
 
-class Octopus:
+class Octopus(HttpProvider):
     kind = "octopus"
     default_url = "https://api.octopus.energy"
 
-    def __init__(self, settings: ProviderSettings, client: httpx.Client, retries: int) -> None:
-        self.settings, self.client, self.retries = settings, client, retries
-        self.name = f"{self.kind}:{settings.tariff}"
+    def region(self) -> str:
+        return self.settings.tariff
 
     def fetch(self, start: datetime, end: datetime) -> list[Series]:
-        base = (self.settings.base_url or self.default_url).rstrip("/")
-        url = (f"{base}/v1/products/{self.settings.product}/electricity-tariffs/{self.settings.tariff}"
-               "/standard-unit-rates/")
-        body = get_json(self.client, url, params={"period_from": start.strftime("%Y-%m-%dT%H:%MZ"),
-                                                  "period_to": end.strftime("%Y-%m-%dT%H:%MZ")},
-                        what=self.name, timeout_s=self.settings.timeout_s, retries=self.retries)
+        path = (f"/v1/products/{self.settings.product}/electricity-tariffs/{self.settings.tariff}"
+                "/standard-unit-rates/")
+        body = self.get_json(path, params={"period_from": start.strftime("%Y-%m-%dT%H:%MZ"),
+                                           "period_to": end.strftime("%Y-%m-%dT%H:%MZ")})
         return [parse(body, self.name)]

@@ -11,11 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import httpx
-
-from scheduler.config import ProviderSettings
 from scheduler.errors import ProviderError
-from scheduler.forecasts.http import get_json
+from scheduler.forecasts.http import HttpProvider
 from scheduler.forecasts.series import Series, from_points, utc
 
 RENEWABLE_FUELS = {"wind", "solar", "hydro", "biomass"}
@@ -43,18 +40,15 @@ def parse(body: Any, what: str = "uk-carbon-intensity") -> list[Series]:
     return out
 
 
-class UkCarbonIntensity:
+class UkCarbonIntensity(HttpProvider):
     kind = "uk-carbon-intensity"
     default_url = "https://api.carbonintensity.org.uk"
 
-    def __init__(self, settings: ProviderSettings, client: httpx.Client, retries: int) -> None:
-        self.settings, self.client, self.retries = settings, client, retries
-        self.name = f"{self.kind}" + (f":region{settings.regionid}" if settings.regionid else "")
+    def region(self) -> str:
+        return f"region{self.settings.regionid}" if self.settings.regionid else ""
 
     def fetch(self, start: datetime, end: datetime) -> list[Series]:
-        base = (self.settings.base_url or self.default_url).rstrip("/")
         stamp = start.strftime("%Y-%m-%dT%H:%MZ")
-        url = (f"{base}/regional/intensity/{stamp}/fw48h/regionid/{self.settings.regionid}" if self.settings.regionid
-               else f"{base}/intensity/{stamp}/fw48h")
-        return parse(get_json(self.client, url, what=self.name, timeout_s=self.settings.timeout_s,
-                              retries=self.retries, headers={"Accept": "application/json"}), self.name)
+        path = (f"/regional/intensity/{stamp}/fw48h/regionid/{self.settings.regionid}" if self.settings.regionid
+                else f"/intensity/{stamp}/fw48h")
+        return parse(self.get_json(path, headers={"Accept": "application/json"}), self.name)

@@ -10,12 +10,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import httpx
-
-from scheduler.config import ProviderSettings
 from scheduler.errors import ProviderError
 from scheduler.forecasts.credentials import secret
-from scheduler.forecasts.http import get_json
+from scheduler.forecasts.http import HttpProvider
 from scheduler.forecasts.series import Series, from_points, utc
 
 G_PER_KWH_PER_LB_PER_MWH = 0.45359237
@@ -37,25 +34,21 @@ def parse(body: Any, what: str = "watttime") -> Series:
     return from_points(what, "carbon", points, step_s)
 
 
-class WattTime:
+class WattTime(HttpProvider):
     kind = "watttime"
     default_url = "https://api.watttime.org"
 
-    def __init__(self, settings: ProviderSettings, client: httpx.Client, retries: int) -> None:
-        self.settings, self.client, self.retries = settings, client, retries
-        self.name = f"{self.kind}:{settings.region}"
+    def region(self) -> str:
+        return self.settings.region
 
     def fetch(self, start: datetime, end: datetime) -> list[Series]:
-        base = (self.settings.base_url or self.default_url).rstrip("/")
-        common = {"what": self.name, "timeout_s": self.settings.timeout_s, "retries": self.retries}
         user = secret(self.settings.username_env, "", self.name)
         password = secret(self.settings.password_env, self.settings.token_file, self.name)
-        login = get_json(self.client, f"{base}/login", auth=(user, password), **common)
+        login = self.get_json("/login", auth=(user, password))
         try:
             token = login["token"]
         except (KeyError, TypeError):
             raise ProviderError(f"{self.name}: login answered without a token") from None
-        body = get_json(self.client, f"{base}/v3/forecast", params={"region": self.settings.region,
-                                                                     "signal_type": "co2_moer"},
-                        headers={"Authorization": f"Bearer {token}"}, **common)
+        body = self.get_json("/v3/forecast", params={"region": self.settings.region, "signal_type": "co2_moer"},
+                             headers={"Authorization": f"Bearer {token}"})
         return [parse(body, self.name)]
