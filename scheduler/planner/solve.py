@@ -195,6 +195,13 @@ class Planner:
             if option is not None:
                 chosen[j] = option
                 self._take(option, free)
+        self.improve(chosen, free, order, deadline_s)
+        return chosen
+
+    def improve(self, chosen: dict[int, Option], free: np.ndarray, order: list[int], deadline_s: float) -> bool:
+        """Best response: each job in turn moves to its cheapest option given the others, until nothing moves.
+        Returns whether anything moved; ``free`` must be the capacity left by ``chosen``."""
+        moved = False
         improved = True
         while improved and time.monotonic() < deadline_s:
             improved = False
@@ -203,7 +210,7 @@ class Planner:
                 if current is None:
                     option = self.best_option(j, free) or self.earliest_option(j, free)
                     if option is not None:
-                        chosen[j], improved = option, True
+                        chosen[j], improved, moved = option, True, True
                         self._take(option, free)
                     continue
                 self._take(current, free, +1)
@@ -211,9 +218,9 @@ class Planner:
                 if option is None and current.late:
                     option = self.earliest_option(j, free)
                 if option is not None and _better(self.price(option), self.price(current)):
-                    chosen[j], improved = option, True
+                    chosen[j], improved, moved = option, True, True
                 self._take(chosen[j], free)
-        return chosen
+        return moved
 
     # --- the MILP --------------------------------------------------------------------------------------------
 
@@ -378,6 +385,12 @@ class Planner:
                 if status != "Optimal" or not truncated:
                     break
                 budget *= 2
+            # Polish: options outside the MILP's candidate set may still improve its plan one job at a time.
+            free = self.costing.capacity.copy()
+            for option in chosen.values():
+                self._take(option, free)
+            if self.improve(chosen, free, self.order(), deadline + 0.5):
+                stats["method"] = f"{stats['method']}+polish"
             stats["objective_priced"] = sum(self.price(o) for o in chosen.values())
         plan: Plan = {}
         options: dict[str, Option] = {}
