@@ -30,7 +30,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
 from scheduler.daemon import Daemon
-from scheduler.errors import Conflict, GschedError, InputError, NotFound, PermissionDenied
+from scheduler.errors import HTTP_STATUS, Conflict, GschedError, InputError, NotFound, PermissionDenied
 from scheduler.jobfile import parse_job
 from scheduler.models import TERMINAL, Job, JobState
 from scheduler.timeutil import parse_duration_s, rfc3339
@@ -203,9 +203,6 @@ class Api:
         raise NotFound(f"no route {method} {path}")
 
 
-_STATUS = {InputError: 400, PermissionDenied: 403, NotFound: 404, Conflict: 409}
-
-
 class _Handler(BaseHTTPRequestHandler):
     server: "ApiServer"
     protocol_version = "HTTP/1.0"
@@ -246,7 +243,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(length)) if length else None
             status, payload = self.server.api.handle(method, url.path, self._caller(), query, body)
         except GschedError as exc:
-            status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
+            status = next((code for cls, code in HTTP_STATUS.items() if isinstance(exc, cls)), 500)
             payload = {"error": str(exc), "kind": type(exc).__name__}
         except (ValueError, TypeError) as exc:
             status, payload = 400, {"error": f"bad request: {exc}", "kind": "InputError"}

@@ -7,9 +7,9 @@ from typing import Any
 
 import httpx
 
-from scheduler.errors import Conflict, DaemonUnavailable, GschedError, InputError, NotFound, PermissionDenied
+from scheduler.errors import HTTP_STATUS, DaemonUnavailable, GschedError
 
-_ERRORS: dict[int, type[GschedError]] = {400: InputError, 403: PermissionDenied, 404: NotFound, 409: Conflict}
+_ERRORS = {code: cls for cls, code in HTTP_STATUS.items()}
 
 
 class Client:

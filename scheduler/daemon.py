@@ -27,7 +27,7 @@ from scheduler.devices import Device
 from scheduler.errors import Conflict, GschedError
 from scheduler.executor.launch import Launcher, runner_alive
 from scheduler.executor.power import PowerLimiter
-from scheduler.forecasts.base import Forecast, Provider
+from scheduler.forecasts.base import Provider
 from scheduler.jobfile import JobSpec
 from scheduler.models import Job, JobState, Measurement, Profile
 from scheduler.planner.cost import run_cost
@@ -238,9 +238,6 @@ class Daemon:
         self._dirty.set()
         log.warning("job %s %s: %s", job.id, state.value, reason)
 
-    def forecast(self, start: datetime, end: datetime) -> Forecast:
-        return self.provider.forecast(start, end)
-
     def spec_of(self, job: Job) -> JobSpec:
         return JobSpec.from_json(json.loads(job.spec_json))
 
@@ -260,7 +257,7 @@ class Daemon:
         slot = timedelta(minutes=settings.slot_minutes)
         horizon = settings.horizon_hours * 60 // settings.slot_minutes
         try:
-            forecast = self.forecast(grid0, grid0 + horizon * slot)
+            forecast = self.provider.forecast(grid0, grid0 + horizon * slot)
             price, carbon = forecast.on_grid(grid0, int(slot.total_seconds()), horizon)
             self.forecast_error = None
         except GschedError as exc:

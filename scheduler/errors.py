@@ -60,3 +60,7 @@ class DeviceError(GschedError):
 
 class ProviderError(GschedError):
     pass
+
+
+# How the daemon's API carries errors to the client: one table, read in both directions.
+HTTP_STATUS: dict[type[GschedError], int] = {InputError: 400, PermissionDenied: 403, NotFound: 404, Conflict: 409}

@@ -121,10 +121,11 @@ def test_profile_measures_modes_and_the_planner_uses_them(daemon: DaemonProc, tm
     result = daemon.cli("profile", str(job), "--steps", "1500", "--json", timeout=300)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
+    log = daemon.stderr_path.read_text()[-3000:]
     assert sorted((r["gpus"], r["precision"]) for r in rows) == [(1, "bf16"), (1, "fp32"), (2, "bf16"), (2, "fp32")]
-    assert all(r["state"] == "COMPLETED" and r["steps_per_s"] > 0 and r["j_per_step"] > 0 for r in rows)
+    assert all(r["state"] == "COMPLETED" and r["steps_per_s"] > 0 and r["j_per_step"] > 0 for r in rows), (rows, log)
     planned = daemon.submit(job)
     mode = daemon.wait_state(planned, {"PLANNED", "RUNNING", "COMPLETED"})["mode"]
-    assert mode["source"] == "profile"
+    assert mode["source"] == "profile", (mode, rows, daemon.stderr_path.read_text()[-3000:])
     refused = daemon.cli("profile", str(write_job(tmp_path, "cmd", 'command = ["true"]\nduration = "1m"\n')))
     assert refused.returncode == 2 and "profile measures workloads" in refused.stderr
