@@ -21,9 +21,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WATTS_PER_CORE = 10.0
-WORKLOADS = {"linear": (["-m", "jobs.linear"], 2000), "mlp": (["-m", "jobs.mlp"], 40)}
+WORKLOADS = {"linear": (["-m", "jobs.linear"], 2000), "mlp": (["-m", "jobs.mlp"], 40), "gpt": (["-m", "jobs.gpt"], 20)}
 VARIANTS = {"fp32": [], "bf16": ["--precision", "bf16"], "fp16": ["--precision", "fp16"],
-            "pruning 0.5": ["--pruning", "0.5"], "DDP x2": None}
+            "pruning 0.5": ["--pruning", "0.5"], "pruning 2:4": ["--pruning", "2:4"], "DDP x2": None}
 
 
 def measure(module: list[str], extra: list[str] | None, steps: int) -> tuple[float, float]:

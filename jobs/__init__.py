@@ -21,5 +21,7 @@ WORKLOADS: dict[str, WorkloadInfo] = {
     for info in (
         WorkloadInfo("jobs.linear", "the seed's Linear(1000, 10) regression, MSE, SGD lr 0.01, batch 100", 1500.0),
         WorkloadInfo("jobs.mlp", "MLP classifier (3x1024 hidden) on 10 overlapping Gaussian classes, AdamW", 15.0),
+        WorkloadInfo("jobs.gpt", "tiny GPT (4 layers, 128 wide) predicting the next character of a Shakespeare play",
+                     7.5),
     )
 }

@@ -1,7 +1,12 @@
 """The training loop every workload shares, with the optimisations gsched chooses applied here, not in the
-workload: precision (torch.amp autocast; GradScaler for fp16), L1-unstructured pruning (masks kept while
-training, made permanent at the end), torch.compile, and DDP when started by torchrun (gloo on CPU devices,
-nccl on GPUs).
+workload: precision (torch.amp autocast; GradScaler for fp16), pruning (an L1-unstructured amount, or the 2:4
+semi-structured pattern on Linear layers; masks kept while training, made permanent at the end), torch.compile,
+and DDP when started by torchrun (gloo on CPU devices, nccl on GPUs).
+
+2:4 sparsity speeds up matrix multiplies only through the sparse kernels of NVIDIA GPUs of compute capability
+8.0 and newer, in bf16/fp16; training still runs the dense kernels on the masked weights. So a 2:4 run also
+measures the pruned model's forward pass with its weights in torch's semi-structured sparse format against the
+dense one, and reports that speed-up, or why it could not (``semi_structured`` in the metrics).
 
 Checkpoints are exact: the batch of step k depends only on (seed, k, rank), and the model, optimiser and
 scaler states are saved together, atomically, on SIGTERM (at the next step boundary, agreed across ranks) and
@@ -43,13 +48,26 @@ class Parts:
     optimiser: Callable[[Any], torch.optim.Optimizer]
 
 
+def pruning_arg(text: str) -> float | str:
+    if text == "2:4":
+        return text
+    try:
+        amount = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an amount in [0, 1) nor 2:4") from None
+    if not 0 <= amount < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not in [0, 1)")
+    return amount
+
+
 def common_args(description: str) -> argparse.ArgumentParser:
     env = os.environ
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=env.get("GSCHED_PRECISION", "fp32"))
-    parser.add_argument("--pruning", type=float, default=float(env.get("GSCHED_PRUNING", "0") or 0))
+    parser.add_argument("--pruning", type=pruning_arg, default=pruning_arg(env.get("GSCHED_PRUNING") or "0"),
+                        help="an L1-unstructured amount in [0, 1), or 2:4")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction,
                         default=env.get("GSCHED_COMPILE", "") in ("1", "true"))
     parser.add_argument("--checkpoint", type=Path, default=Path(env["GSCHED_CHECKPOINT"])
@@ -79,6 +97,56 @@ def _prunable(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     return (m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d)))
 
 
+def two_four_mask(weight: torch.Tensor) -> torch.Tensor:
+    """Keep the two largest magnitudes of every four consecutive input weights."""
+    groups = weight.detach().abs().reshape(-1, 4)
+    return torch.zeros_like(groups).scatter_(1, groups.topk(2, dim=1).indices, 1.0).reshape(weight.shape)
+
+
+def _prune(model: torch.nn.Module, pruning: float | str) -> list[torch.nn.Module]:
+    if pruning == "2:4":
+        pruned = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.in_features % 4 == 0]
+        for module in pruned:
+            torch.nn.utils.prune.custom_from_mask(module, "weight", two_four_mask(module.weight))
+        return pruned
+    pruned = list(_prunable(model)) if pruning else []
+    for module in pruned:
+        torch.nn.utils.prune.l1_unstructured(module, "weight", amount=pruning)
+    return pruned
+
+
+def _semi_structured(model: torch.nn.Module, pruned: list[torch.nn.Module], inputs: torch.Tensor,
+                     device: torch.device, precision: str) -> dict[str, Any]:
+    """The 2:4-pruned model's forward time with sparse kernels against dense ones, where the device has them."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return {"supported": False, "why": "2:4 kernels need an NVIDIA GPU of compute capability 8.0 or newer"}
+    if precision not in ("bf16", "fp16"):
+        return {"supported": False, "why": "2:4 kernels run in bf16 or fp16"}
+    from torch.sparse import to_sparse_semi_structured
+
+    def forward_s() -> float:
+        with torch.inference_mode():
+            for _ in range(3):
+                model(inputs)
+            torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            for _ in range(20):
+                model(inputs)
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) / 20
+
+    model = model.to(DTYPES[precision]).eval()
+    dense_s = forward_s()
+    try:
+        for module in pruned:
+            module.weight = torch.nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+        sparse_s = forward_s()
+    except (RuntimeError, ValueError) as exc:  # shapes or dtypes the kernels refuse
+        return {"supported": False, "why": str(exc).splitlines()[0][:200]}
+    return {"supported": True, "dense_forward_s": dense_s, "sparse_forward_s": sparse_s,
+            "forward_speedup": dense_s / sparse_s}
+
+
 def _save_atomic(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -102,9 +170,7 @@ def run(build: Callable[[argparse.Namespace], Parts], parser: argparse.ArgumentP
     torch.manual_seed(args.seed)
     parts = build(args)
     model = parts.model.to(device)
-    if args.pruning > 0:
-        for module in _prunable(model):
-            torch.nn.utils.prune.l1_unstructured(module, "weight", amount=args.pruning)
+    pruned = _prune(model, args.pruning)
     optimiser = parts.optimiser(model.parameters())
     scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
     step = 0
@@ -143,8 +209,8 @@ def run(build: Callable[[argparse.Namespace], Parts], parser: argparse.ArgumentP
         steps_this_run += 1
         if rank == 0 and (step % report_every == 0 or step == args.steps):
             print(f"step {step}/{args.steps} loss {loss.item():.6f}", flush=True)
-    if not preempted and args.pruning > 0:
-        for module in _prunable(model):
+    if not preempted:
+        for module in pruned:
             torch.nn.utils.prune.remove(module, "weight")  # permanent: plain weights with zeros
     if rank == 0 and args.checkpoint is not None:
         _save_atomic(args.checkpoint, {"model": model.state_dict(), "optimiser": optimiser.state_dict(),
@@ -158,6 +224,9 @@ def run(build: Callable[[argparse.Namespace], Parts], parser: argparse.ArgumentP
                    else 0.0, "precision": args.precision, "pruning": args.pruning, "compile": args.compile,
                    "world_size": world, "device": device.type, "sparsity": zeros / total if total else 0.0,
                    "preempted": preempted, "resumed_from": resumed_from}
+        if args.pruning == "2:4" and not preempted:
+            inputs = parts.batch(torch.Generator().manual_seed(args.seed), device)[0]
+            metrics["semi_structured"] = _semi_structured(model, pruned, inputs, device, args.precision)
         print("gsched-metrics " + json.dumps(metrics), flush=True)
     if distributed:
         dist.destroy_process_group()

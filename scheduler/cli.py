@@ -6,6 +6,7 @@ Exit codes: 0 ok; 1 other error; 2 bad input (job file, config, arguments); 3 no
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import time
@@ -232,18 +233,6 @@ def devices(as_json: bool = typer.Option(False, "--json", help="print JSON"),
               f"{_num(d['power_limit_w'], 1, 0):>8} {limits:>11} {'yes' if d['energy_counter'] else 'no'}")
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return json.dumps(str(value))  # a TOML basic string is a JSON string
-
-
 @app.command()
 def profile(file: Path = typer.Argument(..., help="job file of a workload"),
             steps: int = typer.Option(300, "--steps", help="training steps per calibration run"),
@@ -252,7 +241,7 @@ def profile(file: Path = typer.Argument(..., help="job file of a workload"),
     from datetime import timezone
 
     from scheduler.errors import InputError
-    from scheduler.jobfile import parse_job, read_job_file
+    from scheduler.jobfile import calibration_job, parse_job, read_job_file
 
     try:
         text = read_job_file(file)
@@ -264,24 +253,21 @@ def profile(file: Path = typer.Argument(..., help="job file of a workload"),
         with _client() as client:
             top = min(spec.gpus_max, len(client.devices()))
             runs = []
-            for n in range(spec.gpus_min, top + 1):
-                for precision in spec.optimisations.precision:
-                    job = {"name": f"profile-{spec.name}-{n}x{precision}"[:64], "workload": spec.workload,
-                           "steps": steps, "args": spec.args, "gpus": n, "max_delay": "1h", "workdir": spec.workdir,
-                           "optimisations": {"precision": [precision]}}
-                    derived = "\n".join(f"{k} = {_toml(v)}" for k, v in job.items()) + "\n"
-                    reply = client.submit(derived, f"{file} ({n}x {precision})", spec.workdir, urgent=True)
-                    runs.append((n, precision, reply["id"]))
-                    print(f"calibrating {spec.name} on {n} device(s) in {precision}: job {reply['id']}", file=sys.stderr)
+            opts = spec.optimisations
+            for n, precision, pruning in itertools.product(range(spec.gpus_min, top + 1), opts.precision, opts.pruning):
+                mode, derived = calibration_job(spec, "profile", n, precision, pruning, steps)
+                reply = client.submit(derived, f"{file} ({mode})", spec.workdir, urgent=True)
+                runs.append((n, precision, pruning, reply["id"]))
+                print(f"calibrating {spec.name} in {mode}: job {reply['id']}", file=sys.stderr)
             rows = []
-            for n, precision, job_id in runs:
+            for n, precision, pruning, job_id in runs:
                 while (job := client.job(job_id))["state"] not in TERMINAL:
                     time.sleep(0.5)
                 run = job["runs"][-1] if job["runs"] else {}
                 metrics = run.get("metrics") or {}
                 watts = run["energy_j"] / run["duration_s"] if run.get("duration_s") else None
                 rate = metrics.get("steps_per_s")
-                rows.append({"gpus": n, "precision": precision, "job": job_id, "state": job["state"],
+                rows.append({"gpus": n, "precision": precision, "pruning": pruning, "job": job_id, "state": job["state"],
                              "steps_per_s": rate, "watts": watts, "energy_source": run.get("energy_source"),
                              "j_per_step": watts / rate if watts and rate else None})
     except GschedError as exc:
@@ -289,9 +275,9 @@ def profile(file: Path = typer.Argument(..., help="job file of a workload"),
     if as_json:
         _print_json(rows)
         return
-    print(f"{'GPUS':>4} {'PRECISION':<9} {'STEPS/S':>9} {'WATTS':>8} {'J/STEP':>9}  SOURCE      JOB STATE")
+    print(f"{'GPUS':>4} {'PRECISION':<9} {'PRUNING':<7} {'STEPS/S':>9} {'WATTS':>8} {'J/STEP':>9}  SOURCE      JOB STATE")
     for r in rows:
-        print(f"{r['gpus']:>4} {r['precision']:<9} {_num(r['steps_per_s'], 1, 1):>9} {_num(r['watts'], 1, 1):>8} "
+        print(f"{r['gpus']:>4} {r['precision']:<9} {r['pruning'] or '-':<7} {_num(r['steps_per_s'], 1, 1):>9} {_num(r['watts'], 1, 1):>8} "
               f"{_num(r['j_per_step'], 1, 4):>9}  {r['energy_source'] or '-':<10} {r['job']:>4} {r['state']}")
 
 

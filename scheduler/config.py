@@ -28,6 +28,9 @@ class DaemonSettings:
     kill_grace_s: float = 10.0
     clock_speed: float = 1.0
     log_level: str = "info"
+    calibrate_when_idle: bool = True
+    calibrate_after_idle_s: float = 60.0
+    calibration_s: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ class Config:
             (self.daemon.tick_s > 0, "daemon.tick_s", "must be > 0"),
             (self.daemon.kill_grace_s >= 0, "daemon.kill_grace_s", "must be >= 0"),
             (self.daemon.clock_speed > 0, "daemon.clock_speed", "must be > 0"),
+            (self.daemon.calibrate_after_idle_s >= 0, "daemon.calibrate_after_idle_s", "must be >= 0"),
+            (self.daemon.calibration_s > 0, "daemon.calibration_s", "must be > 0"),
             (self.daemon.log_level in ("debug", "info", "warning", "error"), "daemon.log_level",
              "must be one of debug, info, warning, error"),
             (self.devices.gpus in ("auto", "none"), "devices.gpus", "must be 'auto' or 'none'"),

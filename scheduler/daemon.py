@@ -15,7 +15,9 @@ import pwd
 import signal
 import socket
 import threading
+import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -28,10 +30,10 @@ from scheduler.errors import Conflict, GschedError
 from scheduler.executor.launch import Launcher, runner_alive
 from scheduler.executor.power import PowerLimiter
 from scheduler.forecasts.base import Provider
-from scheduler.jobfile import JobSpec
+from scheduler.jobfile import JobSpec, calibration_job, parse_job, pruning_label
 from scheduler.models import Job, JobState, Measurement, Profile
 from scheduler.planner.cost import run_cost
-from scheduler.planner.estimate import job_modes
+from scheduler.planner.estimate import JobModes, job_modes
 from scheduler.planner.options import Costing
 from scheduler.planner.problem import PJob, Problem
 from scheduler.planner.solve import solve
@@ -72,6 +74,8 @@ class Daemon:
         self._dirty = threading.Event()  # something changed that the plan must follow
         self._stopping = threading.Event()
         self._planned_grid: datetime | None = None
+        self._idle_since: float | None = None  # time.monotonic() when the last job left the devices
+        self._calibrated: set[tuple[str, int, str, str]] = set()  # modes measured while idle in this run
         self._scheduler: BackgroundScheduler | None = None
         self.forecast_error: str | None = None
 
@@ -223,7 +227,7 @@ class Daemon:
         mode = json.loads(job.plan_json)["mode"]
         self.store.record_profile(Profile(
             key=spec.profile_key, device_kind=self.devices[0].kind, gpus=job.gpus, precision=mode["precision"],
-            pruning=float(mode.get("pruning") or 0.0), compile=bool(mode.get("compile")),
+            pruning=pruning_label(mode.get("pruning") or 0.0), compile=bool(mode.get("compile")),
             power_limit_w=int(mode.get("power_limit_w") or 0), steps_per_s=float(steps_per_s),
             watts=energy_j / duration_s, energy_source=source, measured_at=at))
 
@@ -251,6 +255,53 @@ class Daemon:
             self._replan(now, grid0, queued)
             queued = self.store.jobs(QUEUED)
         self._dispatch_due(now, queued)
+        if self.config.daemon.calibrate_when_idle:
+            self._calibrate_when_idle(now)
+
+    def _calibrate_when_idle(self, now: datetime) -> None:
+        """Once every device has idled for a while, measure one mode that recent workload jobs could have run in
+        but nobody has measured yet: a short urgent run, owned by that job's owner, seen in `gsched status`."""
+        if self.store.jobs([*QUEUED, JobState.RUNNING]):
+            self._idle_since = None
+            return
+        if self._idle_since is None:
+            self._idle_since = time.monotonic()
+        if time.monotonic() - self._idle_since < self.config.daemon.calibrate_after_idle_s:
+            return
+        seen: set[str] = set()
+        for job in reversed(self.store.jobs([JobState.COMPLETED])[-20:]):
+            spec = self.spec_of(job)
+            if spec.profile_key is None or spec.profile_key in seen or job.name.startswith("calibrate-"):
+                continue
+            seen.add(spec.profile_key)
+            for mode in self.modes_of(spec).described:
+                choice = (spec.profile_key, mode["gpus"], mode["precision"], pruning_label(mode["pruning"]))
+                if mode["source"] == "profile" or mode["power_limit_w"] is not None or choice in self._calibrated:
+                    continue
+                self._calibrated.add(choice)  # once per daemon run, whether or not it measures
+                steps = max(10, math.ceil(self.steps_per_s.get(spec.workload or "", 1.0)
+                                          * mode["gpus"] * self.config.daemon.calibration_s))
+                label, text = calibration_job(spec, "calibrate", mode["gpus"], mode["precision"], mode["pruning"],
+                                              steps)
+                derived = parse_job(text, source=f"calibration of job {job.id} ({label})",
+                                    base_dir=Path(spec.workdir), now=now)
+                added = self.store.add_job(derived, owner_uid=job.owner_uid, owner_name=job.owner_name, urgent=True,
+                                           now=now)
+                assert added.id is not None
+                self.store.note(added.id, at=now, reason=f"calibrating {label} of job {job.id}'s workload: "
+                                                         "devices idle and no profile for this mode")
+                log.info("job %s: calibrating %s of job %s's workload while idle", added.id, label, job.id)
+                self._idle_since = None
+                self._dirty.set()
+                return
+
+    def modes_of(self, spec: JobSpec) -> JobModes:
+        kind = self.devices[0].kind if self.devices else "cpu"
+        settings = self.config.planner
+        nominal_w = settings.gpu_power_w if kind == "gpu" else settings.cpu_device_power_w
+        profiles = self.store.profiles(spec.profile_key, kind) if spec.profile_key else []
+        return job_modes(spec, len(self.devices), kind, nominal_w,
+                         self.steps_per_s.get(spec.workload) if spec.workload else None, self.clock.speed, profiles)
 
     def _replan(self, now: datetime, grid0: datetime, queued: list[Job]) -> None:
         settings = self.config.planner
@@ -272,14 +323,9 @@ class Daemon:
             for k in range(min(horizon, max(1, math.ceil((end - grid0) / slot)))):
                 capacity[k] -= job.gpus or 0
         capacity = [max(0, c) for c in capacity]
-        kind = self.devices[0].kind if self.devices else "cpu"
-        nominal_w = settings.gpu_power_w if kind == "gpu" else settings.cpu_device_power_w
         pjobs, modes_of, previous = [], {}, {}
         for job in queued:
-            spec = self.spec_of(job)
-            profiles = self.store.profiles(spec.profile_key, kind) if spec.profile_key else []
-            jm = job_modes(spec, len(self.devices), kind, nominal_w,
-                           self.steps_per_s.get(spec.workload) if spec.workload else None, self.clock.speed, profiles)
+            jm = self.modes_of(self.spec_of(job))
             indices = [jm.requested] if job.urgent else list(range(len(jm.modes)))
             modes = tuple(jm.modes[i] for i in indices)
             described = [jm.described[i] for i in indices]

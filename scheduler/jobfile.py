@@ -27,9 +27,14 @@ _OPT_KEYS = {"precision", "pruning", "compile", "power_cap_w"}
 @dataclass(frozen=True)
 class Optimisations:
     precision: tuple[str, ...] = ("fp32",)
-    pruning: tuple[float, ...] = (0.0,)
+    pruning: tuple[float | str, ...] = (0.0,)  # amounts, or "2:4"
     compile: bool = False
     power_cap_w: tuple[int, ...] = ()
+
+
+def pruning_label(pruning: float | str) -> str:
+    """A pruning choice as profiles key it: "0", "0.5", "2:4"."""
+    return pruning if isinstance(pruning, str) else f"{pruning:g}"
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,30 @@ class JobSpec:
         for key, value in self.args.items():
             argv += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
         return argv
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string is a JSON string
+
+
+def calibration_job(spec: JobSpec, prefix: str, gpus: int, precision: str, pruning: float | str,
+                    steps: int) -> tuple[str, str]:
+    """(name of the mode, job file text) of a short run measuring one mode of a workload job: what
+    `gsched profile` submits, and the daemon when its devices are idle."""
+    assert spec.workload is not None
+    mode = f"{gpus}x {precision}" + (f" pruned {pruning_label(pruning)}" if pruning else "")
+    job = {"name": f"{prefix}-{spec.name}-{mode.replace(' ', '-')}"[:64], "workload": spec.workload,
+           "steps": steps, "args": spec.args, "gpus": gpus, "max_delay": "1h", "workdir": spec.workdir,
+           "optimisations": {"precision": [precision], "pruning": [pruning], "compile": spec.optimisations.compile}}
+    return mode, "\n".join(f"{k} = {_toml(v)}" for k, v in job.items()) + "\n"
 
 
 class _Reader:
@@ -233,14 +262,15 @@ def _parse_optimisations(r: _Reader) -> Optimisations:
         raise r.fail("optimisations.precision", f"must be a list drawn from {', '.join(PRECISIONS)}, got {precision!r}")
     pruning = table.get("pruning", [0.0])
     if not isinstance(pruning, list) or not pruning or any(
-        isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1 for p in pruning
+        p != "2:4" and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1) for p in pruning
     ):
-        raise r.fail("optimisations.pruning", f"must be a list of amounts in [0, 1), got {pruning!r}")
+        raise r.fail("optimisations.pruning", f'must be a list of amounts in [0, 1) or "2:4", got {pruning!r}')
     compile_ = r.typed("compile", (bool,), "true or false", table, "optimisations.") or False
     caps = table.get("power_cap_w", [])
     if not isinstance(caps, list) or any(isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in caps):
         raise r.fail("optimisations.power_cap_w", f"must be a list of watts (whole numbers > 0), got {caps!r}")
-    return Optimisations(tuple(precision), tuple(float(p) for p in pruning), compile_, tuple(caps))
+    return Optimisations(tuple(precision), tuple(p if p == "2:4" else float(p) for p in pruning), compile_,
+                         tuple(caps))
 
 
 def read_job_file(path: Path) -> str:

@@ -146,7 +146,7 @@ class Profile(SQLModel, table=True):
     device_kind: str
     gpus: int
     precision: str
-    pruning: float
+    pruning: str  # "0", an L1 amount such as "0.5", or "2:4" (jobfile.pruning_label)
     compile: bool
     power_limit_w: int = 0  # 0: the device's own limit
     steps_per_s: float

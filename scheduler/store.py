@@ -26,12 +26,24 @@ from scheduler.jobfile import JobSpec
 from scheduler.models import (ALLOWED, TERMINAL, ForecastPoint, Job, JobEvent, JobState, Measurement, Meta,
                               Profile)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SECOND = timedelta(seconds=1)
 BUSY_TIMEOUT_MS = 10_000
 
-# from_version -> the step that brings a database to from_version + 1.
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {}
+
+def _profiles_pruning_as_text(conn: sa.Connection) -> None:
+    """v1 -> v2: a profile's pruning may be the 2:4 pattern besides an amount, so it is text ("0.5", "2:4")."""
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_profiles_key")  # the new table's index takes its name
+    conn.exec_driver_sql("ALTER TABLE profiles RENAME TO profiles_v1")
+    Profile.__table__.create(conn)  # type: ignore[attr-defined]
+    columns = [c.name for c in Profile.__table__.columns]  # type: ignore[attr-defined]
+    values = ["printf('%g', pruning)" if c == "pruning" else c for c in columns]
+    conn.exec_driver_sql(f"INSERT INTO profiles ({', '.join(columns)}) SELECT {', '.join(values)} FROM profiles_v1")
+    conn.exec_driver_sql("DROP TABLE profiles_v1")
+
+
+# from_version -> the step that brings a database to from_version + 1, inside the same transaction.
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _profiles_pruning_as_text}
 
 
 def _engine(path: Path, begin: str) -> sa.Engine:

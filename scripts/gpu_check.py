@@ -1,13 +1,14 @@
 """The GPU check for sessions lent a GPU: reads, measures, changes nothing on the device.
 
-    python scripts/gpu_check.py [--out FILE.md]       (about 2-3 minutes on one H100)
+    python scripts/gpu_check.py [--out FILE.md]       (estimated 2-3 minutes on one H100; not yet run on one)
 
 1. NVML, read only: driver, each GPU's name, UUID, memory, power limit with its allowed range and default,
    and whether the total-energy counter works. No limit, clock or mode is ever set.
-2. The MLP workload (hidden 4096, batch 1024; the stand-in until the transformer workload lands) in fp32
-   and bf16 on the first GPU: steps/s and joules/step from the NVML energy counter, marginal over N vs 2N
-   steps so start-up cancels out.
-3. DDP with nccl on one GPU (torchrun, one process) on the linear workload.
+2. The transformer workload (jobs.gpt at nanoGPT's Shakespeare-char size: 6 layers, 384 wide, 6 heads,
+   256-character context, batch 64) in fp32 and bf16 on the first GPU: steps/s and joules/step from the NVML
+   energy counter, marginal over N vs 2N steps so start-up cancels out.
+3. One bf16 run of it with 2:4 pruning: the forward-pass speed-up of torch's semi-structured sparse kernels.
+4. DDP with nccl on one GPU (torchrun, one process) on the linear workload.
 Prints a Markdown block (date, device, figures) for the README's measurements section; exit 2 without a GPU.
 """
 
@@ -74,14 +75,18 @@ def main() -> None:
     args = parser.parse_args()
     lines, handles = nvml_report()
     uuid, handle = handles[0]
-    mlp = [sys.executable, "-m", "jobs.mlp", "--hidden", "4096", "--batch-size", "1024"]
+    gpt = [sys.executable, "-m", "jobs.gpt", "--layers", "6", "--embd", "384", "--heads", "6", "--block", "256",
+           "--batch-size", "64"]
     lines.append("")
     lines.append("| workload (GPU 0) | precision | steps/s | J/step (NVML counter, marginal) |")
     lines.append("|---|---|---|---|")
     for precision in ("fp32", "bf16"):
-        j1, w1, _m = energy_run(handle, uuid, [*mlp, "--steps", str(args.steps), "--precision", precision], {})
-        j2, w2, m2 = energy_run(handle, uuid, [*mlp, "--steps", str(2 * args.steps), "--precision", precision], {})
-        lines.append(f"| mlp 4096 | {precision} | {m2['steps_per_s']:.1f} | {(j2 - j1) / args.steps:.3f} |")
+        j1, w1, _m = energy_run(handle, uuid, [*gpt, "--steps", str(args.steps), "--precision", precision], {})
+        j2, w2, m2 = energy_run(handle, uuid, [*gpt, "--steps", str(2 * args.steps), "--precision", precision], {})
+        lines.append(f"| gpt 6x384 | {precision} | {m2['steps_per_s']:.1f} | {(j2 - j1) / args.steps:.3f} |")
+    _j, _w, m = energy_run(handle, uuid, [*gpt, "--steps", "50", "--precision", "bf16", "--pruning", "2:4"], {})
+    lines.append("")
+    lines.append(f"2:4 pruning, bf16: sparsity {m['sparsity']:.2f}, semi-structured kernels: {m['semi_structured']}")
     joules, wall, m = energy_run(handle, uuid, [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                "--nproc-per-node=1", "-m", "jobs.linear", "--steps", "2000"], {})
     lines.append("")

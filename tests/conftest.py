@@ -23,6 +23,7 @@ TEST_CONFIG = """
 [daemon]
 tick_s = 0.3
 kill_grace_s = 2.0
+calibrate_when_idle = false
 [devices]
 gpus = "none"
 cpu_devices = 2
@@ -97,6 +98,9 @@ class DaemonProc:
     def show(self, job_id: int) -> dict[str, Any]:
         result = self.cli("show", str(job_id), "--json", check=True)
         return json.loads(result.stdout)
+
+    def status(self) -> list[dict[str, Any]]:
+        return json.loads(self.cli("status", "--json", check=True).stdout)["jobs"]
 
     def wait_state(self, job_id: int, states: set[str], timeout_s: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s

@@ -8,7 +8,7 @@ import pytest
 
 from scheduler.errors import Conflict, NotFound, StoreError
 from scheduler.jobfile import parse_job
-from scheduler.models import JobState, Measurement
+from scheduler.models import JobState, Measurement, Profile
 from scheduler.store import SCHEMA_VERSION, Store
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
@@ -90,3 +90,19 @@ def test_migrations_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     upgraded = Store(tmp_path / "g.db")
     assert applied == [1] and upgraded.schema_version == SCHEMA_VERSION + 1
     assert upgraded.get(job_id).name == "j"
+
+
+def test_a_v1_database_is_migrated_with_its_profiles(tmp_path: Path) -> None:
+    path = tmp_path / "g.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript((Path(__file__).parent / "fixtures" / "gsched-v1.sql").read_text())
+    store = Store(path)
+    assert store.schema_version == SCHEMA_VERSION == 2
+    key = '{"args":{},"workload":"jobs.linear"}'
+    assert sorted((p.pruning, p.steps_per_s) for p in store.profiles(key, "cpu")) == [("0", 1500.0), ("0.5", 1480.0)]
+    store.record_profile(Profile(key=key, device_kind="cpu", gpus=1, precision="fp32", pruning="2:4", compile=False,
+                                 steps_per_s=1490.0, watts=10.0, energy_source="estimate", measured_at=NOW))
+    store.record_profile(Profile(key=key, device_kind="cpu", gpus=1, precision="fp32", pruning="0.5", compile=False,
+                                 steps_per_s=1470.0, watts=10.0, energy_source="estimate", measured_at=NOW))
+    rows = {p.pruning: (p.steps_per_s, p.runs) for p in store.profiles(key, "cpu")}
+    assert rows == {"0": (1500.0, 1), "0.5": (1470.0, 2), "2:4": (1490.0, 1)}  # the migrated key still dedupes

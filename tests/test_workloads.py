@@ -8,14 +8,16 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, DaemonProc, write_job
+from conftest import ROOT, TEST_CONFIG, DaemonProc, make_home, write_job
 
 SMALL_MLP = ["-m", "jobs.mlp", "--hidden", "64", "--batch-size", "64"]
+SMALL_GPT = ["-m", "jobs.gpt", "--layers", "2", "--embd", "64", "--block", "32", "--batch-size", "16"]
 
 
 def metrics(output: str) -> dict:
@@ -59,6 +61,14 @@ def test_ddp_across_two_cpu_devices() -> None:
     assert m["world_size"] == 2 and m["steps"] == 100 and 0 < m["loss"] < 5
 
 
+def test_char_gpt_learns_the_play() -> None:
+    untrained = train(*SMALL_GPT, "--steps", "1")["loss"]
+    assert untrained > 3.5  # about ln(63): a uniform guess over the play's characters
+    assert train(*SMALL_GPT, "--steps", "150")["loss"] < untrained - 1.2
+    m = torchrun(2, *SMALL_GPT, "--steps", "20", "--precision", "bf16")
+    assert m["world_size"] == 2 and m["precision"] == "bf16" and m["loss"] < untrained
+
+
 def interrupted(args: list[str], checkpoint: Path, at_step: int) -> dict:
     """Run, SIGTERM it once it has printed step ``at_step``, and return what it reported."""
     proc = subprocess.Popen([sys.executable, *args, "--checkpoint", str(checkpoint), "--report-every", "1"],
@@ -73,8 +83,9 @@ def interrupted(args: list[str], checkpoint: Path, at_step: int) -> dict:
     return metrics("".join(lines))
 
 
-def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path: Path) -> None:
-    args = [*SMALL_MLP, "--steps", "80", "--seed", "3"]
+@pytest.mark.parametrize("workload", [SMALL_MLP, SMALL_GPT], ids=["mlp", "gpt"])
+def test_interrupted_and_resumed_run_ends_bit_identical(tmp_path: Path, workload: list[str]) -> None:
+    args = [*workload, "--steps", "80", "--seed", "3"]
     straight = train(*args)
     stopped = interrupted(args, tmp_path / "ck.pt", 30)
     assert stopped["preempted"] and 30 <= stopped["steps"] < 80
@@ -129,3 +140,52 @@ def test_profile_measures_modes_and_the_planner_uses_them(daemon: DaemonProc, tm
     assert mode["source"] == "profile", (mode, rows, daemon.stderr_path.read_text()[-3000:])
     refused = daemon.cli("profile", str(write_job(tmp_path, "cmd", 'command = ["true"]\nduration = "1m"\n')))
     assert refused.returncode == 2 and "profile measures workloads" in refused.stderr
+
+
+def test_two_four_pruning_trains_the_pattern_and_says_where_its_kernels_run(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "ck.pt"
+    m = train(*SMALL_GPT, "--steps", "20", "--pruning", "2:4", "--checkpoint", str(checkpoint))
+    assert m["pruning"] == "2:4" and m["sparsity"] == 0.5
+    assert m["semi_structured"] == {"supported": False,
+                                    "why": "2:4 kernels need an NVIDIA GPU of compute capability 8.0 or newer"}
+    state = torch.load(checkpoint, weights_only=False)["model"]
+    groups = state["blocks.0.mlp.0.weight"].reshape(-1, 4)
+    assert ((groups == 0).sum(dim=1) == 2).all()  # exactly two of every four input weights are zero
+
+
+def test_the_daemon_runs_the_pruning_a_job_allows(daemon: DaemonProc, tmp_path: Path) -> None:
+    job = daemon.submit(write_job(tmp_path, "pruned", 'workload = "jobs.linear"\nsteps = 50\n'
+                                                      '[optimisations]\npruning = ["2:4"]\n'), "--now")
+    assert daemon.cli("wait", str(job), timeout=120).returncode == 0
+    shown = daemon.show(job)
+    assert shown["mode"]["pruning"] == "2:4" and shown["metrics"]["sparsity"] == 0.5
+
+
+def test_an_idle_daemon_calibrates_the_modes_nobody_measured(tmp_path: Path) -> None:
+    config = TEST_CONFIG.replace("calibrate_when_idle = false",
+                                 "calibrate_when_idle = true\ncalibrate_after_idle_s = 0\ncalibration_s = 1.0")
+    daemon = DaemonProc(make_home(), config).start()
+    try:
+        job = daemon.submit(write_job(tmp_path, "lin", 'workload = "jobs.linear"\nsteps = 3000\ngpus = 1\n'
+                                                       '[optimisations]\nprecision = ["fp32", "bf16"]\n'), "--now")
+        assert daemon.cli("wait", str(job), timeout=120).returncode == 0
+        assert daemon.show(job)["mode"]["precision"] == "fp32"  # --now runs the first precision listed
+        deadline = time.monotonic() + 120
+        while not (calibrations := [j for j in daemon.status() if j["name"].startswith("calibrate-")]) or any(
+                j["state"] not in ("COMPLETED", "FAILED") for j in calibrations):
+            assert time.monotonic() < deadline, daemon.stderr_path.read_text()[-3000:]
+            time.sleep(0.5)
+        time.sleep(2)  # a few idle ticks more: nothing left to measure, so nothing more is submitted
+        calibrations = [j for j in daemon.status() if j["name"].startswith("calibrate-")]
+        assert [(j["state"], j["owner"]) for j in calibrations] == [("COMPLETED", daemon.show(job)["owner"])]
+        shown = daemon.show(calibrations[0]["id"])
+        assert shown["mode"]["precision"] == "bf16" and shown["metrics"]["steps"] >= 1500
+        assert any("devices idle and no profile for this mode" in e["reason"] for e in shown["events"])
+        again = daemon.submit(write_job(tmp_path, "lin2", 'workload = "jobs.linear"\nsteps = 3000\ngpus = 1\n'
+                                                          'max_delay = "6h"\n[optimisations]\n'
+                                                          'precision = ["fp32", "bf16"]\n'))
+        planned = daemon.wait_state(again, {"PLANNED", "RUNNING", "COMPLETED"})
+        assert planned["mode"]["source"] == "profile"  # both modes are measured now
+    finally:
+        daemon.stop()
+        daemon.kill_runners()

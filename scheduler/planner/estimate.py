@@ -8,6 +8,8 @@ n^0.9 is a typical data-parallel efficiency; speedup is 1.8 for bf16/fp16 on GPU
 1.0 on CPUs; the ^0.4 reflects that a GPU's throughput falls more slowly than its power cap (as Zeus
 measured). Work units: a workload's steps (base_rate = its steps_per_s x 3600); a command's
 "one-device hours" (its duration on gpus.min devices x gpus.min^0.9, base_rate = 1).
+Each pruning choice the job allows (an L1 amount or "2:4") is a mode of its own, at the same default rate
+and power: training still runs dense kernels on masked weights, so no saving is assumed until one is measured.
 Every such mode is labelled ``source: default-scaling``. A mode measured before (a Profile: any finished run of
 the same workload and arguments in that mode, or `gsched profile`) uses its measured rate and mean power
 instead, labelled ``source: profile``.
@@ -15,10 +17,11 @@ instead, labelled ``source: profile``.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.jobfile import JobSpec
+from scheduler.jobfile import JobSpec, pruning_label
 from scheduler.planner.problem import Mode
 
 SCALING_EXPONENT = 0.9
@@ -47,23 +50,25 @@ def job_modes(spec: JobSpec, capacity: int, device_kind: str, nominal_w: float, 
         caps += [c for c in spec.optimisations.power_cap_w if c < nominal_w]
     modes, described = [], []
     top = max(spec.gpus_min, min(spec.gpus_max, capacity))
-    for n in range(spec.gpus_min, top + 1):
-        for precision in spec.optimisations.precision:
-            for cap in caps:
-                speedup = GPU_SPEEDUP[precision] if device_kind == "gpu" else 1.0
-                watts = cap if cap is not None else nominal_w
-                rate = base_rate * n ** SCALING_EXPONENT * speedup * (watts / nominal_w) ** CAP_EXPONENT
-                power_kw, source = n * watts / 1000, "default-scaling"
-                measured = next((p for p in profiles or [] if p.gpus == n and p.precision == precision
-                                 and p.power_limit_w == (cap or 0) and p.pruning == 0.0 and not p.compile), None)
-                if measured is not None and spec.steps:
-                    rate, power_kw, source = measured.steps_per_s * 3600, measured.watts / 1000, "profile"
-                # On an accelerated clock a real run spans `speed` times as much simulated time.
-                modes.append(Mode(n, rate / clock_speed, power_kw,
-                                  f"{n}x{device_kind} {precision}" + (f" {cap}W" if cap else "")))
-                described.append({"gpus": n, "precision": precision, "power_limit_w": cap, "pruning": 0.0,
-                                  "compile": False, "source": source})
+    compiled = spec.optimisations.compile
+    choices = itertools.product(range(spec.gpus_min, top + 1), spec.optimisations.precision,
+                                spec.optimisations.pruning, caps)
+    for n, precision, pruning, cap in choices:
+        speedup = GPU_SPEEDUP[precision] if device_kind == "gpu" else 1.0
+        watts = cap if cap is not None else nominal_w
+        rate = base_rate * n ** SCALING_EXPONENT * speedup * (watts / nominal_w) ** CAP_EXPONENT
+        power_kw, source = n * watts / 1000, "default-scaling"
+        measured = next((p for p in profiles or [] if p.gpus == n and p.precision == precision
+                         and p.power_limit_w == (cap or 0) and p.pruning == pruning_label(pruning)
+                         and p.compile == compiled), None)
+        if measured is not None and spec.steps:
+            rate, power_kw, source = measured.steps_per_s * 3600, measured.watts / 1000, "profile"
+        # On an accelerated clock a real run spans `speed` times as much simulated time.
+        modes.append(Mode(n, rate / clock_speed, power_kw, f"{n}x{device_kind} {precision}"
+                          + (f" pruned {pruning_label(pruning)}" if pruning else "") + (f" {cap}W" if cap else "")))
+        described.append({"gpus": n, "precision": precision, "power_limit_w": cap, "pruning": pruning,
+                          "compile": compiled, "source": source})
     requested = next(i for i, d in enumerate(described)
                      if d["gpus"] == top and d["precision"] == spec.optimisations.precision[0]
-                     and d["power_limit_w"] is None)
+                     and d["pruning"] == spec.optimisations.pruning[0] and d["power_limit_w"] is None)
     return JobModes(work, tuple(modes), tuple(described), requested)
