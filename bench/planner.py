@@ -3,7 +3,8 @@ greedy, the gap to the LP lower bound, and solve time.
 
     .venv/bin/python bench/planner.py                 # the README's table (about 3 minutes on 2 cores)
     .venv/bin/python bench/planner.py --jobs 500 --work-scale 0.3 --windows DE-LU:2023-06-05 --time-limit 60
-    .venv/bin/python bench/planner.py --windows ES:2023-04-03 US-CAL-CISO:2024-05-06 --time-limit 300  # yardstick
+    .venv/bin/python bench/planner.py --windows ES:2023-04-03 US-CAL-CISO:2024-05-06 DE-LU:2023-01-09 \
+        --time-limit 300 --milp-only                                                 # the long-MILP yardstick
     .venv/bin/python bench/planner.py --write-problems DIR   # also save each problem file (for gsched plan)
 
 Signals: hourly day-ahead prices (../shared/data/traces/sustain-cluster-prices; EPEX DE-LU and OMIE ES in
@@ -115,8 +116,8 @@ def late_jobs(problem: Problem, evaluation) -> int:
                or evaluation.jobs[job.id].finish_h > job.deadline_slot * problem.slot_h + 1e-9)
 
 
-def run(window: str, n_jobs: int, seed: int, time_limit_s: float, write: Path | None, work_scale: float
-        ) -> dict[str, object]:
+def run(window: str, n_jobs: int, seed: int, time_limit_s: float, write: Path | None, work_scale: float,
+        use_lns: bool = True) -> dict[str, object]:
     zone, day = window.split(":")
     monday = datetime.fromisoformat(day).replace(tzinfo=timezone.utc)
     price, carbon = load_signals(zone, monday)
@@ -126,7 +127,7 @@ def run(window: str, n_jobs: int, seed: int, time_limit_s: float, write: Path | 
         write.mkdir(parents=True, exist_ok=True)
         (write / f"{zone}_{day}_{n_jobs}.json").write_text(json.dumps(problem_to_json(problem)))
     t0 = time.monotonic()
-    solution = solve(problem, time_limit_s)
+    solution = solve(problem, time_limit_s, use_lns=use_lns)
     solve_s = time.monotonic() - t0
     ours = evaluate(problem, solution.plan)
     bound, status = lp_bound(Costing(problem))
@@ -149,13 +150,16 @@ def main() -> None:
     parser.add_argument("--work-scale", type=float, default=1.0,
                         help="scale every job's work (0.3 keeps 500 jobs at the load of 150)")
     parser.add_argument("--write-problems", type=Path)
+    parser.add_argument("--milp-only", action="store_true",
+                        help="no neighbourhood search: the MILP alone for the whole limit (the long-run yardstick)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON lines too")
     args = parser.parse_args()
     print("| window (Monday, 7 days) | jobs | solve s | gsched EUR | kgCO2 | vs run-now EUR | kgCO2 | vs LWA | "
           "vs CarbonScaler | gap to LP bound | late: gsched / run-now / LWA / CS |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for window in args.windows:
-        r = run(window, args.jobs, args.seed, args.time_limit, args.write_problems, args.work_scale)
+        r = run(window, args.jobs, args.seed, args.time_limit, args.write_problems, args.work_scale,
+                not args.milp_only)
         now, lwa, cs = r["run-now"], r["lwa"], r["carbonscaler"]
 
         def pct(base: dict, r: dict = r) -> str:
