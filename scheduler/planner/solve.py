@@ -11,7 +11,8 @@
    within 30% of the time left. The better plan wins.
 4. Large neighbourhood search, unless the MILP proved its plan optimal: the jobs planned in one time window
    are freed and a small MILP re-places them over a wider candidate set while the rest stay; windows sweep
-   the horizon and widen after a sweep without gain. Then the local search of step 2 polishes the plan.
+   the horizon, shift and widen after sweeps without gain, and start over on a twice wider candidate set
+   while time is left. Then the local search of step 2 polishes the plan.
 
 Hysteresis: a job's previous option is priced at ``1 - hysteresis`` of its cost, so a replan moves a
 job only for a larger gain. A job whose deadline cannot be met is planned for its earliest finish
@@ -339,16 +340,18 @@ class Planner:
     def neighbourhoods(self, chosen: dict[int, Option], columns: list[list[Option]], deadline_s: float,
                        stats: dict[str, float | str]) -> bool:
         """Large neighbourhood search: free the jobs planned in one time window, keep the others, and let a small
-        MILP re-place the freed ones over their whole candidate sets; windows sweep the horizon, and widen
-        after a sweep that found nothing. Small MILPs solve to optimality where the whole one cannot."""
+        MILP re-place the freed ones over their whole candidate sets. Windows sweep the horizon; a sweep that
+        finds nothing is followed by one shifted by a quarter window, then by windows twice as wide, up to half
+        the horizon. Small MILPs solve to optimality where the whole one cannot."""
         horizon = self.costing.horizon
-        width = max(8, horizon // 6)
-        moved, sweeps = False, 0
-        while time.monotonic() < deadline_s - 0.2 and width <= 2 * horizon:
+        width, shifted = max(8, horizon // 6), False
+        moved = False
+        while time.monotonic() < deadline_s - 0.2 and width <= max(8, horizon // 2):
             gained = False
             # A late job's own window first, widening with the sweeps: the jobs in its way are freed with it.
             late = [(self.jobs[j].release_slot - width // 2, o.end + width // 2) for j, o in chosen.items() if o.late]
-            sweep = [(a, a + width) for a in range(0, horizon, max(1, width // 2))]
+            offset = width // 4 if shifted else 0
+            sweep = [(a, a + width) for a in range(-offset, horizon, max(1, width // 2))]
             for a, b in late + sweep:
                 if time.monotonic() >= deadline_s - 0.2:
                     break
@@ -365,10 +368,9 @@ class Planner:
                 if picked is not None and _better(sum(self.price(o) for o in picked.values()), before):
                     chosen.update(picked)
                     gained = moved = True
-            sweeps += 1
+            stats["lns_sweeps"] = stats.get("lns_sweeps", 0.0) + 1  # type: ignore[operator]
             if not gained:
-                width *= 2
-        stats["lns_sweeps"] = float(sweeps)
+                width, shifted = (width * 2, False) if shifted else (width, True)
         return moved
 
     # --- explanations ----------------------------------------------------------------------------------------
@@ -433,12 +435,19 @@ class Planner:
                 if status != "Optimal" or not truncated:
                     break
                 budget *= 2
-            if use_lns and not proven and time.monotonic() < deadline - 0.2:
+            pool, searched = 4 * budget, -1
+            while use_lns and not proven and time.monotonic() < deadline - 0.2:
+                # When the search runs out of windows with time left, it starts over on a candidate set twice as
+                # wide; it ends when the set stopped growing and gave nothing.
                 best = sum(self.price(o) for o in chosen.values())
                 slack = best - bound if bound is not None else math.inf
-                columns, _truncated = self.candidates(chosen, relaxation, slack, 4 * budget)
+                columns, _truncated = self.candidates(chosen, relaxation, slack, pool)
+                size = sum(len(c) for c in columns)
                 if self.neighbourhoods(chosen, columns, deadline, stats):
-                    stats["method"] = f"{stats['method']}+lns"
+                    stats["method"] = str(stats["method"]).removesuffix("+lns") + "+lns"
+                elif size <= searched:
+                    break
+                pool, searched = 2 * pool, size
             # Polish: options outside the MILP's candidate set may still improve its plan one job at a time.
             free = self.costing.capacity.copy()
             for option in chosen.values():
