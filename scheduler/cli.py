@@ -267,18 +267,21 @@ def profile(file: Path = typer.Argument(..., help="job file of a workload"),
                 metrics = run.get("metrics") or {}
                 watts = run["energy_j"] / run["duration_s"] if run.get("duration_s") else None
                 rate = metrics.get("steps_per_s")
-                rows.append({"gpus": n, "precision": precision, "pruning": pruning, "job": job_id, "state": job["state"],
-                             "steps_per_s": rate, "watts": watts, "energy_source": run.get("energy_source"),
+                rows.append({"gpus": n, "precision": precision, "pruning": pruning, "job": job_id,
+                             "state": job["state"], "steps_per_s": rate, "watts": watts,
+                             "energy_source": run.get("energy_source"),
                              "j_per_step": watts / rate if watts and rate else None})
     except GschedError as exc:
         _fail(exc)
     if as_json:
         _print_json(rows)
         return
-    print(f"{'GPUS':>4} {'PRECISION':<9} {'PRUNING':<7} {'STEPS/S':>9} {'WATTS':>8} {'J/STEP':>9}  SOURCE      JOB STATE")
+    print(f"{'GPUS':>4} {'PRECISION':<9} {'PRUNING':<7} {'STEPS/S':>9} {'WATTS':>8} {'J/STEP':>9}  SOURCE"
+          "      JOB STATE")
     for r in rows:
-        print(f"{r['gpus']:>4} {r['precision']:<9} {r['pruning'] or '-':<7} {_num(r['steps_per_s'], 1, 1):>9} {_num(r['watts'], 1, 1):>8} "
-              f"{_num(r['j_per_step'], 1, 4):>9}  {r['energy_source'] or '-':<10} {r['job']:>4} {r['state']}")
+        print(f"{r['gpus']:>4} {r['precision']:<9} {r['pruning'] or '-':<7} {_num(r['steps_per_s'], 1, 1):>9} "
+              f"{_num(r['watts'], 1, 1):>8} {_num(r['j_per_step'], 1, 4):>9}  {r['energy_source'] or '-':<10} "
+              f"{r['job']:>4} {r['state']}")
 
 
 @app.command()

@@ -76,6 +76,7 @@ class Daemon:
         self._planned_grid: datetime | None = None
         self._idle_since: float | None = None  # time.monotonic() when the last job left the devices
         self._calibrated: set[tuple[str, int, str, str]] = set()  # modes measured while idle in this run
+        self._calibration_scan = True  # a job ended since the last look for unmeasured modes
         self._scheduler: BackgroundScheduler | None = None
         self.forecast_error: str | None = None
 
@@ -215,6 +216,7 @@ class Daemon:
         except Conflict:
             return  # another thread ended it first
         self._dirty.set()  # its devices are free: replan
+        self._calibration_scan = True
         log.info("job %s %s: %s, %.1f J (%s)", job.id, state.value, reason, energy_j, measurement.energy_source)
 
     def _learn(self, job: Job, metrics: dict[str, Any], duration_s: float, energy_j: float, source: str,
@@ -256,20 +258,22 @@ class Daemon:
             queued = self.store.jobs(QUEUED)
         self._dispatch_due(now, queued)
         if self.config.daemon.calibrate_when_idle:
-            self._calibrate_when_idle(now)
+            self._calibrate_when_idle(now, busy=bool(queued) or bool(self.store.jobs([JobState.RUNNING])))
 
-    def _calibrate_when_idle(self, now: datetime) -> None:
+    def _calibrate_when_idle(self, now: datetime, busy: bool) -> None:
         """Once every device has idled for a while, measure one mode that recent workload jobs could have run in
         but nobody has measured yet: a short urgent run, owned by that job's owner, seen in `gsched status`."""
-        if self.store.jobs([*QUEUED, JobState.RUNNING]):
+        if busy:
             self._idle_since = None
             return
         if self._idle_since is None:
             self._idle_since = time.monotonic()
-        if time.monotonic() - self._idle_since < self.config.daemon.calibrate_after_idle_s:
+        idle_s = time.monotonic() - self._idle_since
+        if not self._calibration_scan or idle_s < self.config.daemon.calibrate_after_idle_s:
             return
+        self._calibration_scan = False  # the next job to end asks for another look
         seen: set[str] = set()
-        for job in reversed(self.store.jobs([JobState.COMPLETED])[-20:]):
+        for job in reversed(self.store.jobs([JobState.COMPLETED], newest=20)):
             spec = self.spec_of(job)
             if spec.profile_key is None or spec.profile_key in seen or job.name.startswith("calibrate-"):
                 continue

@@ -134,14 +134,19 @@ class Store:
             raise NotFound(f"no job {job_id}")
         return job
 
-    def jobs(self, states: Sequence[JobState] | None = None, owner_uid: int | None = None) -> list[Job]:
-        query = select(Job).order_by(col(Job.id))
+    def jobs(self, states: Sequence[JobState] | None = None, owner_uid: int | None = None,
+             newest: int | None = None) -> list[Job]:
+        """Jobs by id, oldest first; with ``newest``, only that many of the latest ones."""
+        query = select(Job).order_by(col(Job.id).desc() if newest is not None else col(Job.id))
         if states is not None:
             query = query.where(col(Job.state).in_(list(states)))
         if owner_uid is not None:
             query = query.where(Job.owner_uid == owner_uid)
+        if newest is not None:
+            query = query.limit(newest)
         with self.read() as s:
-            return list(s.exec(query).all())
+            found = list(s.exec(query).all())
+        return found[::-1] if newest is not None else found
 
     def transition(self, job_id: int, to: JobState, *, at: datetime, reason: str,
                    expect: Sequence[JobState] | None = None, **fields: Any) -> Job:

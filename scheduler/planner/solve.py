@@ -435,7 +435,7 @@ class Planner:
                 if status != "Optimal" or not truncated:
                     break
                 budget *= 2
-            pool, searched = 4 * budget, -1
+            pool, searched, searched_gain = 4 * budget, -1, False
             while use_lns and not proven and time.monotonic() < deadline - 0.2:
                 # When the search runs out of windows with time left, it starts over on a candidate set twice as
                 # wide; it ends when the set stopped growing and gave nothing.
@@ -444,10 +444,12 @@ class Planner:
                 columns, _truncated = self.candidates(chosen, relaxation, slack, pool)
                 size = sum(len(c) for c in columns)
                 if self.neighbourhoods(chosen, columns, deadline, stats):
-                    stats["method"] = str(stats["method"]).removesuffix("+lns") + "+lns"
+                    searched_gain = True
                 elif size <= searched:
                     break
                 pool, searched = 2 * pool, size
+            if searched_gain:
+                stats["method"] = f"{stats['method']}+lns"
             # Polish: options outside the MILP's candidate set may still improve its plan one job at a time.
             free = self.costing.capacity.copy()
             for option in chosen.values():
