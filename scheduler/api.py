@@ -1,8 +1,8 @@
 """The daemon's HTTP API on a Unix socket. Callers are identified by SO_PEERCRED, never by what they say.
 
-Routes (JSON in and out; errors are {"error": message} with 400/403/404/409):
+Routes (JSON in and out; errors are {"error": message} with 400/403/404/409/413/429/503):
     GET  /v1/info                  daemon version, clock, home, forecast source
-    GET  /v1/jobs                  every job, oldest first
+    GET  /v1/jobs                  every job, oldest first (others' env, args, command, workdir withheld)
     POST /v1/jobs                  {"text", "source", "base_dir", "urgent"} -> {"id"}   (201)
     GET  /v1/jobs/ID               one job with its events and runs
     POST /v1/jobs/ID/cancel        owner or root
@@ -16,28 +16,28 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pwd
 import re
-import socket
-import socketserver
-import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import parse_qs, urlsplit
 
 from scheduler.daemon import Daemon
-from scheduler.errors import HTTP_STATUS, Conflict, GschedError, InputError, NotFound, PermissionDenied
+from scheduler.errors import (Conflict, InputError, LimitExceeded, NotFound,
+                              PermissionDenied)
 from scheduler.jobfile import parse_job
 from scheduler.models import TERMINAL, Job, JobState
 from scheduler.timeutil import parse_duration_s, rfc3339
+from scheduler.userpath import owner_dir, primary_gid
 
 log = logging.getLogger("gsched.api")
-MAX_BODY = 1 << 20
 LOG_CHUNK = 1 << 20
+MAX_JOB_ID = 2**63 - 1
+SUBMIT_KEYS = {"text": str, "source": str, "base_dir": str, "urgent": bool}
+PRIVATE = ("command", "args", "env", "workdir")  # for the owner and root only, like Slurm's PrivateData
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,26 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+def job_id(text: str) -> int:
+    value = int(text)
+    if value > MAX_JOB_ID:
+        raise NotFound(f"no job {text[:40]}")
+    return value
+
+
+def whole_query(query: dict[str, str], key: str, default: int) -> int:
+    raw = query.get(key, "")
+    if not raw:
+        return default
+    if not raw.isdigit() or len(raw) > 18:
+        raise InputError(f"{key}: must be a whole number >= 0, got {raw[:40]!r}")
+    return int(raw)
+
+
+def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | None = None,
+             private: bool = True) -> dict[str, Any]:
+    """A job as the API shows it. ``private``: the caller is its owner or root and sees everything; others see
+    id, name, owner, state, devices, times, energy, cost, CO2 and reasons, not what the job runs or its output."""
     totals = totals or {}
     spec = json.loads(job.spec_json)
     queued = job.state in (JobState.PENDING, JobState.PLANNED, JobState.PREEMPTED)
@@ -88,9 +107,12 @@ def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | 
         "cost_eur": totals.get("cost_eur"),
         "co2_g": totals.get("co2_g"),
         "mode": json.loads(job.plan_json)["mode"] if job.plan_json else None,
-        "metrics": metrics or {},
+        "metrics": (metrics or {}) if private else None,
         "workload": spec.get("workload"),
-        "command": spec.get("command"),
+        "command": spec.get("command") if private else None,
+        "args": spec.get("args") if private else None,
+        "workdir": spec.get("workdir") if private else None,
+        "private_withheld": not private,
     }
 
 
@@ -119,8 +141,11 @@ class Api:
         return 200, {"devices": [d.to_json() for d in self.daemon.devices]}
 
     def forecast(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
-        hours = float(query.get("hours", "48") or 48)
-        if not 0 < hours <= 24 * 14:
+        try:
+            hours = float(query.get("hours", "48") or 48)
+        except ValueError:
+            raise InputError("hours: must be a number in (0, 336]") from None
+        if not math.isfinite(hours) or not 0 < hours <= 24 * 14:
             raise InputError("hours: must be in (0, 336]")
         now = self.daemon.clock.now()
         provider = self.daemon.provider
@@ -132,19 +157,21 @@ class Api:
     def list_jobs(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
         jobs = self.store.jobs()
         totals = self.store.totals([j.id for j in jobs if j.id is not None and j.started_at is not None])
-        return 200, {"now": self.daemon.clock.now(), "jobs": [job_json(j, totals.get(j.id)) for j in jobs]}
+        return 200, {"now": self.daemon.clock.now(),
+                     "jobs": [job_json(j, totals.get(j.id), None, caller.uid in (0, j.owner_uid)) for j in jobs]}
 
-    def show(self, caller: Caller, query: dict[str, str], body: Any, job_id: str) -> tuple[int, Any]:
-        job = self.store.get(int(job_id))
-        runs = self.store.measurements(int(job_id))
+    def show(self, caller: Caller, query: dict[str, str], body: Any, id_text: str) -> tuple[int, Any]:
+        jid = job_id(id_text)
+        job = self.store.get(jid)
+        private = caller.uid in (0, job.owner_uid)
+        runs = self.store.measurements(jid)
         metrics = json.loads(runs[-1].metrics_json) if runs else {}
-        data = job_json(job, self.store.totals([int(job_id)]).get(int(job_id)), metrics)
-        data["events"] = [{"at": e.at, "state": e.state.value, "reason": e.reason}
-                          for e in self.store.events(int(job_id))]
+        data = job_json(job, self.store.totals([jid]).get(jid), metrics, private)
+        data["events"] = [{"at": e.at, "state": e.state.value, "reason": e.reason} for e in self.store.events(jid)]
         data["runs"] = [{"started_at": r.started_at, "finished_at": r.finished_at, "duration_s": r.duration_s,
                          "energy_j": r.energy_j, "energy_source": r.energy_source, "cost_eur": r.cost_eur,
-                         "co2_g": r.co2_g, "metrics": json.loads(r.metrics_json)} for r in runs]
-        data["spec"] = json.loads(job.spec_json)
+                         "co2_g": r.co2_g, "metrics": json.loads(r.metrics_json) if private else None} for r in runs]
+        data["spec"] = json.loads(job.spec_json) if private else None
         return 200, data
 
     def submit(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
@@ -152,23 +179,47 @@ class Api:
         if daemon.uid != 0 and caller.uid not in (0, daemon.uid):
             owner = pwd.getpwuid(daemon.uid).pw_name
             raise PermissionDenied(f"this daemon runs as {owner}, not root: only {owner} and root may submit")
-        if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-            raise InputError("request body must be {\"text\": job file contents, \"source\", \"base_dir\"}")
-        source = str(body.get("source") or "job.toml")
-        spec = parse_job(body["text"], source=source, base_dir=Path(str(body.get("base_dir") or "/")),
-                         now=daemon.clock.now(), default_max_delay_s=parse_duration_s(daemon.config.default_max_delay))
+        if not isinstance(body, dict):
+            raise InputError('request body must be a JSON object {"text": job file contents, "source", "base_dir", '
+                             '"urgent"}')
+        for key, value in body.items():
+            if key not in SUBMIT_KEYS:
+                raise InputError(f"request body: {str(key)[:40]}: unknown key (known: {', '.join(SUBMIT_KEYS)})")
+            if not isinstance(value, SUBMIT_KEYS[key]):
+                raise InputError(f"request body: {key}: must be a JSON {SUBMIT_KEYS[key].__name__}, "
+                                 f"got {type(value).__name__}")
+        if "text" not in body:
+            raise InputError("request body: text: required (the job file's contents)")
+        source = body.get("source") or "job.toml"
+        if len(source) > 4096 or "\0" in source:
+            raise InputError("request body: source: at most 4096 characters, no NUL")
+        base_dir = Path(body.get("base_dir") or "/")
+        if not base_dir.is_absolute():
+            raise InputError(f"request body: base_dir: must be an absolute path, got {str(base_dir)[:200]!r}")
+        limits = daemon.config.limits
+        if limits.max_queued_jobs_per_user and caller.uid != 0 \
+                and self.store.count_queued(caller.uid) >= limits.max_queued_jobs_per_user:
+            raise LimitExceeded(f"{caller.name} already has {limits.max_queued_jobs_per_user} jobs queued "
+                                f"(limits.max_queued_jobs_per_user); wait for some to start or cancel some")
+        gid = primary_gid(caller.uid, caller.gid) if daemon.uid == 0 else caller.gid
+        spec = parse_job(body["text"], source=source, base_dir=base_dir, now=daemon.clock.now(),
+                         default_max_delay_s=parse_duration_s(daemon.config.default_max_delay),
+                         resolve_dir=lambda path: owner_dir(caller.uid if daemon.uid == 0 else daemon.uid, gid, path))
         if spec.gpus_min > len(daemon.devices):
             raise InputError(f"{source}: gpus: needs {spec.gpus_min} devices, this daemon schedules on "
                              f"{len(daemon.devices)}")
-        job = self.store.add_job(spec, owner_uid=caller.uid, owner_name=caller.name, urgent=bool(body.get("urgent")),
+        if limits.max_gpus_per_user and caller.uid != 0 and spec.gpus_min > limits.max_gpus_per_user:
+            raise LimitExceeded(f"{source}: gpus: needs {spec.gpus_min} devices, limits.max_gpus_per_user is "
+                                f"{limits.max_gpus_per_user}")
+        job = self.store.add_job(spec, owner_uid=caller.uid, owner_name=caller.name, urgent=body.get("urgent", False),
                                  now=daemon.clock.now())
         daemon.wake()
         return 201, {"id": job.id, "name": job.name, "state": job.state.value}
 
-    def _owned(self, caller: Caller, job_id: str, action: str) -> Job:
-        job = self.store.get(int(job_id))
+    def _owned(self, caller: Caller, id_text: str, action: str) -> Job:
+        job = self.store.get(job_id(id_text))
         if caller.uid not in (0, job.owner_uid):
-            raise PermissionDenied(f"job {job_id} belongs to {job.owner_name}: only its owner or root may {action}")
+            raise PermissionDenied(f"job {job.id} belongs to {job.owner_name}: only its owner or root may {action}")
         return job
 
     def cancel(self, caller: Caller, query: dict[str, str], body: Any, job_id: str) -> tuple[int, Any]:
@@ -184,8 +235,9 @@ class Api:
 
     def log(self, caller: Caller, query: dict[str, str], body: Any, job_id: str) -> tuple[int, Any]:
         job = self._owned(caller, job_id, "read its log")
-        offset = int(query.get("offset", "0") or 0)
-        path = self.daemon.launcher.log_path(int(job_id))
+        offset = whole_query(query, "offset", 0)
+        assert job.id is not None
+        path = self.daemon.launcher.log_path(job.id)
         try:
             with path.open("rb") as f:
                 size = f.seek(0, os.SEEK_END)
@@ -200,81 +252,6 @@ class Api:
             match = pattern.fullmatch(path)
             if match and route_method == method:
                 return fn(caller, query, body, *match.groups())
-        raise NotFound(f"no route {method} {path}")
+        raise NotFound(f"no route {method} {path[:100]}")
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: "ApiServer"
-    protocol_version = "HTTP/1.0"
-
-    def address_string(self) -> str:
-        return "unix"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug(format, *args)
-
-    def _caller(self) -> Caller:
-        creds = self.request.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        return Caller(*struct.unpack("3i", creds))
-
-    def _send(self, status: int, payload: Any) -> None:
-        headers: dict[str, str] = {}
-        if isinstance(payload, tuple):
-            data, headers = payload
-            content_type = "application/octet-stream"
-        else:
-            data = json.dumps(payload, default=_json_default).encode()
-            content_type = "application/json"
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _dispatch(self, method: str) -> None:
-        url = urlsplit(self.path)
-        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                raise InputError(f"request body larger than {MAX_BODY} bytes")
-            body = json.loads(self.rfile.read(length)) if length else None
-            status, payload = self.server.api.handle(method, url.path, self._caller(), query, body)
-        except GschedError as exc:
-            status = next((code for cls, code in HTTP_STATUS.items() if isinstance(exc, cls)), 500)
-            payload = {"error": str(exc), "kind": type(exc).__name__}
-        except (ValueError, TypeError) as exc:
-            status, payload = 400, {"error": f"bad request: {exc}", "kind": "InputError"}
-        except Exception as exc:  # never let one request take the daemon down
-            log.exception("request %s %s failed", method, self.path)
-            status, payload = 500, {"error": f"internal error: {exc}", "kind": "GschedError"}
-        self._send(status, payload)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-
-class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-    request_queue_size = socket.SOMAXCONN  # the default 5 refuses bursts of concurrent clients outright
-
-    def __init__(self, path: Path, api: Api) -> None:
-        self.api = api
-        if path.exists() or path.is_symlink():
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(str(path))
-            except OSError:
-                path.unlink()  # a stale socket from a daemon that died
-            else:
-                raise GschedError(f"another gsched daemon is already listening on {path}")
-            finally:
-                probe.close()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        super().__init__(str(path), _Handler)
-        os.chmod(path, 0o666)  # anyone may connect; SO_PEERCRED decides what they may do

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import sys
 import time
 from datetime import datetime
@@ -24,8 +25,23 @@ _state: dict[str, Any] = {}
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 
 
+# Control characters (C0, DEL, C1) and the invisible bidi/zero-width ones: a job's name, command or reason
+# is any user's text, and raw escapes in it would rewrite every reader's terminal. JSON keeps the raw text.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def _safe(value: Any, newlines: bool = False) -> str:
+    def escape(match: re.Match[str]) -> str:
+        ch = match.group()
+        if newlines and ch == "\n":
+            return ch
+        return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+
+    return _UNSAFE.sub(escape, str(value))
+
+
 def _fail(exc: GschedError) -> NoReturn:
-    print(f"gsched: error: {exc}", file=sys.stderr)
+    print(f"gsched: error: {_safe(exc, newlines=True)}", file=sys.stderr)
     raise typer.Exit(exc.exit_code)
 
 
@@ -113,10 +129,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> 
     print(header)
     for job in data["jobs"]:
         start = job["started_at"] or job["planned_start"]
-        print(f"{job['id']:>6} {job['name'][:16]:<16} {job['owner'][:10]:<10} {job['state']:<10} "
+        print(f"{job['id']:>6} {_safe(job['name'])[:16]:<16} {_safe(job['owner'])[:10]:<10} {job['state']:<10} "
               f"{job['gpus'] or job['gpus_min']:>4} {_short_time(start):<11} "
               f"{format_duration(_elapsed_s(job, now)):>10} {_num(job['energy_j'], 1, 1):>10} "
-              f"{_num(job['cost_eur'], 1, 6):>10} {_num(job['co2_g'], 1, 3):>9}  {job['reason'] or ''}")
+              f"{_num(job['cost_eur'], 1, 6):>10} {_num(job['co2_g'], 1, 3):>9}  {_safe(job['reason'] or '')}")
 
 
 @app.command()
@@ -130,15 +146,17 @@ def show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(False, 
     if as_json:
         _print_json(job)
         return
-    skip = {"events", "runs", "spec", "mode", "metrics"}
+    skip = {"events", "runs", "spec", "mode", "metrics", "private_withheld"}
     for key, value in job.items():
         if key not in skip:
-            print(f"{key:>14}: {'-' if value is None else value}")
+            print(f"{key:>14}: {'-' if value is None else _safe(value)}")
     print(f"{'mode':>14}: {json.dumps(job['mode'])}")
-    print(f"{'metrics':>14}: {json.dumps(job['metrics'])}")
+    print(f"{'metrics':>14}: {_safe(json.dumps(job['metrics']))}")
+    if job.get("private_withheld"):
+        print(f"{'':>14}  (command, args, env, workdir and output are shown to the owner and root only)")
     print("events:")
     for event in job["events"]:
-        print(f"  {event['at']}  {event['state']:<10} {event['reason']}")
+        print(f"  {event['at']}  {event['state']:<10} {_safe(event['reason'])}")
 
 
 @app.command()
@@ -150,7 +168,7 @@ def cancel(job_ids: list[int] = typer.Argument(..., help="job ids")) -> None:
             try:
                 client.cancel(job_id)
             except GschedError as exc:
-                print(f"gsched: error: {exc}", file=sys.stderr)
+                print(f"gsched: error: {_safe(exc, newlines=True)}", file=sys.stderr)
                 code = code or exc.exit_code
     raise typer.Exit(code)
 
@@ -204,7 +222,7 @@ def wait(job_id: int = typer.Argument(...),
     except GschedError as exc:
         _fail(exc)
     if job["exit_code"] is None:
-        print(f"gsched: job {job_id} {job['state']}: {job['reason']}", file=sys.stderr)
+        print(f"gsched: job {job_id} {job['state']}: {_safe(job['reason'])}", file=sys.stderr)
         raise typer.Exit(1)
     raise typer.Exit(min(max(int(job["exit_code"]), 0), 255))
 

@@ -31,6 +31,23 @@ class DaemonSettings:
     calibrate_when_idle: bool = True
     calibrate_after_idle_s: float = 60.0
     calibration_s: float = 20.0
+    max_log_mb: float = 100.0
+    cgroups: str = "auto"
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    max_connections: int = 512
+    max_connections_per_user: int = 32
+    request_timeout_s: float = 10.0
+    max_body_kb: int = 1024
+    workers: int = 8
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    max_queued_jobs_per_user: int = 1000
+    max_gpus_per_user: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,6 +124,8 @@ class Config:
     socket: str = ""
     default_max_delay: str = "24h"
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
     devices: DeviceSettings = field(default_factory=DeviceSettings)
     energy: EnergySettings = field(default_factory=EnergySettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
@@ -120,6 +139,16 @@ class Config:
             (self.daemon.clock_speed > 0, "daemon.clock_speed", "must be > 0"),
             (self.daemon.calibrate_after_idle_s >= 0, "daemon.calibrate_after_idle_s", "must be >= 0"),
             (self.daemon.calibration_s > 0, "daemon.calibration_s", "must be > 0"),
+            (self.daemon.max_log_mb > 0, "daemon.max_log_mb", "must be > 0"),
+            (self.daemon.cgroups in ("auto", "off"), "daemon.cgroups", "must be 'auto' or 'off'"),
+            (16 <= self.api.max_connections <= 60000, "api.max_connections", "must be in 16..60000"),
+            (1 <= self.api.max_connections_per_user <= self.api.max_connections, "api.max_connections_per_user",
+             "must be in 1..api.max_connections"),
+            (0 < self.api.request_timeout_s <= 300, "api.request_timeout_s", "must be in (0, 300]"),
+            (1 <= self.api.max_body_kb <= 65536, "api.max_body_kb", "must be in 1..65536"),
+            (1 <= self.api.workers <= 64, "api.workers", "must be in 1..64"),
+            (self.limits.max_queued_jobs_per_user >= 0, "limits.max_queued_jobs_per_user", "must be >= 0 (0 = none)"),
+            (self.limits.max_gpus_per_user >= 0, "limits.max_gpus_per_user", "must be >= 0 (0 = none)"),
             (self.daemon.log_level in ("debug", "info", "warning", "error"), "daemon.log_level",
              "must be one of debug, info, warning, error"),
             (self.devices.gpus in ("auto", "none"), "devices.gpus", "must be 'auto' or 'none'"),

@@ -12,6 +12,8 @@ import logging
 import math
 import os
 import pwd
+import secrets
+import shutil
 import signal
 import socket
 import threading
@@ -29,6 +31,10 @@ from scheduler.devices import Device
 from scheduler.errors import Conflict, GschedError
 from scheduler.executor.launch import Launcher, runner_alive
 from scheduler.executor.power import PowerLimiter
+from scheduler.executor.procs import RunGroup
+from scheduler.executor.runner import EXIT_NO_RESULT
+from scheduler.executor.untrusted import RunResult, parse_metrics, parse_result
+from scheduler.faults import crash_point
 from scheduler.forecasts.base import Provider
 from scheduler.jobfile import JobSpec, calibration_job, parse_job, pruning_label
 from scheduler.models import Job, JobState, Measurement, Profile
@@ -39,6 +45,7 @@ from scheduler.planner.problem import PJob, Problem
 from scheduler.planner.solve import solve
 from scheduler.store import Store
 from scheduler.timeutil import floor_to, parse_rfc3339, rfc3339
+from scheduler.userpath import owner_dir, primary_gid
 
 log = logging.getLogger("gsched.daemon")
 QUEUED = (JobState.PENDING, JobState.PLANNED, JobState.PREEMPTED)
@@ -69,6 +76,7 @@ class Daemon:
         self.power = power  # set only for a root daemon on GPUs with devices.power_limits = "auto"
         self.uid = os.geteuid()
         self._children: dict[int, Any] = {}  # job id -> Popen of runners this process started
+        self._runner_exits: dict[str, int] = {}  # run token -> exit code of such a runner, until its run is ended
         self._tick_lock = threading.Lock()
         self._again = threading.Event()
         self._dirty = threading.Event()  # something changed that the plan must follow
@@ -79,6 +87,8 @@ class Daemon:
         self._calibration_scan = True  # a job ended since the last look for unmeasured modes
         self._scheduler: BackgroundScheduler | None = None
         self.forecast_error: str | None = None
+        # Runs that ended but left processes SIGKILL has not removed yet: their devices stay busy.
+        self._lingering: dict[int, tuple[RunGroup, set[str]]] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -136,13 +146,35 @@ class Daemon:
         now = self.clock.now()
         for job in self.store.jobs([JobState.RUNNING]):
             assert job.id is not None
-            if self.launcher.read_result(job.id) is not None:
-                self._finish(job, now)
-            elif runner_alive(job.runner_pid, job.runner_start_ticks):
-                log.info("job %s: re-adopted runner pid %s after daemon restart", job.id, job.runner_pid)
-                self.store.note(job.id, at=now, reason=f"re-adopted runner pid {job.runner_pid} after daemon restart")
-            else:
-                self._end_lost(job, now, "runner lost while the daemon was down (no result recorded)")
+            try:
+                self._reconcile_one(job, now)
+            except Exception:  # one bad record must not keep the daemon from starting
+                log.exception("job %s: reconcile failed; it is retried at every tick", job.id)
+
+    def _reconcile_one(self, job: Job, now: datetime) -> None:
+        assert job.id is not None
+        if job.runner_pid is None and job.run_token:
+            # The daemon died between recording the start and recording the runner's pid: the claim file
+            # says whether the runner took the run; if it did not, take it back so it never runs.
+            claimed = self.launcher.read_claim(job.id, job.run_token)
+            if claimed is None and not self.launcher.give_up(job.id, job.run_token):
+                claimed = self.launcher.read_claim(job.id, job.run_token)  # the runner was first after all
+            if claimed is None or claimed.get("by") == "daemon":  # taken back, now or by an earlier restart
+                self.launcher.group(job.id, job.run_token).remove()
+                self.store.transition(job.id, JobState.PENDING, at=now, expect=[JobState.RUNNING],
+                                      reason="requeued: the daemon stopped while starting it, before its runner began",
+                                      **_CLEARED_RUN)
+                self._dirty.set()
+                return
+            if claimed.get("by") == "runner" and isinstance(claimed.get("pid"), int):
+                job = self.store.update(job.id, runner_pid=claimed["pid"], runner_start_ticks=claimed.get("start_ticks"))
+        if self.launcher.read_result(job.id) is not None:
+            self._finish(job, now)
+        elif runner_alive(job.runner_pid, job.runner_start_ticks):
+            log.info("job %s: re-adopted runner pid %s after daemon restart", job.id, job.runner_pid)
+            self.store.note(job.id, at=now, reason=f"re-adopted runner pid {job.runner_pid} after daemon restart")
+        else:
+            self._end_lost(job, now, "runner lost while the daemon was down (no result recorded)")
 
     # --- the tick -----------------------------------------------------------------------------------
 
@@ -160,42 +192,80 @@ class Daemon:
                     break
 
     def reap(self, now: datetime) -> None:
+        self._check_lingering()
         for job in self.store.jobs([JobState.RUNNING]):
             assert job.id is not None
-            child = self._children.get(job.id)
-            if child is not None and child.poll() is not None:
-                self._children.pop(job.id)
-            if self.launcher.read_result(job.id) is not None:
-                self._finish(job, now)
-            elif child is None and not runner_alive(job.runner_pid, job.runner_start_ticks):
-                self._end_lost(job, now, "runner exited without a result (see the job's log)")
-            elif child is not None and child.returncode is not None:
-                self._end_lost(job, now, f"runner exited with {child.returncode} without a result (see the log)")
+            try:
+                self._reap_one(job, now)
+            except Exception as exc:  # one job's bad record must never stop the others' reaping
+                log.exception("job %s: reaping failed", job.id)
+                self._end_broken(job, now, exc)
+
+    def _reap_one(self, job: Job, now: datetime) -> None:
+        assert job.id is not None
+        child = self._children.get(job.id)
+        if child is not None and child.poll() is not None:
+            self._children.pop(job.id)
+            self._runner_exits[job.run_token or ""] = child.returncode
+        if self.launcher.read_result(job.id) is not None:
+            self._finish(job, now)
+        elif job.runner_pid is None:
+            return  # being started by this daemon right now
+        elif job.run_token in self._runner_exits:
+            code = self._runner_exits[job.run_token]
+            if code == EXIT_NO_RESULT:
+                why = f"its runner could not write the result: the disk holding {self.paths.home} is full or unwritable"
+            else:
+                why = f"runner exited with {code} without a result" + self._disk_hint()
+            self._end_lost(job, now, why)
+        elif not runner_alive(job.runner_pid, job.runner_start_ticks):
+            self._end_lost(job, now, "runner exited without a result" + self._disk_hint())
+
+    def _disk_hint(self) -> str:
+        try:
+            free = shutil.disk_usage(self.paths.home).free
+        except OSError:
+            return " (see the job's log)"
+        if free < 1024 * 1024:
+            return f": the disk holding {self.paths.home} is full ({free // 1024} KiB free), so it could not write one"
+        return " (see the job's log)"
+
+    def _end_broken(self, job: Job, now: datetime, exc: Exception) -> None:
+        """A run whose record cannot be processed ends FAILED with the reason, instead of failing every tick."""
+        assert job.id is not None
+        try:
+            self._end_lost(job, now, f"gsched could not record this run: {type(exc).__name__}: {str(exc)[:200]}")
+        except Exception:
+            log.exception("job %s: cannot end it either; retrying at the next tick", job.id)
 
     def _finish(self, job: Job, now: datetime) -> None:
         assert job.id is not None and job.started_at is not None
-        result = self.launcher.read_result(job.id) or {}
-        duration_s = float(result.get("duration_s") or 0.0)
+        spec = self.spec_of(job)
+        result: RunResult = parse_result(self.launcher.read_result(job.id), spec.steps)
+        for why in result.ignored:
+            log.warning("job %s: ignored from its run: %s", job.id, why)
+        duration_s = result.duration_s
         # Times are on the daemon's clock, which may run faster than the wall (the demo).
         finished = job.started_at + timedelta(seconds=duration_s * self.clock.speed)
-        exit_code = result.get("exit_code")
-        metrics = result.get("metrics") or {}
+        exit_code = result.exit_code
+        metrics = result.metrics
         if job.cancel_requested:
             state, reason = JobState.CANCELLED, "cancelled by user"
-        elif job.preempt_requested and not (exit_code == 0 and metrics.get("preempted") is False):
+        elif job.preempt_requested and not (exit_code == 0 and metrics.preempted is False):
             # A workload that reports it finished all its steps completed; anything else goes back to the queue.
             state = JobState.PREEMPTED
-            reason = (f"requeued: checkpointed at step {metrics['steps']}" if metrics.get("preempted")
+            reason = (f"requeued: checkpointed at step {metrics.steps}" if metrics.preempted and metrics.steps is not None
                       else f"requeued (exit code {exit_code})")
-        elif result.get("timed_out"):
+        elif result.timed_out:
             state, reason = JobState.TIMEOUT, "reached its time_limit"
         elif exit_code == 0:
             state, reason = JobState.COMPLETED, "exit code 0"
         else:
             state = JobState.FAILED
-            reason = result.get("error") or (f"killed by {result['signal']}" if result.get("signal")
-                                             else f"exit code {exit_code}")
-        energy_j = float(result.get("energy_j") or 0.0)
+            reason = result.error or (f"killed by {result.signal}" if result.signal else f"exit code {exit_code}")
+        if result.ignored:
+            reason += f" ({len(result.ignored)} invalid value(s) in its output ignored: {result.ignored[0]})"
+        energy_j = result.energy_j
         cost_eur = co2_g = None
         try:
             forecast = self.provider.forecast(job.started_at, finished + timedelta(hours=1))
@@ -203,44 +273,80 @@ class Daemon:
         except GschedError as exc:
             log.warning("job %s: no signals to price its energy: %s", job.id, exc)
         measurement = Measurement(job_id=job.id, started_at=job.started_at, finished_at=finished,
-                                  duration_s=duration_s, energy_j=energy_j,
-                                  energy_source=result.get("energy_source", "estimate"),
-                                  cost_eur=cost_eur, co2_g=co2_g, metrics_json=json.dumps(metrics))
-        self._restore_power(job)
-        self._learn(job, metrics, duration_s, energy_j, measurement.energy_source, finished)
+                                  duration_s=duration_s, energy_j=energy_j, energy_source=result.energy_source,
+                                  cost_eur=cost_eur, co2_g=co2_g, metrics_json=json.dumps(metrics.data))
+        self._reclaim(job)
+        try:
+            self._learn(job, spec, metrics.steps_per_s, duration_s, energy_j, measurement.energy_source, finished)
+        except Exception:  # learning is optional; the run's record is not
+            log.exception("job %s: profile not recorded", job.id)
         ended = {"finished_at": finished, "exit_code": exit_code} if state != JobState.PREEMPTED else {
-            "preempt_requested": False, "started_at": None, "gpus": None, "devices_json": None, "runner_pid": None,
-            "runner_start_ticks": None, "plan_json": None, "planned_start": None, "planned_end": None}
+            "preempt_requested": False, **_CLEARED_RUN}
         try:
             self.store.finish(job.id, state, at=finished, reason=reason, measurement=measurement, **ended)
         except Conflict:
             return  # another thread ended it first
+        self._runner_exits.pop(job.run_token or "", None)
         self._dirty.set()  # its devices are free: replan
         self._calibration_scan = True
         log.info("job %s %s: %s, %.1f J (%s)", job.id, state.value, reason, energy_j, measurement.energy_source)
 
-    def _learn(self, job: Job, metrics: dict[str, Any], duration_s: float, energy_j: float, source: str,
-               at: datetime) -> None:
-        """A workload's run measured its mode: keep it as a profile for planning the next runs."""
-        spec = self.spec_of(job)
-        steps_per_s = metrics.get("steps_per_s")
+    def _learn(self, job: Job, spec: JobSpec, steps_per_s: float | None, duration_s: float, energy_j: float,
+               source: str, at: datetime) -> None:
+        """A workload's run measured its mode: keep it as its owner's profile for planning their next runs.
+        Profiles are per owner, so no user's measurements change another user's plans; and a measurement far
+        outside the default model (plausible_profile) is not kept at all, so no run makes its owner's own jobs
+        unplannable either."""
         if not spec.profile_key or not steps_per_s or duration_s < 1 or not job.plan_json or not job.gpus:
             return
         mode = json.loads(job.plan_json)["mode"]
-        self.store.record_profile(Profile(
-            key=spec.profile_key, device_kind=self.devices[0].kind, gpus=job.gpus, precision=mode["precision"],
-            pruning=pruning_label(mode.get("pruning") or 0.0), compile=bool(mode.get("compile")),
-            power_limit_w=int(mode.get("power_limit_w") or 0), steps_per_s=float(steps_per_s),
-            watts=energy_j / duration_s, energy_source=source, measured_at=at))
+        kind = self.devices[0].kind
+        profile = Profile(
+            key=spec.profile_key, owner_uid=job.owner_uid, device_kind=kind, gpus=job.gpus,
+            precision=mode["precision"], pruning=pruning_label(mode.get("pruning") or 0.0),
+            compile=bool(mode.get("compile")), power_limit_w=int(mode.get("power_limit_w") or 0),
+            steps_per_s=steps_per_s, watts=energy_j / duration_s, energy_source=source, measured_at=at)
+        default_rate = self.steps_per_s.get(spec.workload or "")
+        why = plausible_profile(profile, default_rate, self._nominal_w())
+        if why:
+            log.warning("job %s: profile not recorded: %s", job.id, why)
+            self.store.note(job.id or 0, at=at, reason=f"profile not recorded: {why}")
+            return
+        self.store.record_profile(profile)
+
+    def _nominal_w(self) -> float:
+        kind = self.devices[0].kind if self.devices else "cpu"
+        return self.config.planner.gpu_power_w if kind == "gpu" else self.config.planner.cpu_device_power_w
+
+    def _reclaim(self, job: Job) -> None:
+        """A run ended: restore its power caps and kill whatever of it is left. Its devices are reused only once
+        nothing of it lives."""
+        assert job.id is not None
+        self._restore_power(job)
+        if not job.run_token:
+            return
+        group = self.launcher.group(job.id, job.run_token)
+        if group.kill(timeout_s=2.0):
+            group.remove()
+        else:
+            self._lingering[job.id] = (group, set(json.loads(job.devices_json or "[]")))
+
+    def _check_lingering(self) -> None:
+        for job_id, (group, _devices) in list(self._lingering.items()):
+            if group.kill(timeout_s=0.2):
+                group.remove()
+                del self._lingering[job_id]
+                self._dirty.set()
 
     def _end_lost(self, job: Job, now: datetime, reason: str) -> None:
         assert job.id is not None
-        self._restore_power(job)
+        self._reclaim(job)
         state = JobState.CANCELLED if job.cancel_requested else JobState.FAILED
         try:
             self.store.finish(job.id, state, at=now, reason=reason, measurement=None, finished_at=now)
         except Conflict:
             return
+        self._runner_exits.pop(job.run_token or "", None)
         self._dirty.set()
         log.warning("job %s %s: %s", job.id, state.value, reason)
 
@@ -278,7 +384,7 @@ class Daemon:
             if spec.profile_key is None or spec.profile_key in seen or job.name.startswith("calibrate-"):
                 continue
             seen.add(spec.profile_key)
-            for mode in self.modes_of(spec).described:
+            for mode in self.modes_of(spec, job.owner_uid).described:
                 choice = (spec.profile_key, mode["gpus"], mode["precision"], pruning_label(mode["pruning"]))
                 if mode["source"] == "profile" or mode["power_limit_w"] is not None or choice in self._calibrated:
                     continue
@@ -287,8 +393,10 @@ class Daemon:
                                           * mode["gpus"] * self.config.daemon.calibration_s))
                 label, text = calibration_job(spec, "calibrate", mode["gpus"], mode["precision"], mode["pruning"],
                                               steps)
+                gid = primary_gid(job.owner_uid, job.owner_uid) if self.uid == 0 else os.getegid()
                 derived = parse_job(text, source=f"calibration of job {job.id} ({label})",
-                                    base_dir=Path(spec.workdir), now=now)
+                                    base_dir=Path(spec.workdir), now=now,
+                                    resolve_dir=lambda p: owner_dir(job.owner_uid if self.uid == 0 else self.uid, gid, p))
                 added = self.store.add_job(derived, owner_uid=job.owner_uid, owner_name=job.owner_name, urgent=True,
                                            now=now)
                 assert added.id is not None
@@ -299,13 +407,22 @@ class Daemon:
                 self._dirty.set()
                 return
 
-    def modes_of(self, spec: JobSpec) -> JobModes:
+    def modes_of(self, spec: JobSpec, owner_uid: int, profiles: dict[tuple[str, int], list[Profile]] | None = None
+                 ) -> JobModes:
         kind = self.devices[0].kind if self.devices else "cpu"
-        settings = self.config.planner
-        nominal_w = settings.gpu_power_w if kind == "gpu" else settings.cpu_device_power_w
-        profiles = self.store.profiles(spec.profile_key, kind) if spec.profile_key else []
-        return job_modes(spec, len(self.devices), kind, nominal_w,
-                         self.steps_per_s.get(spec.workload) if spec.workload else None, self.clock.speed, profiles)
+        found: list[Profile] = []
+        if spec.profile_key:
+            cache_key = (spec.profile_key, owner_uid)
+            if profiles is not None and cache_key in profiles:
+                found = profiles[cache_key]
+            else:
+                default_rate = self.steps_per_s.get(spec.workload or "")
+                found = [p for p in self.store.profiles(spec.profile_key, kind, owner_uid)
+                         if plausible_profile(p, default_rate, self._nominal_w()) is None]
+                if profiles is not None:
+                    profiles[cache_key] = found
+        return job_modes(spec, len(self.devices), kind, self._nominal_w(),
+                         self.steps_per_s.get(spec.workload) if spec.workload else None, self.clock.speed, found)
 
     def _replan(self, now: datetime, grid0: datetime, queued: list[Job]) -> None:
         settings = self.config.planner
@@ -321,15 +438,16 @@ class Daemon:
                 log.error("forecast unavailable, planning without prices: %s", exc)
             self.forecast_error = str(exc)
             price, carbon = [1.0] * horizon, [1.0] * horizon
-        capacity = [len(self.devices)] * horizon
+        capacity = [len(self.devices) - sum(len(d) for _g, d in self._lingering.values())] * horizon
         for job in self.store.jobs([JobState.RUNNING]):
             end = job.planned_end if job.planned_end and job.planned_end > now else now
             for k in range(min(horizon, max(1, math.ceil((end - grid0) / slot)))):
                 capacity[k] -= job.gpus or 0
         capacity = [max(0, c) for c in capacity]
         pjobs, modes_of, previous = [], {}, {}
+        profiles: dict[tuple[str, int], list[Profile]] = {}
         for job in queued:
-            jm = self.modes_of(self.spec_of(job))
+            jm = self.modes_of(self.spec_of(job), job.owner_uid, profiles)
             indices = [jm.requested] if job.urgent else list(range(len(jm.modes)))
             modes = tuple(jm.modes[i] for i in indices)
             described = [jm.described[i] for i in indices]
@@ -385,7 +503,13 @@ class Daemon:
         return f"waits for {window} on {label}: devices are busy until then"
 
     def _dispatch_due(self, now: datetime, queued: list[Job]) -> None:
-        busy = {uuid for job in self.store.jobs([JobState.RUNNING]) for uuid in json.loads(job.devices_json or "[]")}
+        running = self.store.jobs([JobState.RUNNING])
+        busy = {uuid for job in running for uuid in json.loads(job.devices_json or "[]")}
+        busy.update(uuid for _group, devices in self._lingering.values() for uuid in devices)
+        in_use: dict[int, int] = {}
+        for job in running:
+            in_use[job.owner_uid] = in_use.get(job.owner_uid, 0) + (job.gpus or 0)
+        cap = self.config.limits.max_gpus_per_user
         due = [j for j in queued if j.state == JobState.PLANNED and j.planned_start and j.planned_start <= now]
         for job in sorted(due, key=lambda j: (j.planned_start, j.id)):
             assert job.id is not None and job.plan_json is not None
@@ -393,9 +517,24 @@ class Daemon:
             free = [d for d in self.devices if d.uuid not in busy]
             if len(free) < mode["gpus"]:
                 continue
+            if cap and job.owner_uid != 0 and in_use.get(job.owner_uid, 0) + mode["gpus"] > cap:
+                reason = (f"waits: {job.owner_name} has {in_use.get(job.owner_uid, 0)} device(s) in use and "
+                          f"limits.max_gpus_per_user is {cap}")
+                if job.plan_reason != reason:
+                    self.store.update(job.id, plan_reason=reason)
+                continue
             chosen = free[: mode["gpus"]]
             busy.update(d.uuid for d in chosen)
-            self._dispatch(job.id, self.spec_of(job), chosen, now, mode)
+            in_use[job.owner_uid] = in_use.get(job.owner_uid, 0) + len(chosen)
+            try:
+                self._dispatch(job.id, self.spec_of(job), chosen, now, mode)
+            except Exception as exc:  # one job that cannot start must not keep the others from starting
+                log.exception("job %s: cannot start", job.id)
+                try:
+                    self.store.transition(job.id, JobState.FAILED, at=now, reason=f"cannot start: {exc}",
+                                          finished_at=now)
+                except GschedError:
+                    pass
 
     def _dispatch(self, job_id: int, spec: JobSpec, devices: list[Device], now: datetime, mode: dict[str, Any]
                   ) -> None:
@@ -415,17 +554,31 @@ class Daemon:
             except GschedError as exc:
                 log.warning("job %s: runs without its %s W cap: %s", job_id, cap_w, exc)
                 self.store.note(job_id, at=now, reason=f"power cap not set: {exc}")
+        # Exactly once: the start is recorded (with a fresh token) before the runner exists, and the runner
+        # claims the token before it runs anything. A daemon killed in between finds the claim, or takes the
+        # start back (Launcher.give_up), at its next reconcile.
+        token = secrets.token_hex(8)
+        names = ",".join(d.name for d in devices)
         try:
-            launched = self.launcher.start(job_id, spec, devices, uid, gid, mode)
+            runfile = self.launcher.prepare(job_id, spec, devices, uid, gid, mode, token)
         except OSError as exc:
-            self.store.transition(job_id, JobState.FAILED, at=now, reason=f"cannot start runner: {exc}",
+            self.store.transition(job_id, JobState.FAILED, at=now, reason=f"cannot prepare the run: {exc}",
                                   finished_at=now)
             return
-        self._children[job_id] = launched.process
-        names = ",".join(d.name for d in devices)
-        self.store.transition(job_id, JobState.RUNNING, at=now, reason=f"started on {names}",
+        self.store.transition(job_id, JobState.RUNNING, at=now, reason=f"started on {names}", expect=QUEUED,
                               started_at=now, gpus=len(devices), devices_json=json.dumps([d.uuid for d in devices]),
-                              runner_pid=launched.process.pid, runner_start_ticks=launched.start_ticks)
+                              run_token=token, runner_pid=None, runner_start_ticks=None)
+        crash_point("dispatch.after_intent")
+        try:
+            launched = self.launcher.start(job_id, runfile, token)
+        except OSError as exc:
+            self.launcher.give_up(job_id, token)
+            self.store.finish(job_id, JobState.FAILED, at=now, reason=f"cannot start runner: {exc}",
+                              measurement=None, finished_at=now)
+            return
+        crash_point("dispatch.after_spawn")
+        self._children[job_id] = launched.process
+        self.store.update(job_id, runner_pid=launched.process.pid, runner_start_ticks=launched.start_ticks)
         threading.Thread(target=self._watch, args=(launched.process,), daemon=True).start()
         log.info("job %s RUNNING on %s (runner pid %s)", job_id, names, launched.process.pid)
 
@@ -440,11 +593,20 @@ class Daemon:
         now = self.clock.now()
         if job.state == JobState.RUNNING:
             job = self.store.update(job.id, cancel_requested=True)
+            if job.runner_pid is None:
+                self.wake()
+                return job
             if not self.launcher.signal(job.runner_pid or 0, job.runner_start_ticks or -1, signal.SIGTERM):
                 self.wake()
             return job
-        return self.store.transition(job.id, JobState.CANCELLED, at=now, reason="cancelled by user",
-                                     expect=QUEUED, finished_at=now)
+        try:
+            return self.store.transition(job.id, JobState.CANCELLED, at=now, reason="cancelled by user",
+                                         expect=QUEUED, finished_at=now)
+        except Conflict:
+            fresh = self.store.get(job.id)
+            if fresh.state == JobState.RUNNING:  # it started meanwhile: stop it as a running job
+                return self.cancel(fresh)
+            raise
 
     def requeue(self, job: Job) -> Job:
         """Checkpoint a running preemptible job and put it back in the queue (Slurm's scontrol requeue)."""
@@ -463,8 +625,8 @@ class Daemon:
         if job.state != JobState.PREEMPTED:
             return 1.0
         spec = self.spec_of(job)
-        done = max((json.loads(m.metrics_json).get("steps") or 0 for m in self.store.measurements(job.id or 0)),
-                   default=0)
+        done = max((parse_metrics(json.loads(m.metrics_json), spec.steps).steps or 0
+                    for m in self.store.measurements(job.id or 0)), default=0)
         return max(0.05, 1 - done / spec.steps) if spec.steps else 1.0
 
     def info(self) -> dict[str, Any]:
@@ -472,6 +634,31 @@ class Daemon:
                 "forecast_providers": [vars(st) for st in getattr(self.provider, "status", {}).values()],
                 "home": str(self.paths.home), "socket": str(self.paths.socket), "devices": len(self.devices),
                 "forecast_source": self.provider.name, "forecast_error": self.forecast_error, "uid": self.uid}
+
+
+_CLEARED_RUN: dict[str, Any] = {
+    "started_at": None, "gpus": None, "devices_json": None, "runner_pid": None, "runner_start_ticks": None,
+    "run_token": None, "plan_json": None, "planned_start": None, "planned_end": None}
+
+
+def plausible_profile(profile: Profile, default_steps_per_s: float | None, nominal_w: float) -> str | None:
+    """Why a measured mode is not believable (None if it is): its speed must lie within PROFILE_SPAN of the
+    default model's and its power be positive and below MAX_WATTS_PER_DEVICE per device."""
+    if not math.isfinite(profile.steps_per_s) or not math.isfinite(profile.watts):
+        return "not a finite measurement"
+    if default_steps_per_s:
+        expected = default_steps_per_s * profile.gpus ** 0.9
+        if not expected / PROFILE_SPAN <= profile.steps_per_s <= expected * PROFILE_SPAN:
+            return (f"steps_per_s {profile.steps_per_s:.3g} is more than {PROFILE_SPAN:g}x away from the default "
+                    f"model's {expected:.3g} on {profile.gpus} device(s)")
+    top_w = max(4 * nominal_w, MAX_WATTS_PER_DEVICE) * profile.gpus  # RAPL counts a whole CPU package
+    if not 0 < profile.watts <= top_w:
+        return f"{profile.watts:.3g} W is outside (0, {top_w:g}] W for {profile.gpus} device(s)"
+    return None
+
+
+PROFILE_SPAN = 100.0
+MAX_WATTS_PER_DEVICE = 2000.0
 
 
 def install_signal_handlers(stop: threading.Event) -> None:

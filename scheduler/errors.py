@@ -5,9 +5,11 @@
     │   ├── JobFileError         a job file: names the file and the field or line
     │   └── ConfigError          a config file: names the file and the key
     ├── DaemonUnavailable        no daemon answers on the socket (exit 3)
+    │   └── DaemonBusy           it answers, but is saturated: try again (exit 3)
     ├── NotFound                 no such job (exit 4)
     ├── PermissionDenied         the caller may not do this (exit 5)
     ├── Conflict                 the job's state does not allow it (exit 6)
+    ├── LimitExceeded            a [limits] key refuses it (exit 7)
     ├── StoreError               the database refused (schema too new, corrupt file)
     ├── DeviceError              NVML or another device API failed
     └── ProviderError            a forecast provider failed
@@ -25,9 +27,12 @@ class InputError(GschedError):
 
 
 class JobFileError(InputError):
-    def __init__(self, source: str, where: str, message: str) -> None:
+    """Every error of one job file: a line each, naming the file and the field."""
+
+    def __init__(self, source: str, where: str, message: str, more: list[tuple[str, str]] | None = None) -> None:
         self.source, self.where, self.message = source, where, message
-        super().__init__(f"{source}: {where}: {message}" if where else f"{source}: {message}")
+        self.errors = [(where, message), *(more or [])]
+        super().__init__("\n".join(f"{source}: {w}: {m}" if w else f"{source}: {m}" for w, m in self.errors))
 
 
 class ConfigError(InputError):
@@ -36,6 +41,14 @@ class ConfigError(InputError):
 
 class DaemonUnavailable(GschedError):
     exit_code = 3
+
+
+class DaemonBusy(DaemonUnavailable):
+    pass
+
+
+class LimitExceeded(GschedError):
+    exit_code = 7
 
 
 class NotFound(GschedError):
@@ -63,4 +76,5 @@ class ProviderError(GschedError):
 
 
 # How the daemon's API carries errors to the client: one table, read in both directions.
-HTTP_STATUS: dict[type[GschedError], int] = {InputError: 400, PermissionDenied: 403, NotFound: 404, Conflict: 409}
+HTTP_STATUS: dict[type[GschedError], int] = {InputError: 400, PermissionDenied: 403, NotFound: 404, Conflict: 409,
+                                             LimitExceeded: 429, DaemonBusy: 503}

@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from scheduler.errors import JobFileError
 from scheduler.timeutil import parse_duration_s, parse_rfc3339, rfc3339
@@ -113,12 +113,23 @@ def calibration_job(spec: JobSpec, prefix: str, gpus: int, precision: str, pruni
     return mode, "\n".join(f"{k} = {_toml(v)}" for k, v in job.items()) + "\n"
 
 
+MAX_DURATION_S = 366 * 86400.0  # durations, delays and time limits; a deadline at most this far ahead
+MAX_STEPS = 10**12
+MAX_GPUS = 4096
+MAX_PATH = 4096
+MAX_ENV_BYTES = 64 * 1024
+MAX_ARG = 4096
+
+
 class _Reader:
+    """Reads the parsed TOML field by field and collects every error, so a user fixes them all at once."""
+
     def __init__(self, source: str, data: dict[str, Any]):
         self.source, self.data = source, data
+        self.errors: list[tuple[str, str]] = []
 
-    def fail(self, where: str, message: str) -> JobFileError:
-        return JobFileError(self.source, where, message)
+    def fail(self, where: str, message: str) -> None:
+        self.errors.append((where, message))
 
     def typed(self, key: str, types: tuple[type, ...], what: str, table: dict[str, Any] | None = None,
               prefix: str = "") -> Any:
@@ -126,7 +137,15 @@ class _Reader:
         if value is None:
             return None
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
-            raise self.fail(prefix + key, f"must be {what}, got {type(value).__name__} {value!r}")
+            self.fail(prefix + key, f"must be {what}, got {type(value).__name__} {_show(value)}")
+            return None
+        return value
+
+    def whole(self, key: str, low: int, high: int, table: dict[str, Any] | None = None, prefix: str = "") -> Any:
+        value = self.typed(key, (int,), "a whole number", table, prefix)
+        if value is not None and not low <= value <= high:
+            self.fail(prefix + key, f"must be >= {low}, got {value}" if value < low else f"must be <= {high}, got {value}")
+            return None
         return value
 
     def duration(self, key: str) -> float | None:
@@ -136,78 +155,123 @@ class _Reader:
         try:
             seconds = float(value) if not isinstance(value, str) else parse_duration_s(value)
         except ValueError as exc:
-            raise self.fail(key, str(exc)) from None
+            self.fail(key, str(exc))
+            return None
         if not math.isfinite(seconds) or seconds <= 0:
-            raise self.fail(key, f"must be > 0, got {value!r}")
+            self.fail(key, f"must be > 0, got {_show(value)}")
+            return None
+        if seconds > MAX_DURATION_S:
+            self.fail(key, f"must be at most {MAX_DURATION_S / 86400:.0f} days, got {_show(value)}")
+            return None
         return seconds
+
+    def text(self, where: str, value: str, limit: int = MAX_ARG) -> bool:
+        if "\0" in value:
+            self.fail(where, "must not contain a NUL character")
+            return False
+        if len(value) > limit:
+            self.fail(where, f"is {len(value)} characters long; at most {limit}")
+            return False
+        return True
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def local_dir(path: Path) -> Path:
+    """Resolve a workdir with this process's own rights (the CLI, running as the user)."""
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise ValueError(f"{path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not resolved.is_dir():
+        raise ValueError(f"{resolved} is not a directory")
+    return resolved
 
 
 def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_max_delay_s: float = 86400.0,
-              workloads: dict[str, Any] | None = None) -> JobSpec:
-    """Validate a job file's text. ``now`` is the scheduler's time (an aware UTC datetime)."""
+              workloads: dict[str, Any] | None = None, resolve_dir: Callable[[Path], Path] = local_dir) -> JobSpec:
+    """Validate a job file's text. ``now`` is the scheduler's time (an aware UTC datetime). ``resolve_dir``
+    checks the workdir: the daemon passes one that does so as the job's owner. Every error found is
+    reported at once, each naming the file and the field."""
     if workloads is None:
         from jobs import WORKLOADS as workloads  # noqa: N811 - cheap import, no torch
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise JobFileError(source, "", f"not valid TOML: {exc}") from None
+    except RecursionError:
+        raise JobFileError(source, "", "not valid TOML: nested too deeply") from None
     r = _Reader(source, data)
     for key in data:
         if key not in _TOP_KEYS:
-            raise r.fail(key, f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
+            r.fail(key, f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
 
-    name = r.typed("name", (str,), "a string") or Path(source).stem
+    name = r.typed("name", (str,), "a string") or Path(source).stem[:64]
     if not name.strip() or len(name) > 64 or any(c.isspace() or not c.isprintable() for c in name):
-        raise r.fail("name", "must be 1-64 printable characters without spaces")
+        r.fail("name", "must be 1-64 printable characters without spaces")
 
     workload = r.typed("workload", (str,), "a module name such as 'jobs.linear'")
     command = r.typed("command", (list,), "a list of strings, e.g. [\"python3\", \"train.py\"]")
-    if (workload is None) == (command is None):
-        raise r.fail("workload", "give exactly one of 'workload' (a module in jobs/) or 'command' (a list)")
+    if ("workload" in data) == ("command" in data):
+        r.fail("workload", "give exactly one of 'workload' (a module in jobs/) or 'command' (a list)")
     args = r.typed("args", (dict,), "a table of workload arguments") or {}
-    steps = r.typed("steps", (int,), "a whole number of training steps")
+    steps = r.whole("steps", 1, MAX_STEPS)
     duration_s = r.duration("duration")
     if workload is not None:
         if workload not in workloads:
-            raise r.fail("workload", f"no workload {workload!r} (known: {', '.join(sorted(workloads))})")
-        if steps is None:
-            raise r.fail("steps", "required for a workload: the number of training steps")
-        if steps < 1:
-            raise r.fail("steps", f"must be >= 1, got {steps}")
+            r.fail("workload", f"no workload {_show(workload)} (known: {', '.join(sorted(workloads))})")
+        if "steps" not in data:
+            r.fail("steps", "required for a workload: the number of training steps")
         for key, value in args.items():
+            where = f"args.{key}"
             if key == "steps":
-                raise r.fail("args.steps", "give steps at the top level, not in args")
-            if not isinstance(value, (str, int, float, bool)):
-                raise r.fail(f"args.{key}", f"must be a string, number or boolean, got {type(value).__name__}")
-    else:
+                r.fail("args.steps", "give steps at the top level, not in args")
+            elif not key or len(key) > 64 or not key.replace("_", "").replace("-", "").isalnum():
+                r.fail(where, "must be a name of letters, digits, '_' and '-'")
+            elif isinstance(value, float) and not math.isfinite(value):
+                r.fail(where, f"must be a finite number, got {value}")
+            elif isinstance(value, str):
+                r.text(where, value)
+            elif not isinstance(value, (int, float, bool)):
+                r.fail(where, f"must be a string, number or boolean, got {type(value).__name__}")
+    elif "command" in data:
         if args:
-            raise r.fail("args", "only for a workload; put a command's arguments in 'command'")
-        if not command or not all(isinstance(part, str) and part for part in command):
-            raise r.fail("command", "must be a non-empty list of non-empty strings")
-        if duration_s is None:
-            raise r.fail("duration", "required for a command: its expected run time, e.g. '20m'")
+            r.fail("args", "only for a workload; put a command's arguments in 'command'")
+        if command is not None:
+            if not command or not all(isinstance(part, str) and part for part in command):
+                r.fail("command", "must be a non-empty list of non-empty strings")
+            else:
+                for i, part in enumerate(command):
+                    r.text(f"command[{i}]", part)
+        if duration_s is None and "duration" not in data:
+            r.fail("duration", "required for a command: its expected run time, e.g. '20m'")
 
     gpus = data.get("gpus", 1)
+    gpus_min = gpus_max = 1
     if isinstance(gpus, dict):
         for key in gpus:
             if key not in ("min", "max"):
-                raise r.fail(f"gpus.{key}", "unknown key (known: min, max)")
-        gpus_min = r.typed("min", (int,), "a whole number", gpus, "gpus.")
-        gpus_max = r.typed("max", (int,), "a whole number", gpus, "gpus.")
-        gpus_min = 1 if gpus_min is None else gpus_min
-        gpus_max = gpus_min if gpus_max is None else gpus_max
+                r.fail(f"gpus.{key}", "unknown key (known: min, max)")
+        low = r.whole("min", 1, MAX_GPUS, gpus, "gpus.")
+        high = r.whole("max", 1, MAX_GPUS, gpus, "gpus.")
+        gpus_min = 1 if low is None else low
+        gpus_max = gpus_min if high is None else high
+        if gpus_min > gpus_max:
+            r.fail("gpus.min", f"must be <= gpus.max (got {gpus_min} > {gpus_max})")
     elif isinstance(gpus, int) and not isinstance(gpus, bool):
-        gpus_min = gpus_max = gpus
+        if r.whole("gpus", 1, MAX_GPUS) is not None:
+            gpus_min = gpus_max = gpus
     else:
-        raise r.fail("gpus", f"must be a whole number or a table {{min = 1, max = 4}}, got {gpus!r}")
-    if gpus_min < 1:
-        raise r.fail("gpus.min" if isinstance(gpus, dict) else "gpus", f"must be >= 1, got {gpus_min}")
-    if gpus_min > gpus_max:
-        raise r.fail("gpus.min", f"must be <= gpus.max (got {gpus_min} > {gpus_max})")
+        r.fail("gpus", f"must be a whole number or a table {{min = 1, max = 4}}, got {_show(gpus)}")
 
+    horizon = now + timedelta(seconds=MAX_DURATION_S)
+    deadline = now + timedelta(seconds=default_max_delay_s)
     if "deadline" in data and "max_delay" in data:
-        raise r.fail("deadline", "give either 'deadline' or 'max_delay', not both")
-    if "deadline" in data:
+        r.fail("deadline", "give either 'deadline' or 'max_delay', not both")
+    elif "deadline" in data:
         raw = data["deadline"]
         try:
             if isinstance(raw, datetime):
@@ -220,12 +284,18 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
                 raise ValueError("is a date without a time; write e.g. 2026-01-02T15:00:00Z")
             else:
                 raise ValueError(f"must be an RFC 3339 time, got {type(raw).__name__}")
+            if deadline <= now:
+                raise ValueError(f"{rfc3339(deadline)} is already past (now {rfc3339(now)})")
+            if deadline > horizon:
+                raise ValueError(f"{rfc3339(deadline)} is more than {MAX_DURATION_S / 86400:.0f} days ahead")
+        except OverflowError:
+            r.fail("deadline", "is outside the range of dates gsched handles")
         except ValueError as exc:
-            raise r.fail("deadline", str(exc)) from None
-        if deadline <= now:
-            raise r.fail("deadline", f"{rfc3339(deadline)} is already past (now {rfc3339(now)})")
-    else:
-        deadline = now + timedelta(seconds=r.duration("max_delay") or default_max_delay_s)
+            r.fail("deadline", str(exc))
+    elif "max_delay" in data:
+        max_delay_s = r.duration("max_delay")
+        if max_delay_s is not None:
+            deadline = now + timedelta(seconds=max_delay_s)
 
     preemptible = r.typed("preemptible", (bool,), "true or false") or False
     optimisations = _parse_optimisations(r)
@@ -233,20 +303,30 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
     env = r.typed("env", (dict,), "a table of strings") or {}
     for key, value in env.items():
         if not isinstance(value, str):
-            raise r.fail(f"env.{key}", f"must be a string, got {type(value).__name__} {value!r}")
-        if not key or "=" in key or "\0" in key:
-            raise r.fail(f"env.{key}", "is not a valid environment variable name")
+            r.fail(f"env.{key}", f"must be a string, got {type(value).__name__} {_show(value)}")
+        elif not key or "=" in key or "\0" in key or len(key) > 256:
+            r.fail(f"env.{key[:40]}", "is not a valid environment variable name")
+        else:
+            r.text(f"env.{key}", value, MAX_ENV_BYTES)
+    if sum(len(k) + len(v) for k, v in env.items() if isinstance(v, str)) > MAX_ENV_BYTES:
+        r.fail("env", f"is larger than {MAX_ENV_BYTES // 1024} KiB")
 
+    workdir = base_dir
     workdir_raw = r.typed("workdir", (str,), "a directory path") or "."
-    workdir = (base_dir / workdir_raw).resolve()
-    if not workdir.is_dir():
-        raise r.fail("workdir", f"{workdir} is not a directory")
+    if r.text("workdir", workdir_raw, MAX_PATH) and r.text("base_dir", str(base_dir), MAX_PATH):
+        try:
+            workdir = resolve_dir(base_dir / workdir_raw)
+        except ValueError as exc:
+            r.fail("workdir", str(exc))
+    time_limit_s = r.duration("time_limit")
 
+    if r.errors:
+        raise JobFileError(source, r.errors[0][0], r.errors[0][1], r.errors[1:])
     return JobSpec(
         name=name, deadline=deadline, gpus_min=gpus_min, gpus_max=gpus_max, workdir=str(workdir),
         workload=workload, args=args, command=tuple(command) if command is not None else None, steps=steps,
         duration_s=duration_s, preemptible=preemptible, optimisations=optimisations, env=env,
-        time_limit_s=r.duration("time_limit"),
+        time_limit_s=time_limit_s,
     )
 
 
@@ -254,23 +334,27 @@ def _parse_optimisations(r: _Reader) -> Optimisations:
     table = r.typed("optimisations", (dict,), "a table") or {}
     for key in table:
         if key not in _OPT_KEYS:
-            raise r.fail(f"optimisations.{key}", f"unknown key (known: {', '.join(sorted(_OPT_KEYS))})")
+            r.fail(f"optimisations.{key}", f"unknown key (known: {', '.join(sorted(_OPT_KEYS))})")
     precision = table.get("precision", ["fp32"])
     if isinstance(precision, str):
         precision = [precision]
     if not isinstance(precision, list) or not precision or any(p not in PRECISIONS for p in precision):
-        raise r.fail("optimisations.precision", f"must be a list drawn from {', '.join(PRECISIONS)}, got {precision!r}")
+        r.fail("optimisations.precision", f"must be a list drawn from {', '.join(PRECISIONS)}, got {_show(precision)}")
+        precision = ["fp32"]
     pruning = table.get("pruning", [0.0])
     if not isinstance(pruning, list) or not pruning or any(
         p != "2:4" and (isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1) for p in pruning
     ):
-        raise r.fail("optimisations.pruning", f'must be a list of amounts in [0, 1) or "2:4", got {pruning!r}')
+        r.fail("optimisations.pruning", f'must be a list of amounts in [0, 1) or "2:4", got {_show(pruning)}')
+        pruning = [0.0]
     compile_ = r.typed("compile", (bool,), "true or false", table, "optimisations.") or False
     caps = table.get("power_cap_w", [])
-    if not isinstance(caps, list) or any(isinstance(c, bool) or not isinstance(c, int) or c <= 0 for c in caps):
-        raise r.fail("optimisations.power_cap_w", f"must be a list of watts (whole numbers > 0), got {caps!r}")
-    return Optimisations(tuple(precision), tuple(p if p == "2:4" else float(p) for p in pruning), compile_,
-                         tuple(caps))
+    if not isinstance(caps, list) or any(isinstance(c, bool) or not isinstance(c, int) or not 0 < c <= 10_000
+                                         for c in caps):
+        r.fail("optimisations.power_cap_w", f"must be a list of watts (whole numbers in 1..10000), got {_show(caps)}")
+        caps = []
+    return Optimisations(tuple(dict.fromkeys(precision)), tuple(p if p == "2:4" else float(p) for p in pruning),
+                         compile_, tuple(caps))
 
 
 def read_job_file(path: Path) -> str:

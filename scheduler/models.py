@@ -77,6 +77,7 @@ class Job(SQLModel, table=True):
     devices_json: str | None = None
     runner_pid: int | None = None
     runner_start_ticks: int | None = None
+    run_token: str | None = None  # the current run's id: its claim file, cgroup and GSCHED_RUN_TOKEN
     cancel_requested: bool = False
     preempt_requested: bool = False  # `gsched requeue`: checkpoint, then back to the queue
     power_restore_json: str | None = None  # {gpu uuid: original power limit in mW} while a cap is set
@@ -135,14 +136,15 @@ class ForecastPoint(SQLModel, table=True):
 
 
 class Profile(SQLModel, table=True):
-    """A measured mode of a workload: what the planner uses instead of the default scaling model."""
+    """A measured mode of a workload, per owner: what the planner uses instead of the default scaling model."""
 
     __tablename__ = "profiles"
-    __table_args__ = (sa.UniqueConstraint("key", "device_kind", "gpus", "precision", "pruning", "compile",
-                                          "power_limit_w"),)
+    __table_args__ = (sa.UniqueConstraint("key", "owner_uid", "device_kind", "gpus", "precision", "pruning",
+                                          "compile", "power_limit_w"),)
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(index=True)  # the workload and its arguments but the seed, as canonical JSON
+    owner_uid: int = 0  # whose runs measured it: profiles plan only their owner's jobs
     device_kind: str
     gpus: int
     precision: str

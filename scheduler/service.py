@@ -43,13 +43,27 @@ def forecast_provider(config: Config, store: "Store", now: "Callable[[], datetim
     return ForecastService(config.forecast, store, client, now, timedelta(hours=config.planner.horizon_hours))
 
 
+def _raise_open_files() -> None:
+    """Connections, logs and result files all take descriptors: use the hard limit, not the soft 1,024."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+
+
 def run_daemon(config: Config) -> None:
     from jobs import WORKLOADS
-    from scheduler.api import Api, ApiServer
+    from scheduler.api import Api
+    from scheduler.apiserver import ApiServer
     from scheduler.clock import make_clock
     from scheduler.daemon import Daemon, install_signal_handlers, sd_notify
     from scheduler.devices import discover
     from scheduler.executor.launch import Launcher
+    from scheduler.executor.procs import cgroup_base
     from scheduler.store import Store
 
     _setup_logging(config.daemon.log_level)
@@ -57,7 +71,8 @@ def run_daemon(config: Config) -> None:
     os.umask(0o077)
     paths.home.mkdir(parents=True, exist_ok=True)
     os.chmod(paths.home, 0o711)  # others may reach the socket inside, not list or read the state
-    store = Store(paths.db)
+    _raise_open_files()
+    store = Store(paths.db, check=True)
     devices = discover(config.devices)
     clock = make_clock(config.daemon.clock_speed)
     provider = forecast_provider(config, store, clock.now)
@@ -68,15 +83,17 @@ def run_daemon(config: Config) -> None:
         from scheduler.executor.power import PowerLimiter
 
         power = PowerLimiter(pynvml)
-    daemon = Daemon(config, paths, store, clock, devices, provider, Launcher(paths, config),
+    cgroups = cgroup_base() if config.daemon.cgroups == "auto" else None
+    daemon = Daemon(config, paths, store, clock, devices, provider, Launcher(paths, config, cgroups),
                     {name: info.steps_per_s for name, info in WORKLOADS.items()}, power)
     stop = threading.Event()
     install_signal_handlers(stop)
-    server = ApiServer(paths.socket, Api(daemon))
+    server = ApiServer(paths.socket, Api(daemon), config.api)
     daemon.start()
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
-    log.info("gsched daemon ready: %d %s device(s), socket %s, home %s, forecast %s%s", len(devices),
+    log.info("gsched daemon ready: %d %s device(s), socket %s, home %s, forecast %s, runs in %s%s", len(devices),
              devices[0].kind if devices else "-", paths.socket, paths.home, provider.name,
+             f"cgroups under {cgroups}" if cgroups else "process groups (no writable cgroup v2)",
              f", clock x{clock.speed:g}" if clock.speed != 1 else "")
     sd_notify("READY=1\nSTATUS=scheduling")
     try:

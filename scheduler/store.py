@@ -26,24 +26,42 @@ from scheduler.jobfile import JobSpec
 from scheduler.models import (ALLOWED, TERMINAL, ForecastPoint, Job, JobEvent, JobState, Measurement, Meta,
                               Profile)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SECOND = timedelta(seconds=1)
 BUSY_TIMEOUT_MS = 10_000
 
 
-def _profiles_pruning_as_text(conn: sa.Connection) -> None:
-    """v1 -> v2: a profile's pruning may be the 2:4 pattern besides an amount, so it is text ("0.5", "2:4")."""
+def _rebuild_profiles(conn: sa.Connection) -> None:
+    """Recreate the profiles table in the current shape and copy the rows over: v1 stored pruning as a number
+    (now text: "0.5", "2:4"); before v3 profiles had no owner (kept as root's, so no user's old measurements
+    plan another user's jobs)."""
+    old = {row[1]: row[2].upper() for row in conn.exec_driver_sql("PRAGMA table_info(profiles)").fetchall()}
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_profiles_key")  # the new table's index takes its name
-    conn.exec_driver_sql("ALTER TABLE profiles RENAME TO profiles_v1")
+    conn.exec_driver_sql("ALTER TABLE profiles RENAME TO profiles_old")
     Profile.__table__.create(conn)  # type: ignore[attr-defined]
     columns = [c.name for c in Profile.__table__.columns]  # type: ignore[attr-defined]
-    values = ["printf('%g', pruning)" if c == "pruning" else c for c in columns]
-    conn.exec_driver_sql(f"INSERT INTO profiles ({', '.join(columns)}) SELECT {', '.join(values)} FROM profiles_v1")
-    conn.exec_driver_sql("DROP TABLE profiles_v1")
+    values = []
+    for c in columns:
+        if c == "pruning" and old.get(c) in ("FLOAT", "REAL"):
+            values.append("printf('%g', pruning)")
+        elif c == "owner_uid" and c not in old:
+            values.append("0")
+        else:
+            values.append(c)
+    conn.exec_driver_sql(f"INSERT INTO profiles ({', '.join(columns)}) SELECT {', '.join(values)} FROM profiles_old")
+    conn.exec_driver_sql("DROP TABLE profiles_old")
+
+
+def _runs_and_owned_profiles(conn: sa.Connection) -> None:
+    """v2 -> v3: a job's run has a token (exactly-once starts); profiles belong to an owner."""
+    conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN run_token VARCHAR")
+    _rebuild_profiles(conn)
 
 
 # from_version -> the step that brings a database to from_version + 1, inside the same transaction.
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _profiles_pruning_as_text}
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _rebuild_profiles, 2: _runs_and_owned_profiles}
+FIX_HINT = ("stop the daemon, move the file aside (keep it for recovery, e.g. with sqlite3's .recover), then "
+            "start again for an empty queue, or restore a backup")
 
 
 def _engine(path: Path, begin: str) -> sa.Engine:
@@ -68,15 +86,28 @@ def _engine(path: Path, begin: str) -> sa.Engine:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, check: bool = False) -> None:
+        """``check``: the daemon's start verifies the whole file (SQLite's quick_check) and refuses a damaged
+        or empty one, naming it and what to do, before anything is written."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
+        if check and path.exists() and path.stat().st_size == 0:
+            raise StoreError(f"{path}: is empty (0 bytes) where a gsched database was expected; {FIX_HINT}")
         self._writer = _engine(path, "BEGIN IMMEDIATE")
         self._reader = _engine(path, "BEGIN")
         try:
+            if check:
+                self._check()
             self._migrate()
         except sa.exc.DatabaseError as exc:
-            raise StoreError(f"{path}: not a usable gsched database: {exc.orig}") from exc
+            self.close()
+            raise StoreError(f"{path}: not a usable gsched database: {exc.orig}; {FIX_HINT}") from exc
+
+    def _check(self) -> None:
+        with self._reader.connect() as conn:
+            rows = [r[0] for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+        if rows != ["ok"]:
+            raise StoreError(f"{self.path}: is damaged (SQLite quick_check: {'; '.join(rows[:3])}); {FIX_HINT}")
 
     def close(self) -> None:
         self._writer.dispose()
@@ -107,13 +138,19 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        with Session(self._writer, expire_on_commit=False) as session, session.begin():
-            yield session
+        try:
+            with Session(self._writer, expire_on_commit=False) as session, session.begin():
+                yield session
+        except sa.exc.OperationalError as exc:  # full disk, lock timeout, damaged file: say which file
+            raise StoreError(f"the database {self.path} refused a write: {exc.orig}") from exc
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with Session(self._reader, expire_on_commit=False) as session, session.begin():
-            yield session
+        try:
+            with Session(self._reader, expire_on_commit=False) as session, session.begin():
+                yield session
+        except sa.exc.OperationalError as exc:
+            raise StoreError(f"the database {self.path} refused a read: {exc.orig}") from exc
 
     # --- jobs -------------------------------------------------------------------------------------
 
@@ -277,7 +314,7 @@ class Store:
         """Keep the latest measurement of each (workload, arguments, device kind, mode)."""
         with self.write() as s:
             old = s.exec(select(Profile).where(
-                Profile.key == profile.key, Profile.device_kind == profile.device_kind, Profile.gpus == profile.gpus,
+                Profile.key == profile.key, Profile.owner_uid == profile.owner_uid, Profile.device_kind == profile.device_kind, Profile.gpus == profile.gpus,
                 Profile.precision == profile.precision, Profile.pruning == profile.pruning,
                 Profile.compile == profile.compile, Profile.power_limit_w == profile.power_limit_w)).first()
             if old is not None:
@@ -286,6 +323,12 @@ class Store:
                 s.flush()
             s.add(profile)
 
-    def profiles(self, key: str, device_kind: str) -> list[Profile]:
+    def profiles(self, key: str, device_kind: str, owner_uid: int) -> list[Profile]:
         with self.read() as s:
-            return list(s.exec(select(Profile).where(Profile.key == key, Profile.device_kind == device_kind)).all())
+            return list(s.exec(select(Profile).where(Profile.key == key, Profile.device_kind == device_kind,
+                                                     Profile.owner_uid == owner_uid)).all())
+
+    def count_queued(self, owner_uid: int) -> int:
+        with self.read() as s:
+            return int(s.exec(select(func.count()).select_from(Job).where(
+                Job.owner_uid == owner_uid, col(Job.state).in_([JobState.PENDING, JobState.PLANNED, JobState.PREEMPTED]))).one())

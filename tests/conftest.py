@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -124,7 +125,7 @@ class DaemonProc:
 
     def kill_runners(self) -> None:
         """Test teardown: no runner survives the test."""
-        for run in (self.home / "runs").glob("*/run.json"):
+        for run in (self.home / "runs").glob("*/run-*.json"):
             subprocess.run(["pkill", "-KILL", "-f", str(run)], check=False)
 
 
@@ -154,3 +155,63 @@ def write_job(directory: Path, name: str, text: str) -> Path:
     path = directory / f"{name}.toml"
     path.write_text(text)
     return path
+
+
+# --- real Unix users (root only) ------------------------------------------------------------------------
+
+USERS = ("gsched-test2", "gsched-test3")
+CAN_MAKE_USERS = os.geteuid() == 0 and shutil.which("useradd") is not None and shutil.which("runuser") is not None
+needs_users = pytest.mark.skipif(not CAN_MAKE_USERS, reason="needs root, useradd and runuser to create real users")
+
+
+@pytest.fixture(scope="session")
+def unix_users() -> Iterator[tuple[str, str]]:
+    """Two real unprivileged users, created here (and removed after) when they do not exist yet."""
+    created = []
+    for name in USERS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                           check=True)
+            created.append(name)
+    # The interpreter may live under a 0700 home (pyenv under /root): let the users traverse (o+x, not read)
+    # the directories on the way to it and to this checkout, for this session only, and restore their modes.
+    opened: dict[Path, int] = {}
+    for target in (Path(os.path.realpath(sys.executable)), ROOT):
+        for parent in target.parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001 and parent not in opened:
+                opened[parent] = mode
+                parent.chmod(mode | 0o001)
+    try:
+        probe = subprocess.run(["runuser", "-u", USERS[0], "--", sys.executable, "-c", "import scheduler.cli"],
+                               cwd=ROOT, capture_output=True, text=True)
+        if probe.returncode != 0:
+            pytest.skip(f"{USERS[0]} cannot run this checkout's Python: {probe.stderr.strip()[-200:]}")
+        yield USERS
+    finally:
+        for parent, mode in opened.items():
+            parent.chmod(mode)
+        for name in created:
+            subprocess.run(["userdel", name], check=False)
+
+
+def as_user(user: str | None, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    if user is not None:
+        argv = ["runuser", "-u", user, "--", *argv]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, **kwargs)
+
+
+def raw_request(socket_path: Path, method: str, target: str, body: str | None = None,
+                user: str | None = None) -> dict[str, Any]:
+    """One HTTP request on the daemon's socket, sent by ``user`` with no client-side checks."""
+    argv = [sys.executable, str(ROOT / "tests" / "rawclient.py"), str(socket_path), "request", method, target]
+    result = as_user(user, argv + ([body] if body is not None else []), timeout=60)
+    assert result.returncode == 0, result.stderr
+    reply = json.loads(result.stdout)
+    try:
+        reply["json"] = json.loads(reply["body"])
+    except ValueError:
+        reply["json"] = None
+    return reply

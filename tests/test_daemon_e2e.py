@@ -147,7 +147,7 @@ def test_job_lost_while_daemon_down_is_ended_with_reason(home: Path, tmp_path: P
         runner_pid = None
         daemon.wait_state(job_id, {"RUNNING"})
         daemon.stop(signal.SIGKILL)
-        for run in (home / "runs").glob("*/run.json"):
+        for run in (home / "runs").glob("*/run-*.json"):
             out = subprocess.run(["pgrep", "-f", str(run)], capture_output=True, text=True).stdout.split()
             runner_pid = int(out[0])
             os.killpg(runner_pid, signal.SIGKILL)

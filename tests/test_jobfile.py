@@ -42,7 +42,7 @@ BAD = [
      "optimisations.precision"),
     ("pruning", 'workload = "jobs.linear"\nsteps = 5\noptimisations = {pruning = [1.5]}\n', "optimisations.pruning"),
     ("env", 'workload = "jobs.linear"\nsteps = 5\nenv = {N = 3}\n', "env.N: must be a string"),
-    ("workdir", 'workload = "jobs.linear"\nsteps = 5\nworkdir = "/no/such/dir"\n', "workdir: /no/such/dir is not"),
+    ("workdir", 'workload = "jobs.linear"\nsteps = 5\nworkdir = "/no/such/dir"\n', "workdir: /no/such/dir: No such file or directory"),
     ("preemptible", 'workload = "jobs.linear"\nsteps = 5\npreemptible = "yes"\n', "preemptible: must be true or false"),
     ("args for command", 'command = ["true"]\nduration = "1m"\nargs = {a = 1}\n', "args: only for a workload"),
 ]

@@ -1,4 +1,4 @@
-"""A real second Unix user, created here when the tests run as root (skipped otherwise)."""
+"""A real second Unix user (conftest.unix_users), when the tests run as root (skipped otherwise)."""
 
 from __future__ import annotations
 
@@ -7,50 +7,18 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, DaemonProc, make_home
+from conftest import DaemonProc, make_home, needs_users
 
-USER = "gsched-test2"
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("useradd") is None or shutil.which("runuser") is None,
-                                reason="needs root, useradd and runuser to create a second user")
+pytestmark = needs_users
 
 
-@pytest.fixture(scope="module")
-def other_user() -> Iterator[str]:
-    created = False
-    try:
-        pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True)
-        created = True
-    # The interpreter may live under a 0700 home (pyenv under /root): let the user traverse (o+x, not read) the
-    # directories on the way to it and to this checkout, for this module only, and restore their modes after.
-    opened: dict[Path, int] = {}
-    for target in (Path(os.path.realpath(sys.executable)), ROOT):
-        for parent in target.parents:
-            mode = parent.stat().st_mode
-            if not mode & 0o001 and parent not in opened:
-                opened[parent] = mode
-                parent.chmod(mode | 0o001)
-    probe = subprocess.run(["runuser", "-u", USER, "--", sys.executable, "-c", "import scheduler.cli"],
-                           cwd=ROOT, capture_output=True, text=True)
-    if probe.returncode != 0:
-        for parent, mode in opened.items():
-            parent.chmod(mode)
-        pytest.skip(f"{USER} cannot run this checkout's Python: {probe.stderr.strip()[-200:]}")
-    try:
-        yield USER
-    finally:
-        for parent, mode in opened.items():
-            parent.chmod(mode)
-    if created:
-        subprocess.run(["userdel", USER], check=False)
+@pytest.fixture
+def other_user(unix_users: tuple[str, str]) -> str:
+    return unix_users[0]
 
 
 def job_file(directory: Path, name: str, body: str) -> Path:

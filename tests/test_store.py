@@ -96,13 +96,16 @@ def test_a_v1_database_is_migrated_with_its_profiles(tmp_path: Path) -> None:
     path = tmp_path / "g.db"
     with sqlite3.connect(path) as conn:
         conn.executescript((Path(__file__).parent / "fixtures" / "gsched-v1.sql").read_text())
-    store = Store(path)
-    assert store.schema_version == SCHEMA_VERSION == 2
+    store = Store(path, check=True)
+    assert store.schema_version == SCHEMA_VERSION == 3
     key = '{"args":{},"workload":"jobs.linear"}'
-    assert sorted((p.pruning, p.steps_per_s) for p in store.profiles(key, "cpu")) == [("0", 1500.0), ("0.5", 1480.0)]
+    # Profiles from before owners existed are kept as root's: they plan nobody else's jobs.
+    assert sorted((p.pruning, p.steps_per_s) for p in store.profiles(key, "cpu", 0)) == [("0", 1500.0), ("0.5", 1480.0)]
+    assert store.profiles(key, "cpu", 1000) == []
+    assert all(j.run_token is None for j in store.jobs())
     store.record_profile(Profile(key=key, device_kind="cpu", gpus=1, precision="fp32", pruning="2:4", compile=False,
                                  steps_per_s=1490.0, watts=10.0, energy_source="estimate", measured_at=NOW))
     store.record_profile(Profile(key=key, device_kind="cpu", gpus=1, precision="fp32", pruning="0.5", compile=False,
                                  steps_per_s=1470.0, watts=10.0, energy_source="estimate", measured_at=NOW))
-    rows = {p.pruning: (p.steps_per_s, p.runs) for p in store.profiles(key, "cpu")}
+    rows = {p.pruning: (p.steps_per_s, p.runs) for p in store.profiles(key, "cpu", 0)}
     assert rows == {"0": (1500.0, 1), "0.5": (1470.0, 2), "2:4": (1490.0, 1)}  # the migrated key still dedupes

@@ -16,23 +16,19 @@ from typing import Any
 
 from scheduler.config import Config, Paths
 from scheduler.devices import Device, core_of
+from scheduler.executor.procs import TOKEN_VAR, RunGroup, alive, proc_start_ticks
 from scheduler.jobfile import JobSpec
 
-
-def proc_start_ticks(pid: int) -> int | None:
-    """The pid's start time in clock ticks since boot, or None when it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
+# Python reads these before any of a workload's code runs; a workload is gsched's own code from the
+# installed package, so none may point it at modules of the owner's choosing. PYTHONSAFEPATH keeps the
+# workdir off the module path (`python -m jobs.linear` would otherwise run a planted jobs/linear.py),
+# for torchrun's workers too.
+UNSAFE_FOR_WORKLOADS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE", "PYTHONINSPECT",
+                        "PYTHONPLATLIBDIR", "PYTHONEXECUTABLE", "PYTHONNOUSERSITE", "PYTHONSAFEPATH")
 
 
 def runner_alive(pid: int | None, start_ticks: int | None) -> bool:
-    return pid is not None and start_ticks is not None and proc_start_ticks(pid) == start_ticks
+    return alive(pid, start_ticks)
 
 
 @dataclass
@@ -42,8 +38,34 @@ class Launched:
 
 
 class Launcher:
-    def __init__(self, paths: Paths, config: Config) -> None:
-        self.paths, self.config = paths, config
+    def __init__(self, paths: Paths, config: Config, cgroup_base: Path | None = None) -> None:
+        self.paths, self.config, self.cgroup_base = paths, config, cgroup_base
+
+    def claim_path(self, job_id: int, token: str) -> Path:
+        return self.paths.runs / str(job_id) / f"claim-{token}"
+
+    def group(self, job_id: int, token: str) -> RunGroup:
+        cgroup = self.cgroup_base / f"job-{job_id}-{token}" if self.cgroup_base is not None else None
+        return RunGroup(token, cgroup)
+
+    def read_claim(self, job_id: int, token: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.claim_path(job_id, token).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {"by": "unreadable"}
+        return data if isinstance(data, dict) else {"by": "unreadable"}
+
+    def give_up(self, job_id: int, token: str) -> bool:
+        """Take a start back from a runner that has not claimed it yet (after a daemon crash). True: the
+        runner will never run the job. False: the runner claimed it first."""
+        from scheduler.executor.runner import claim
+
+        path = self.claim_path(job_id, token)
+        if not path.parent.is_dir():
+            return True
+        return claim(path, {"by": "daemon", "reason": "start given up after a daemon restart"})
 
     def log_path(self, job_id: int) -> Path:
         return self.paths.logs / f"{job_id}.log"
@@ -56,7 +78,7 @@ class Launcher:
         return self.paths.runs / str(job_id) / "work"
 
     def job_env(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int,
-                mode: dict[str, Any] | None = None) -> dict[str, str]:
+                mode: dict[str, Any] | None = None, token: str = "") -> dict[str, str]:
         mode = mode or {}
         try:
             account = pwd.getpwuid(owner_uid)
@@ -72,6 +94,10 @@ class Launcher:
             "PYTHONUNBUFFERED": "1",
         }
         env.update(spec.env)
+        if spec.workload is not None:
+            for key in UNSAFE_FOR_WORKLOADS:
+                env.pop(key, None)
+            env.update(PYTHONSAFEPATH="1", PYTHONNOUSERSITE="1")
         uuids = ",".join(d.uuid for d in devices)
         env.update(
             GSCHED_JOB_ID=str(job_id),
@@ -84,13 +110,15 @@ class Launcher:
             GSCHED_CHECKPOINT=str(self.work_dir(job_id) / "checkpoint.pt"),
             CUDA_VISIBLE_DEVICES=uuids if devices and devices[0].kind == "gpu" else "",
         )
+        env[TOKEN_VAR] = token
         if devices and devices[0].kind == "cpu":
             env.setdefault("OMP_NUM_THREADS", "1" if spec.workload and len(devices) > 1 else str(len(devices)))
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # DDP between processes on this host
         return env
 
-    def start(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int,
-              mode: dict[str, Any] | None = None) -> Launched:
+    def prepare(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int,
+                mode: dict[str, Any] | None, token: str) -> Path:
+        """Everything a run needs before its runner starts: its directories, cgroup and run file."""
         run_dir = self.paths.runs / str(job_id)
         run_dir.mkdir(parents=True, exist_ok=True)
         self.paths.runs.chmod(0o711)
@@ -102,10 +130,15 @@ class Launcher:
         self.paths.logs.mkdir(parents=True, exist_ok=True)
         result = self.result_path(job_id)
         result.unlink(missing_ok=True)
+        group = self.group(job_id, token)
+        group.create()
         runfile: dict[str, Any] = {
+            "token": token,
+            "claim_path": str(self.claim_path(job_id, token)),
+            "cgroup": str(group.cgroup) if group.cgroup else None,
             "argv": spec.argv(sys.executable, len(devices)),
             "cwd": spec.workdir,
-            "env": self.job_env(job_id, spec, devices, owner_uid, mode),
+            "env": self.job_env(job_id, spec, devices, owner_uid, mode, token),
             "uid": owner_uid,
             "gid": owner_gid,
             "device_kind": devices[0].kind,
@@ -115,38 +148,46 @@ class Launcher:
             "kill_grace_s": self.config.daemon.kill_grace_s,
             "cpu_watts_per_core": self.config.energy.cpu_watts_per_core,
             "power_sample_s": self.config.energy.power_sample_s,
-            "log_path": str(self.log_path(job_id)),
+            "max_log_bytes": int(self.config.daemon.max_log_mb * 1024 * 1024),
             "result_path": str(result),
         }
-        path = run_dir / "run.json"
+        path = run_dir / f"run-{token}.json"
         path.write_text(json.dumps(runfile))
+        return path
+
+    def start(self, job_id: int, path: Path, token: str) -> Launched:
+        """Start the runner of a prepared run, in a session of its own."""
         fd = os.open(self.log_path(job_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "scheduler.executor.runner", str(path)],
                 stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=run_dir, close_fds=True,
+                start_new_session=True, cwd=path.parent, close_fds=True, env={**os.environ, TOKEN_VAR: token},
             )
         finally:
             os.close(fd)
         ticks = proc_start_ticks(process.pid)
         return Launched(process, ticks if ticks is not None else -1)
 
-    def read_result(self, job_id: int) -> dict[str, Any] | None:
+    def read_result(self, job_id: int) -> Any:
+        """The raw result (untrusted: validate with untrusted.parse_result), or None before there is one."""
         try:
-            return json.loads(self.result_path(job_id).read_text())
+            with self.result_path(job_id).open("rb") as f:
+                data = f.read(1 << 20)
+            return json.loads(data)
         except FileNotFoundError:
             return None
-        except ValueError:
+        except (OSError, ValueError, RecursionError):
             return {"exit_code": None, "error": "runner result unreadable"}
 
     @staticmethod
     def signal(pid: int, start_ticks: int, signum: int = signal.SIGTERM) -> bool:
-        """Signal a runner's whole process group (the job too), only if the pid is still that runner."""
+        """Signal a runner, only if the pid is still that runner; it passes the signal to the job's process
+        group and kills what is left after the grace period."""
         if not runner_alive(pid, start_ticks):
             return False
         try:
-            os.killpg(pid, signum)
+            os.kill(pid, signum)
         except ProcessLookupError:
             return False
         return True

@@ -1,9 +1,10 @@
 """The runner: one process per job run, in its own session, started by the daemon.
 
-It owns the job's process (dropping to the owner's uid when the daemon is root), measures its
-energy, enforces the time limit, and writes ``result.json`` atomically. Because it outlives the
-daemon (systemd's KillMode=process), a restarted daemon re-adopts a running job by watching this
-process and reading the result file; the job never depends on the daemon being up.
+It claims the run (exactly once, against a restarted daemon that may have given the start up), joins
+the run's cgroup, starts the job as its owner, copies the job's output into the log up to its cap,
+measures energy, enforces the time limit, kills whatever the job left behind, and writes
+``result.json`` atomically. Because it outlives the daemon (systemd's KillMode=process), a restarted
+daemon re-adopts a running job by watching this process and reading the result file.
 
 Usage: python -m scheduler.executor.runner RUNFILE.json
 """
@@ -23,56 +24,176 @@ from typing import Any
 
 from scheduler.errors import GschedError
 from scheduler.executor.energy import CpuEstimateMeter, choose_meter
+from scheduler.executor.procs import RunGroup, proc_start_ticks
 
-METRICS_PREFIX = "gsched-metrics "
+METRICS_PREFIX = b"gsched-metrics "
+MAX_METRICS_LINE = 64 * 1024
+EXIT_NO_RESULT = 75  # the result could not be written (full disk): the daemon says so
+
+# Runs as the job's owner, after the uid drop, so the kernel checks the owner's access to the workdir
+# (root's chdir would walk into directories the owner cannot reach). Stdlib only, isolated (-I -S):
+# nothing from the workdir or the owner's environment is imported. Errors go to fd ERR_FD, which the
+# exec closes on success.
+_ENTER = """\
+import os, sys
+fd, workdir, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+def fail(code, message):
+    os.write(fd, message.encode("utf-8", "replace"))
+    os._exit(code)
+try:
+    os.chdir(workdir)
+except OSError as exc:
+    fail(126, "cannot enter workdir %s: %s" % (workdir, exc.strerror))
+os.set_inheritable(fd, False)
+try:
+    os.execvp(argv[0], argv)
+except FileNotFoundError:
+    fail(127, "command not found: %s" % argv[0])
+except OSError as exc:
+    fail(126, "cannot execute %s: %s" % (argv[0], exc.strerror))
+"""
 
 
-def last_metrics(log_path: Path, tail_bytes: int = 65536) -> dict[str, Any]:
-    """The workload's last ``gsched-metrics {json}`` line in its log, if any."""
+def claim(path: Path, record: dict[str, Any]) -> bool:
+    """Take the run: link a complete claim file into place. link() fails if the name exists, so of the
+    runner and a daemon that gave this start up, exactly one wins, and the file is never half-written."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record))
     try:
-        with log_path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
-            tail = f.read().decode("utf-8", "replace")
-    except OSError:
-        return {}
-    for line in reversed(tail.splitlines()):
-        if line.startswith(METRICS_PREFIX):
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class LogPump:
+    """Copies the job's output into its log up to ``cap_bytes``, then drains and drops the rest, and keeps
+    the last ``gsched-metrics`` line whether or not it was logged."""
+
+    def __init__(self, source: int, log_fd: int, cap_bytes: int) -> None:
+        self.source, self.log_fd = source, log_fd
+        self.room = max(0, cap_bytes - os.fstat(log_fd).st_size)
+        self.metrics_line: bytes | None = None
+        self.dropped = 0
+        self.write_error: str | None = None
+        self._partial = b""
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _write(self, data: bytes) -> None:
+        if self.write_error is None and self.room > 0:
+            part = data[: self.room]
             try:
-                value = json.loads(line[len(METRICS_PREFIX):])
-            except ValueError:
-                return {}
-            return value if isinstance(value, dict) else {}
-    return {}
+                os.write(self.log_fd, part)
+                self.room -= len(part)
+                data = data[len(part):]
+                if self.room == 0:
+                    os.write(self.log_fd, b"\ngsched: log reached daemon.max_log_mb; the rest of the output is dropped\n")
+            except OSError as exc:
+                self.write_error = exc.strerror
+        self.dropped += len(data) if self.write_error is None and self.room == 0 else 0
+
+    def _scan(self, data: bytes) -> None:
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        if len(self._partial) > MAX_METRICS_LINE:
+            self._partial = b"\0"  # a line too long to be metrics: skip the rest of it
+        for line in lines:
+            if line.startswith(METRICS_PREFIX) and len(line) <= MAX_METRICS_LINE:
+                self.metrics_line = line[len(METRICS_PREFIX):]
+
+    def _pump(self) -> None:
+        while True:
+            try:
+                data = os.read(self.source, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            self._write(data)
+            self._scan(data)
+        self._scan(b"\n")
+        os.close(self.source)
+
+    def metrics(self) -> Any:
+        if self.metrics_line is None:
+            return {}
+        try:
+            return json.loads(self.metrics_line)
+        except ValueError:
+            return {"_unparsed": True}
 
 
 def write_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w") as f:
+            json.dump(data, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def record(result_path: Path, outcome: dict[str, Any]) -> int:
+    try:
+        write_atomic(result_path, outcome)
+        return 0
+    except OSError as exc:
+        # A full disk: try once more with the few fields the daemon needs, then say why by the exit code.
+        small = {k: outcome.get(k) for k in ("exit_code", "signal", "timed_out", "duration_s")}
+        small["error"] = f"the runner could not write its full result: {exc.strerror}"
+        try:
+            write_atomic(result_path, small)
+            return 0
+        except OSError:
+            _say(f"gsched-runner: cannot record the result: {exc.strerror}")
+            return EXIT_NO_RESULT
+
+
+def _say(message: str) -> None:
+    """A line for the job's log; on a full disk it is lost, and that must not end the runner."""
+    try:
+        print(message, flush=True)
+    except OSError:
+        pass
 
 
 def run(runfile: Path) -> int:
     spec = json.loads(runfile.read_text())
+    me = {"by": "runner", "pid": os.getpid(), "start_ticks": proc_start_ticks(os.getpid())}
+    if not claim(Path(spec["claim_path"]), me):
+        _say("gsched-runner: the daemon gave this start up before the runner claimed it; not running")
+        return 0
+    group = RunGroup(spec["token"], Path(spec["cgroup"]) if spec.get("cgroup") else None)
+    try:
+        group.join(os.getpid())
+    except OSError as exc:
+        _say(f"gsched-runner: cannot join cgroup {group.cgroup}: {exc}")
+        group = RunGroup(spec["token"], None)
     result_path = Path(spec["result_path"])
     grace_s = float(spec["kill_grace_s"])
     child: subprocess.Popen[bytes] | None = None
     stopping = threading.Event()
 
-    def kill_later() -> None:
-        if child is not None and child.poll() is None:
-            child.kill()
+    def kill_rest() -> None:
+        group.kill(exclude={os.getpid()})
 
     def on_term(signum: int, _frame: Any) -> None:
-        # The daemon signals the whole process group, so the job already has the signal too; the
-        # runner stays to record the result, and kills the job if it ignores the grace period.
+        # The job gets the signal in its own process group; whatever ignores it past the grace period,
+        # and whatever it started elsewhere, is killed with it.
         if not stopping.is_set():
             stopping.set()
             if child is not None and child.poll() is None:
-                child.send_signal(signum)
-            threading.Timer(grace_s, kill_later).start()
+                try:
+                    os.killpg(child.pid, signum)
+                except ProcessLookupError:
+                    pass
+            threading.Timer(grace_s, kill_rest).start()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -84,33 +205,39 @@ def run(runfile: Path) -> int:
                              spec["power_sample_s"])
         meter.begin_window()
     except (GschedError, ImportError) as exc:  # the job runs anyway, measured by the labelled estimate
-        print(f"gsched-runner: energy meter unavailable ({exc}); using the CPU estimate", flush=True)
+        _say(f"gsched-runner: energy meter unavailable ({exc}); using the CPU estimate")
         meter = CpuEstimateMeter(spec["cpu_watts_per_core"])
         meter.begin_window()
     started = time.monotonic()
     ids: dict[str, Any] = {}
     if spec["uid"] != os.getuid():
         ids = {"user": spec["uid"], "group": spec["gid"], "extra_groups": []}
+    err_r, err_w = os.pipe()
+    out_r, out_w = os.pipe()
+    argv = [sys.executable, "-I", "-S", "-c", _ENTER, str(err_w), spec["cwd"], *spec["argv"]]
     try:
-        child = subprocess.Popen(spec["argv"], cwd=spec["cwd"], env=spec["env"], stdin=subprocess.DEVNULL, **ids)
-    except FileNotFoundError:
-        outcome.update(exit_code=127, error=f"command not found: {spec['argv'][0]}")
-    except PermissionError as exc:
-        outcome.update(exit_code=126, error=f"cannot execute {spec['argv'][0]}: {exc.strerror}")
+        child = subprocess.Popen(argv, env=spec["env"], stdin=subprocess.DEVNULL, stdout=out_w,
+                                 stderr=subprocess.STDOUT, pass_fds=(err_w,), process_group=0, **ids)
     except OSError as exc:
-        outcome.update(exit_code=126, error=f"cannot start {spec['argv'][0]}: {exc}")
+        outcome.update(exit_code=126, error=f"cannot start the job: {exc}")
+    finally:
+        os.close(err_w)
+        os.close(out_w)
+    pump = LogPump(out_r, sys.stdout.fileno(), int(spec["max_log_bytes"]))
     if child is not None:
         time_limit_s = spec.get("time_limit_s")
         try:
             child.wait(timeout=time_limit_s)
         except subprocess.TimeoutExpired:
             outcome["timed_out"] = True
-            child.terminate()
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
             try:
                 child.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+                kill_rest()
         while True:  # a signal handler may interrupt wait(); make sure the child is reaped
             try:
                 child.wait()
@@ -121,6 +248,12 @@ def run(runfile: Path) -> int:
         outcome["exit_code"] = 128 - code if code < 0 else code
         if code < 0:
             outcome["signal"] = signal.Signals(-code).name
+        failure = os.read(err_r, 4096).decode("utf-8", "replace")
+        if failure:
+            outcome["error"] = failure
+    os.close(err_r)
+    kill_rest()  # background processes the job left must not outlive it (or hold its devices)
+    pump.thread.join(timeout=10)
     reading = meter.end_window()
     outcome.update(
         duration_s=time.monotonic() - started,
@@ -128,11 +261,17 @@ def run(runfile: Path) -> int:
         energy_source=reading.source,
         energy_detail=reading.detail,
         terminated=stopping.is_set(),
-        metrics=last_metrics(Path(spec["log_path"])),
+        metrics=pump.metrics(),
+        log_dropped_bytes=pump.dropped,
+        log_error=pump.write_error,
     )
-    write_atomic(result_path, outcome)
-    return 0
+    return record(result_path, outcome)
 
 
 if __name__ == "__main__":
-    sys.exit(run(Path(sys.argv[1])))
+    code = run(Path(sys.argv[1]))
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    os._exit(code)  # nothing left to flush that could fail on a full disk and change the exit code

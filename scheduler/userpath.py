@@ -1,0 +1,72 @@
+"""User-named paths are looked at with the user's rights, never root's.
+
+A root daemon that resolved a job's workdir itself would tell any user which paths exist and follow
+symlinks into directories the user cannot enter. So the check runs in a short child process that has
+dropped to the owner (and no supplementary groups, as the job itself will run), and reports back the
+resolved directory or the reason it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+CHECK_TIMEOUT_S = 10.0
+
+# Stdlib only and isolated (-I -S): nothing from the user's environment or directories is imported.
+_CHECK = """\
+import json, os, sys
+path = sys.argv[1]
+try:
+    resolved = os.path.realpath(path, strict=True)
+    if not os.path.isdir(resolved):
+        out = {"error": "%s is not a directory" % resolved}
+    else:
+        os.chdir(resolved)
+        os.listdir(".")
+        out = {"path": resolved}
+except OSError as exc:
+    out = {"error": "%s: %s" % (path if len(path) < 200 else path[:200] + "...", exc.strerror or exc)}
+except Exception as exc:
+    out = {"error": "%s: %s" % (path[:200], exc)}
+print(json.dumps(out))
+"""
+
+
+def primary_gid(uid: int, fallback: int) -> int:
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return fallback
+
+
+def owner_dir(uid: int, gid: int, path: Path) -> Path:
+    """``path`` resolved as ``uid``:``gid`` would see it; ValueError naming the reason otherwise."""
+    text = str(path)
+    if "\0" in text:
+        raise ValueError("must not contain a NUL character")
+    if not path.is_absolute():
+        raise ValueError(f"{text[:200]} is not an absolute path")
+    if uid == os.geteuid():  # the daemon's own user (root's jobs, or a per-user daemon): no rights to drop
+        from scheduler.jobfile import local_dir
+
+        return local_dir(path)
+    ids = {"user": uid, "group": gid, "extra_groups": []}
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", _CHECK, text], capture_output=True, text=True,
+                              timeout=CHECK_TIMEOUT_S, cwd="/", env={"LANG": "C.UTF-8"}, **ids)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"{text[:200]}: checking it as uid {uid} took over {CHECK_TIMEOUT_S:g} s") from None
+    except OSError as exc:
+        raise ValueError(f"cannot check it as uid {uid}: {exc}") from None
+    try:
+        out = json.loads(done.stdout)
+    except ValueError:
+        raise ValueError(f"cannot check it as uid {uid}: {done.stderr.strip()[-200:]}") from None
+    if "error" in out:
+        raise ValueError(str(out["error"]))
+    return Path(out["path"])
