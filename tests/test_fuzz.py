@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ job_files = st.one_of(
 )
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("GSCHED_FUZZ_EXAMPLES", "3000")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(job_files)
 def test_job_files_never_raise_anything_but_a_job_file_error(text: str) -> None:
     try:
@@ -73,12 +75,16 @@ def test_job_files_never_raise_anything_but_a_job_file_error(text: str) -> None:
     JobSpec.from_json(json.loads(json.dumps(spec.to_json())))  # what is stored reads back
 
 
-json_values = st.recursive(st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=20)),
-                           lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                   st.dictionaries(st.text(max_size=12) | st.sampled_from(
-                                                       ["steps", "steps_per_s", "loss", "preempted", "exit_code",
-                                                        "energy_j", "duration_s", "metrics", "signal", "error",
-                                                        "timed_out", "energy_source"]), inner, max_size=6)),
+RESULT_KEYS = ["steps", "steps_per_s", "loss", "preempted", "exit_code", "energy_j", "duration_s", "metrics",
+               "signal", "error", "timed_out", "energy_source"]
+
+
+def _nested(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    keys = st.one_of(st.text(max_size=12), st.sampled_from(RESULT_KEYS))
+    return st.one_of(st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=6))
+
+
+json_values = st.recursive(st.one_of(st.none(), st.booleans(), numbers, st.text(max_size=20)), _nested,
                            max_leaves=20)
 
 

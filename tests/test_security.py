@@ -267,7 +267,7 @@ def test_a_flood_of_idle_connections_starves_nobody(home: Path, shared: Path, us
 
 @pytest.mark.parametrize("point", ["dispatch.after_intent", "dispatch.after_spawn"])
 def test_a_crash_while_starting_a_job_never_runs_it_twice(home: Path, shared: Path, point: str) -> None:
-    tries = 5
+    tries = int(os.environ.get("GSCHED_CRASH_TRIES", "5"))  # a longer soak: GSCHED_CRASH_TRIES=50
     counter = shared / "runs.txt"
     body = py_command(f"open({str(counter)!r}, 'a').write('x\\n'); import time; time.sleep(0.5)", "5s")
     daemon = DaemonProc(home, env={"GSCHED_FAULT": point})
