@@ -358,7 +358,8 @@ def plan_cmd(problem: Path = typer.Option(..., "--problem", help="problem file (
           f"objective {summary['objective']:.6g} {summary['objective_unit']}, energy {summary['energy_kwh']:.4g} kWh, "
           f"{summary['co2_kg']:.4g} kgCO2")
     if summary.get("bound") is not None:
-        print(f"LP lower bound {summary['bound']:.6g}: at most {100 * summary['gap_to_bound']:.2f}% above the optimum")
+        gap_pct = max(0.0, round(100 * summary["gap_to_bound"], 2)) + 0.0  # never "-0.00%": the bound is below
+        print(f"LP lower bound {summary['bound']:.6g}: at most {gap_pct:.2f}% above the optimum")
     for name, other in summary.get("baselines", {}).items():
         print(f"  vs {name:<12} {other['objective']:.6g} ({other['saving_pct']:+.1f}% saved by gsched, "
               f"{other['late_jobs']} late)")

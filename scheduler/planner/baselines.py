@@ -2,6 +2,7 @@
 
 - run-now: first come first served, each job in its requested mode from its release, as soon as the
   GPUs allow (what a plain queue does).
+- edf: earliest deadline first, each job in its requested mode, as soon as the GPUs allow.
 - lwa: Let's Wait Awhile (Wiesner et al., Middleware '21): first come first served, requested mode,
   shifted to the cheapest contiguous window before the deadline.
 - carbonscaler: CarbonScaler-style (Hanafy et al., SIGMETRICS '24): one job at a time in arrival order;
@@ -36,11 +37,15 @@ def _contiguous(costing: Costing, job: PJob, mode: int, free: np.ndarray, cheape
     return None
 
 
-def _shifted(problem: Problem, cheapest: bool) -> Plan:
+def _edf(problem: Problem) -> list[int]:
+    return sorted(range(len(problem.jobs)), key=lambda j: (problem.jobs[j].deadline_slot, problem.jobs[j].release_slot, j))
+
+
+def _shifted(problem: Problem, cheapest: bool, order: list[int] | None = None) -> Plan:
     costing = Costing(problem)
     free = costing.capacity.copy()
     plan: Plan = {}
-    for j in _fifo(problem):
+    for j in order if order is not None else _fifo(problem):
         job = problem.jobs[j]
         window = _contiguous(costing, job, job.requested_mode, free, cheapest)
         if window is not None:
@@ -51,6 +56,10 @@ def _shifted(problem: Problem, cheapest: bool) -> Plan:
 
 def run_now(problem: Problem) -> Plan:
     return _shifted(problem, cheapest=False)
+
+
+def edf(problem: Problem) -> Plan:
+    return _shifted(problem, cheapest=False, order=_edf(problem))
 
 
 def lwa(problem: Problem) -> Plan:
@@ -124,4 +133,4 @@ def _segments(level: dict[int, int], ladder: list[int]) -> list[Segment]:
     return sorted(out, key=lambda s: s.start_slot)
 
 
-BASELINES = {"run-now": run_now, "lwa": lwa, "carbonscaler": carbonscaler}
+BASELINES = {"run-now": run_now, "edf": edf, "lwa": lwa, "carbonscaler": carbonscaler}

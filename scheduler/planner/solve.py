@@ -14,6 +14,15 @@
    the horizon, shift and widen after sweeps without gain, and start over on a twice wider candidate set
    while time is left. Then the local search of step 2 polishes the plan.
 
+Deadlines first: FIFO (run-now) and EDF, each job in its requested mode as soon as the GPUs allow, are planned
+too. Whichever of greedy, FIFO and EDF has the fewest late jobs, then the least lateness, then the lowest cost,
+is where steps 3-4 start; and a finished plan with more late jobs or more lateness than the better of FIFO and
+EDF is replaced by it. An expensive but timely plan always beats a cheap late one, and on a problem too big for
+the time the planner degrades to a plan that keeps at least the deadlines a plain queue keeps.
+
+Time: every step checks the clock inside its loops, so a replan ends within its limit (plus one HiGHS call's
+overrun); optimality is declared when the plan's cost without tie-breaks meets the LP bound.
+
 Hysteresis: a job's previous option is priced at ``1 - hysteresis`` of its cost, so a replan moves a
 job only for a larger gain. A job whose deadline cannot be met is planned for its earliest finish
 (each late slot is priced above any saving), with the reason; one that fits nowhere in the horizon
@@ -102,6 +111,57 @@ class Planner:
         if previous is not None and previous.mode == option.mode and previous.segments == option.segments:
             return price - self.hysteresis * abs(option.cost)
         return price
+
+    def true_cost(self, option: Option) -> float:
+        """The cost with the late penalty but without tie-breaks or hysteresis: what the LP bound bounds."""
+        if option.late:
+            return option.cost + self.late_penalty * (option.end - self.jobs[option.job].deadline_slot)
+        return option.cost
+
+    def lateness(self, chosen: dict[int, Option]) -> tuple[int, int]:
+        """(late or unplanned jobs, slots late in all); an unplanned job counts as late by the whole horizon."""
+        count = slots = 0
+        for j, job in enumerate(self.jobs):
+            option = chosen.get(j)
+            if option is None:
+                count, slots = count + 1, slots + self.costing.horizon
+            elif option.end > job.deadline_slot:
+                count, slots = count + 1, slots + option.end - job.deadline_slot
+        return count, slots
+
+    def rank(self, chosen: dict[int, Option]) -> tuple[int, int, float]:
+        return (*self.lateness(chosen), sum(self.price(o) for o in chosen.values()))
+
+    def queue_option(self, j: int, free: np.ndarray) -> Option | None:
+        """Job ``j`` in its requested mode, as early as ``free`` allows (late or not)."""
+        job = self.jobs[j]
+        m = job.requested_mode
+        starts, costs, n = self.costing.rigid_costs(job, m, self.costing.horizon)
+        if not len(starts):
+            return None
+        ok = np.flatnonzero(_window_min(free, n)[starts] >= job.modes[m].gpus)
+        if not len(ok):
+            return None
+        s = int(starts[ok[0]])
+        return Option(j, m, ((s, s + n),), float(costs[ok[0]]), late=s + n > job.deadline_slot)
+
+    def queue_plan(self, order: list[int]) -> dict[int, Option]:
+        """A plain queue: each job in ``order``, in its requested mode, as early as the GPUs allow."""
+        free = self.costing.capacity.copy()
+        chosen: dict[int, Option] = {}
+        for j in order:
+            option = self.queue_option(j, free)
+            if option is not None:
+                chosen[j] = option
+                self._take(option, free)
+        return chosen
+
+    def fifo(self) -> dict[int, Option]:
+        return self.queue_plan(sorted(range(len(self.jobs)), key=lambda j: (self.jobs[j].release_slot, j)))
+
+    def edf(self) -> dict[int, Option]:
+        return self.queue_plan(sorted(range(len(self.jobs)),
+                                      key=lambda j: (self.jobs[j].deadline_slot, self.jobs[j].release_slot, j)))
 
     def _gpu_slots_price(self, option: Option) -> float:
         g = self.jobs[option.job].modes[option.mode].gpus
@@ -198,7 +258,10 @@ class Planner:
         for j in order:
             if j in chosen:
                 continue
-            option = self.best_option(j, free, priced=True) or self.earliest_option(j, free)
+            if time.monotonic() > deadline_s:  # out of time: the rest as a plain queue would place them
+                option = self.queue_option(j, free) or self.earliest_option(j, free)
+            else:
+                option = self.best_option(j, free, priced=True) or self.earliest_option(j, free)
             if option is not None:
                 chosen[j] = option
                 self._take(option, free)
@@ -213,6 +276,8 @@ class Planner:
         while improved and time.monotonic() < deadline_s:
             improved = False
             for j in order:
+                if time.monotonic() >= deadline_s:
+                    break
                 current = chosen.get(j)
                 if current is None:
                     option = self.best_option(j, free) or self.earliest_option(j, free)
@@ -396,9 +461,11 @@ class Planner:
         relaxation = None
         if use_milp and self.jobs:
             try:
-                from scheduler.planner.relax import relax
+                from scheduler.planner.relax import BUILD_NNZ_PER_S, relax
 
-                relaxation = relax(self.costing, 0.4 * time_limit_s)
+                relaxation = relax(self.costing, 0.4 * time_limit_s, max_nnz=0.15 * time_limit_s * BUILD_NNZ_PER_S)
+                if relaxation is None:
+                    stats["lp_status"] = "skipped: too large to build in the time"
             except ImportError:
                 log.warning("highspy is not installed: planning with the greedy alone")
                 use_milp = False
@@ -406,7 +473,18 @@ class Planner:
             self.lam = relaxation.capacity_price
             self.lam_prefix = np.concatenate([[0.0], np.cumsum(self.lam)])
             stats["lp_status"], stats["lp_s"] = relaxation.status, time.monotonic() - t0
-        chosen = self.greedy(t0 + 0.6 * time_limit_s, relaxation)
+        queues = {"fifo": self.fifo(), "edf": self.edf()}
+        fallback_name = min(queues, key=lambda name: self.lateness(queues[name]))
+        fallback = queues[fallback_name]
+        starts = {"greedy": self.greedy(t0 + 0.9 * time_limit_s, relaxation), **queues}
+        name = min(starts, key=lambda k: self.rank(starts[k]))
+        chosen = dict(starts[name])
+        if name != "greedy":  # a queue plan, moved job by job to cheaper options that keep it as timely
+            stats["method"] = name
+            free = self.costing.capacity.copy()
+            for option in chosen.values():
+                self._take(option, free)
+            self.improve(chosen, free, self.order(), t0 + 0.9 * time_limit_s)
         greedy_obj = sum(self.price(o) for o in chosen.values())
         stats["greedy_objective"], stats["greedy_s"] = greedy_obj, time.monotonic() - t0
         bound = relaxation.bound if relaxation is not None and math.isfinite(relaxation.bound) else None
@@ -420,9 +498,10 @@ class Planner:
             while time.monotonic() < milp_deadline - 0.1:
                 best = sum(self.price(o) for o in chosen.values())
                 slack = best - bound if bound is not None else math.inf
-                if slack <= TIE * max(1.0, abs(best)):
+                true = sum(self.true_cost(o) for o in chosen.values())
+                if bound is not None and true - bound <= 1e-7 * max(1.0, abs(bound)):
                     proven = True
-                    break  # already at the bound
+                    break  # already at the bound (tie-breaks are not costs)
                 columns, truncated = self.candidates(chosen, relaxation, slack, budget)
                 stats["milp_columns"] = float(sum(len(c) for c in columns))
                 picked, status = self.milp(dict(enumerate(columns)), self.costing.capacity, chosen,
@@ -454,9 +533,12 @@ class Planner:
             free = self.costing.capacity.copy()
             for option in chosen.values():
                 self._take(option, free)
-            if self.improve(chosen, free, self.order(), deadline + 0.5):
+            if self.improve(chosen, free, self.order(), deadline):
                 stats["method"] = f"{stats['method']}+polish"
             stats["objective_priced"] = sum(self.price(o) for o in chosen.values())
+        worse = [a > b for a, b in zip(self.lateness(chosen), self.lateness(fallback))]
+        if any(worse):  # never later than a plain queue would be
+            chosen, stats["method"] = dict(fallback), f"{fallback_name} (fallback)"
         plan: Plan = {}
         options: dict[str, Option] = {}
         late: dict[str, str] = {}
