@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import random
 import re
 import signal
 import sqlite3
@@ -415,7 +416,7 @@ def test_a_damaged_or_empty_database_is_refused_naming_the_file(home: Path, shar
     size = db.stat().st_size
     with db.open("r+b") as f:
         f.seek(size // 2)
-        f.write(os.urandom(8192))
+        f.write(random.Random(8).randbytes(8192))  # seeded: the same damage on every run
     for broken in ("damaged", "empty"):
         if broken == "empty":
             db.write_bytes(b"")

@@ -76,14 +76,15 @@ class RunGroup:
             (self.cgroup / "cgroup.procs").write_text(str(pid))
 
     def pids(self) -> set[int]:
+        """The cgroup's processes and those carrying the token: a runner that could not join the cgroup still
+        leaves its job findable."""
+        found = set(_pids_with_env(f"{TOKEN_VAR}={self.token}".encode()))
         if self.cgroup is not None:
             try:
-                return {int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()}
-            except FileNotFoundError:
-                return set()
+                found |= {int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()}
             except OSError:
-                pass  # fall through to the environment scan
-        return set(_pids_with_env(f"{TOKEN_VAR}={self.token}".encode()))
+                pass  # gone, or never made
+        return found
 
     def signal(self, signum: int, exclude: Iterable[int] = ()) -> int:
         sent = 0
