@@ -246,7 +246,10 @@ class Planner:
         out.sort(key=lambda item: -item[0])
         return out
 
-    def greedy(self, deadline_s: float, relaxation: object | None = None) -> dict[int, Option]:
+    def greedy(self, deadline_s: float, relaxation: object | None = None, improve_until_s: float | None = None
+               ) -> dict[int, Option]:
+        """Every job placed by ``deadline_s`` (the rest as a queue would, past it); the local search that follows
+        stops at ``improve_until_s``."""
         free = self.costing.capacity.copy()
         chosen: dict[int, Option] = {}
         # LP rounding: jobs the LP places (nearly) whole go first, where the LP put them, while they fit.
@@ -265,7 +268,7 @@ class Planner:
             if option is not None:
                 chosen[j] = option
                 self._take(option, free)
-        self.improve(chosen, free, order, deadline_s)
+        self.improve(chosen, free, order, deadline_s if improve_until_s is None else min(deadline_s, improve_until_s))
         return chosen
 
     def improve(self, chosen: dict[int, Option], free: np.ndarray, order: list[int], deadline_s: float) -> bool:
@@ -461,11 +464,11 @@ class Planner:
         relaxation = None
         if use_milp and self.jobs:
             try:
-                from scheduler.planner.relax import BUILD_NNZ_PER_S, relax
+                from scheduler.planner.relax import SOLVE_NNZ_PER_S, relax
 
-                relaxation = relax(self.costing, 0.4 * time_limit_s, max_nnz=0.15 * time_limit_s * BUILD_NNZ_PER_S)
+                relaxation = relax(self.costing, 0.4 * time_limit_s, max_nnz=0.4 * time_limit_s * SOLVE_NNZ_PER_S)
                 if relaxation is None:
-                    stats["lp_status"] = "skipped: too large to build in the time"
+                    stats["lp_status"] = "skipped: too large to solve in the time"
             except ImportError:
                 log.warning("highspy is not installed: planning with the greedy alone")
                 use_milp = False
@@ -476,7 +479,7 @@ class Planner:
         queues = {"fifo": self.fifo(), "edf": self.edf()}
         fallback_name = min(queues, key=lambda name: self.lateness(queues[name]))
         fallback = queues[fallback_name]
-        starts = {"greedy": self.greedy(t0 + 0.9 * time_limit_s, relaxation), **queues}
+        starts = {"greedy": self.greedy(t0 + 0.9 * time_limit_s, relaxation, t0 + 0.6 * time_limit_s), **queues}
         name = min(starts, key=lambda k: self.rank(starts[k]))
         chosen = dict(starts[name])
         if name != "greedy":  # a queue plan, moved job by job to cheaper options that keep it as timely
@@ -484,7 +487,7 @@ class Planner:
             free = self.costing.capacity.copy()
             for option in chosen.values():
                 self._take(option, free)
-            self.improve(chosen, free, self.order(), t0 + 0.9 * time_limit_s)
+            self.improve(chosen, free, self.order(), max(t0 + 0.6 * time_limit_s, time.monotonic() + 0.1))
         greedy_obj = sum(self.price(o) for o in chosen.values())
         stats["greedy_objective"], stats["greedy_s"] = greedy_obj, time.monotonic() - t0
         bound = relaxation.bound if relaxation is not None and math.isfinite(relaxation.bound) else None
