@@ -378,9 +378,32 @@ def daemon() -> None:
         _fail(exc)
 
 
+def _config_first(argv: list[str]) -> list[str]:
+    """``--config PATH`` is a global option, but users write it after the subcommand too (``gsched forecast
+    --fetch --config FILE``): move it in front, where click expects it."""
+    moved: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg == "--config" and i + 1 < len(argv):
+            moved += argv[i:i + 2]
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return moved + rest
+
+
 def main() -> None:
     try:
-        app()
+        app(args=_config_first(sys.argv[1:]), prog_name="gsched")
     except KeyboardInterrupt:
         raise SystemExit(130) from None
 

@@ -207,3 +207,15 @@ def test_reading_commands_never_import_torch(daemon: DaemonProc) -> None:
         assert result.returncode == 0, result.stderr
         imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
         assert "torch" not in imported and "sqlalchemy" not in imported
+
+
+def test_config_is_taken_before_or_after_the_subcommand(daemon: DaemonProc, tmp_path: Path) -> None:
+    config = tmp_path / "where.toml"
+    config.write_text(f'home = "{daemon.home}"\n')
+    for args in (["--config", str(config), "status", "--json"], ["status", "--json", "--config", str(config)],
+                 ["status", f"--config={config}", "--json"]):
+        result = cli(*args)  # no GSCHED_HOME: only the config file says where the daemon is
+        assert result.returncode == 0, (args, result.stderr)
+        assert json.loads(result.stdout)["jobs"] == []
+    unknown = cli("status", "--config", str(tmp_path / "missing.toml"))
+    assert unknown.returncode == 2 and "missing.toml" in unknown.stderr
