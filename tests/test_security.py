@@ -92,6 +92,10 @@ def test_bad_metrics_neither_stop_the_tick_nor_a_restart(root_daemon: DaemonProc
     shown = root_daemon.show(bad)
     assert shown["state"] == "COMPLETED" and "invalid value(s) in its output ignored" in shown["reason"]
     assert shown["metrics"] == {"steps": 10}  # the valid part is kept
+    deep = root_daemon.submit(job(shared, "deep", py_command("print('gsched-metrics ' + '[' * 60000)", "5s")),
+                              "--now", user=b)
+    assert root_daemon.cli("wait", str(deep), user=b).returncode == 0  # the runner survives, records the run
+    assert root_daemon.show(deep)["energy_source"] == "estimate"
 
     # A preemptible command that says it was preempted, without steps, through requeue.
     trap = ("import signal, sys, time\n"

@@ -122,7 +122,7 @@ class LogPump:
             return {}
         try:
             return json.loads(self.metrics_line)
-        except ValueError:
+        except (ValueError, RecursionError):  # the job's text: parse_result drops what is not metrics
             return {"_unparsed": True}
 
 
