@@ -37,7 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from scheduler.planner.baselines import BASELINES  # noqa: E402
 from scheduler.planner.options import Costing  # noqa: E402
-from scheduler.planner.problem import Mode, PJob, Problem, evaluate, problem_to_json  # noqa: E402
+from scheduler.planner.problem import Evaluation, PJob, Problem, evaluate, lateness, problem_to_json  # noqa: E402
+from scheduler.planner.synthetic import job_modes  # noqa: E402
 from scheduler.planner.relax import lp_bound  # noqa: E402
 from scheduler.planner.solve import solve  # noqa: E402
 
@@ -90,17 +91,7 @@ def make_jobs(n_jobs: int, seed: int, work_scale: float = 1.0) -> list[PJob]:
         requested_gpus = rnd.choice([1, 1, 2, 2, 4, 8])
         elastic = rnd.random() < 0.5
         counts = [g for g in (1, 2, 4, 8) if elastic or g == requested_gpus]
-        alpha = rnd.uniform(0.70, 0.95)
-        precisions = [("fp32", 1.0)] + ([("bf16", rnd.uniform(1.3, 2.0))] if rnd.random() < 0.6 else [])
-        gpu_kw = rnd.choice([0.4, 0.7])
-        modes, requested = [], 0
-        for g in counts:
-            for name, speed in precisions:
-                for cap in (1.0, 0.75):
-                    if g == requested_gpus and name == "fp32" and cap == 1.0:
-                        requested = len(modes)
-                    modes.append(Mode(g, g ** alpha * speed * cap ** 0.35, g * (gpu_kw * cap + 0.1),
-                                      f"{g}x {name} {int(cap * 100)}%"))
+        modes, requested = job_modes(rnd, counts, requested_gpus)
         run_h = work / modes[requested].rate
         window = max(2 * slots_per_h, math.ceil(rnd.uniform(3.0, 8.0) * run_h * slots_per_h))
         release = max(0, min(release, horizon - window))  # every deadline falls inside the week
@@ -110,10 +101,8 @@ def make_jobs(n_jobs: int, seed: int, work_scale: float = 1.0) -> list[PJob]:
     return jobs
 
 
-def late_jobs(problem: Problem, evaluation) -> int:
-    return sum(1 for job in problem.jobs
-               if not evaluation.jobs[job.id].finished or evaluation.jobs[job.id].finish_h is None
-               or evaluation.jobs[job.id].finish_h > job.deadline_slot * problem.slot_h + 1e-9)
+def late_jobs(problem: Problem, evaluation: Evaluation) -> int:
+    return lateness(problem, evaluation)[0]
 
 
 def run(window: str, n_jobs: int, seed: int, time_limit_s: float, write: Path | None, work_scale: float,

@@ -31,6 +31,7 @@ from planner import load_signals  # noqa: E402
 
 from scheduler.planner.baselines import edf, run_now  # noqa: E402
 from scheduler.planner.problem import Problem, evaluate  # noqa: E402
+from scheduler.planner.problem import lateness as late  # noqa: E402
 from scheduler.planner.solve import solve  # noqa: E402
 from scheduler.planner.synthetic import heavy_problem  # noqa: E402
 
@@ -38,17 +39,7 @@ WEEKS = ["DE-LU:2023-01-09", "DE-LU:2023-06-05", "ES:2023-04-03", "US-CAL-CISO:2
 
 
 def lateness(problem: Problem, plan: dict) -> tuple[int, float]:
-    e = evaluate(problem, plan)
-    count, hours = 0, 0.0
-    for job in problem.jobs:
-        out = e.jobs[job.id]
-        if not out.finished or out.finish_h is None:
-            count, hours = count + 1, hours + problem.horizon_slots * problem.slot_h
-            continue
-        over = out.finish_h - job.deadline_slot * problem.slot_h
-        if over > 1e-6:
-            count, hours = count + 1, hours + over
-    return count, hours
+    return late(problem, evaluate(problem, plan))
 
 
 def row(week: str, n_jobs: int, gpus: int, load: float, share: float, seed: int, limit_s: float,

@@ -21,7 +21,7 @@ import os
 import pwd
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,8 +30,8 @@ from scheduler.errors import (Conflict, InputError, LimitExceeded, NotFound,
                               PermissionDenied)
 from scheduler.jobfile import parse_job
 from scheduler.models import TERMINAL, Job, JobState
-from scheduler.timeutil import parse_duration_s, rfc3339
-from scheduler.userpath import owner_dir, primary_gid
+from scheduler.timeutil import parse_duration_s
+from scheduler.userpath import acting_ids, owner_dir
 
 log = logging.getLogger("gsched.api")
 LOG_CHUNK = 1 << 20
@@ -52,12 +52,6 @@ class Caller:
             return pwd.getpwuid(self.uid).pw_name
         except KeyError:
             return str(self.uid)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return rfc3339(value)
-    raise TypeError(type(value).__name__)
 
 
 def job_id(text: str) -> int:
@@ -201,10 +195,10 @@ class Api:
                 and self.store.count_queued(caller.uid) >= limits.max_queued_jobs_per_user:
             raise LimitExceeded(f"{caller.name} already has {limits.max_queued_jobs_per_user} jobs queued "
                                 f"(limits.max_queued_jobs_per_user); wait for some to start or cancel some")
-        gid = primary_gid(caller.uid, caller.gid) if daemon.uid == 0 else caller.gid
+        uid, gid = acting_ids(caller.uid, caller.gid)
         spec = parse_job(body["text"], source=source, base_dir=base_dir, now=daemon.clock.now(),
                          default_max_delay_s=parse_duration_s(daemon.config.default_max_delay),
-                         resolve_dir=lambda path: owner_dir(caller.uid if daemon.uid == 0 else daemon.uid, gid, path))
+                         resolve_dir=lambda path: owner_dir(uid, gid, path))
         if spec.gpus_min > len(daemon.devices):
             raise InputError(f"{source}: gpus: needs {spec.gpus_min} devices, this daemon schedules on "
                              f"{len(daemon.devices)}")

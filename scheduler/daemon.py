@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import os
-import pwd
 import secrets
 import shutil
 import signal
@@ -29,9 +28,10 @@ from scheduler.clock import Clock
 from scheduler.config import Config, Paths
 from scheduler.devices import Device
 from scheduler.errors import Conflict, GschedError
-from scheduler.executor.launch import Launcher, runner_alive
+from scheduler.executor.launch import Launcher
 from scheduler.executor.power import PowerLimiter
 from scheduler.executor.procs import RunGroup
+from scheduler.executor.procs import alive as runner_alive
 from scheduler.executor.runner import EXIT_NO_RESULT
 from scheduler.executor.untrusted import RunResult, parse_metrics, parse_result
 from scheduler.faults import crash_point
@@ -45,7 +45,7 @@ from scheduler.planner.problem import PJob, Problem
 from scheduler.planner.solve import solve
 from scheduler.store import Store
 from scheduler.timeutil import floor_to, parse_rfc3339, rfc3339
-from scheduler.userpath import owner_dir, primary_gid
+from scheduler.userpath import acting_ids, owner_dir
 
 log = logging.getLogger("gsched.daemon")
 QUEUED = (JobState.PENDING, JobState.PLANNED, JobState.PREEMPTED)
@@ -168,8 +168,9 @@ class Daemon:
                 return
             if claimed.get("by") == "runner" and isinstance(claimed.get("pid"), int):
                 job = self.store.update(job.id, runner_pid=claimed["pid"], runner_start_ticks=claimed.get("start_ticks"))
-        if self.launcher.read_result(job.id) is not None:
-            self._finish(job, now)
+        raw = self.launcher.read_result(job.id)
+        if raw is not None:
+            self._finish(job, now, raw)
         elif runner_alive(job.runner_pid, job.runner_start_ticks):
             log.info("job %s: re-adopted runner pid %s after daemon restart", job.id, job.runner_pid)
             self.store.note(job.id, at=now, reason=f"re-adopted runner pid {job.runner_pid} after daemon restart")
@@ -207,8 +208,9 @@ class Daemon:
         if child is not None and child.poll() is not None:
             self._children.pop(job.id)
             self._runner_exits[job.run_token or ""] = child.returncode
-        if self.launcher.read_result(job.id) is not None:
-            self._finish(job, now)
+        raw = self.launcher.read_result(job.id)
+        if raw is not None:
+            self._finish(job, now, raw)
         elif job.runner_pid is None:
             return  # being started by this daemon right now
         elif job.run_token in self._runner_exits:
@@ -238,10 +240,11 @@ class Daemon:
         except Exception:
             log.exception("job %s: cannot end it either; retrying at the next tick", job.id)
 
-    def _finish(self, job: Job, now: datetime) -> None:
+    def _finish(self, job: Job, now: datetime, raw: Any) -> None:
+        """End a run from its result file's contents (``raw``, untrusted)."""
         assert job.id is not None and job.started_at is not None
         spec = self.spec_of(job)
-        result: RunResult = parse_result(self.launcher.read_result(job.id), spec.steps)
+        result: RunResult = parse_result(raw, spec.steps)
         for why in result.ignored:
             log.warning("job %s: ignored from its run: %s", job.id, why)
         duration_s = result.duration_s
@@ -393,10 +396,10 @@ class Daemon:
                                           * mode["gpus"] * self.config.daemon.calibration_s))
                 label, text = calibration_job(spec, "calibrate", mode["gpus"], mode["precision"], mode["pruning"],
                                               steps)
-                gid = primary_gid(job.owner_uid, job.owner_uid) if self.uid == 0 else os.getegid()
+                uid, gid = acting_ids(job.owner_uid, job.owner_uid)
                 derived = parse_job(text, source=f"calibration of job {job.id} ({label})",
                                     base_dir=Path(spec.workdir), now=now,
-                                    resolve_dir=lambda p: owner_dir(job.owner_uid if self.uid == 0 else self.uid, gid, p))
+                                    resolve_dir=lambda p: owner_dir(uid, gid, p))
                 added = self.store.add_job(derived, owner_uid=job.owner_uid, owner_name=job.owner_name, urgent=True,
                                            now=now)
                 assert added.id is not None
@@ -541,11 +544,7 @@ class Daemon:
         job = self.store.get(job_id)
         if job.state not in QUEUED:
             return
-        try:
-            gid = pwd.getpwuid(job.owner_uid).pw_gid if self.uid == 0 else os.getegid()
-        except KeyError:
-            gid = job.owner_uid
-        uid = job.owner_uid if self.uid == 0 else self.uid
+        uid, gid = acting_ids(job.owner_uid, job.owner_uid)
         cap_w = mode.get("power_limit_w")
         if cap_w and self.power is not None and devices[0].kind == "gpu":
             try:

@@ -44,6 +44,13 @@ def primary_gid(uid: int, fallback: int) -> int:
         return fallback
 
 
+def acting_ids(owner_uid: int, fallback_gid: int) -> tuple[int, int]:
+    """The uid and gid that act for a job's owner: the owner under a root daemon, else the daemon's own user."""
+    if os.geteuid() == 0:
+        return owner_uid, primary_gid(owner_uid, fallback_gid)
+    return os.geteuid(), os.getegid()
+
+
 def owner_dir(uid: int, gid: int, path: Path) -> Path:
     """``path`` resolved as ``uid``:``gid`` would see it; ValueError naming the reason otherwise."""
     text = str(path)

@@ -319,18 +319,9 @@ def test_gsched_plan_honours_the_file_contract(tmp_path: Path) -> None:
 
 
 def lateness_h(p: Problem, plan: dict[str, list[Segment]]) -> tuple[int, float]:
-    """(late or unplanned jobs, hours late in all) by the exact evaluator; unplanned counts the whole horizon."""
-    e = evaluate(p, plan)
-    count, hours = 0, 0.0
-    for job in p.jobs:
-        out = e.jobs[job.id]
-        if not out.finished or out.finish_h is None:
-            count, hours = count + 1, hours + p.horizon_slots * p.slot_h
-            continue
-        over = out.finish_h - job.deadline_slot * p.slot_h
-        if over > 1e-6:
-            count, hours = count + 1, hours + over
-    return count, hours
+    from scheduler.planner.problem import lateness
+
+    return lateness(p, evaluate(p, plan))
 
 
 def embedded_week() -> tuple[list[float], list[float]]:

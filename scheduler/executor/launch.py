@@ -27,10 +27,6 @@ UNSAFE_FOR_WORKLOADS = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSER
                         "PYTHONPLATLIBDIR", "PYTHONEXECUTABLE", "PYTHONNOUSERSITE", "PYTHONSAFEPATH")
 
 
-def runner_alive(pid: int | None, start_ticks: int | None) -> bool:
-    return alive(pid, start_ticks)
-
-
 @dataclass
 class Launched:
     process: subprocess.Popen[bytes]
@@ -184,7 +180,7 @@ class Launcher:
     def signal(pid: int, start_ticks: int, signum: int = signal.SIGTERM) -> bool:
         """Signal a runner, only if the pid is still that runner; it passes the signal to the job's process
         group and kills what is left after the grace period."""
-        if not runner_alive(pid, start_ticks):
+        if not alive(pid, start_ticks):
             return False
         try:
             os.kill(pid, signum)

@@ -109,6 +109,20 @@ class Evaluation:
     jobs: dict[str, JobOutcome] = field(default_factory=dict)
 
 
+def lateness(problem: Problem, evaluation: Evaluation) -> tuple[int, float]:
+    """(late or unplanned jobs, hours late in all) of an evaluated plan; an unplanned job counts the horizon."""
+    count, hours = 0, 0.0
+    for job in problem.jobs:
+        out = evaluation.jobs.get(job.id)
+        if out is None or not out.finished or out.finish_h is None:
+            count, hours = count + 1, hours + problem.horizon_slots * problem.slot_h
+            continue
+        over = out.finish_h - job.deadline_slot * problem.slot_h
+        if over > 1e-9:
+            count, hours = count + 1, hours + over
+    return count, hours
+
+
 def evaluate(problem: Problem, plan: Plan) -> Evaluation:
     """Check every constraint of the contract and price the plan exactly."""
     errors: list[str] = []

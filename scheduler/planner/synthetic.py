@@ -17,7 +17,8 @@ from datetime import datetime
 from scheduler.planner.problem import Mode, PJob, Problem
 
 
-def _modes(rnd: random.Random, counts: list[int], requested_gpus: int) -> tuple[tuple[Mode, ...], int]:
+def job_modes(rnd: random.Random, counts: list[int], requested_gpus: int) -> tuple[tuple[Mode, ...], int]:
+    """One job's modes, as bench/planner.py documents them, and the index of the requested one."""
     alpha = rnd.uniform(0.70, 0.95)
     precisions = [("fp32", 1.0)] + ([("bf16", rnd.uniform(1.3, 2.0))] if rnd.random() < 0.6 else [])
     gpu_kw = rnd.choice([0.4, 0.7])
@@ -46,7 +47,7 @@ def heavy_jobs(n_jobs: int, gpus: int, load: float, preemptible_share: float, se
         counts = [g for g in (1, 2, 4, 8) if g <= gpus and (rnd.random() < 0.5 or g == requested_gpus)]
         if requested_gpus not in counts:
             counts = sorted({*counts, requested_gpus})
-        modes, requested = _modes(rnd, counts, requested_gpus)
+        modes, requested = job_modes(rnd, counts, requested_gpus)
         preemptible = rnd.random() < preemptible_share
         drafts.append((i, release, work, modes, requested, preemptible, rnd.uniform(4.0, 9.0),
                        rnd.choice([5.0, 10.0])))
