@@ -70,6 +70,9 @@ def whole_query(query: dict[str, str], key: str, default: int) -> int:
     return int(raw)
 
 
+PAUSED = ("paused", "preempted by", "requeued")  # how the reasons of runs that end in PREEMPTED begin
+
+
 def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | None = None,
              private: bool = True) -> dict[str, Any]:
     """A job as the API shows it. ``private``: the caller is its owner or root and sees everything; others see
@@ -77,6 +80,17 @@ def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | 
     totals = totals or {}
     spec = json.loads(job.spec_json)
     queued = job.state in (JobState.PENDING, JobState.PLANNED, JobState.PREEMPTED)
+    plan = json.loads(job.plan_json) if job.plan_json else {}
+    segments = plan.get("segments", [])
+    seg_modes = plan.get("segment_modes") or [plan.get("mode")] * len(segments)
+    seg_labels = plan.get("segment_labels") or [plan.get("label", "")] * len(segments)
+    reason = job.plan_reason if queued else job.reason
+    if queued and job.reason and job.reason.startswith(PAUSED):  # why it paused, then when it resumes
+        reason = f"{job.reason}; {reason}" if reason else job.reason
+    elif job.state == JobState.RUNNING and job.preempt_reason:
+        reason = f"{job.preempt_reason}: checkpointing"
+    elif job.state == JobState.RUNNING and plan.get("pause_at"):
+        reason = f"{job.reason}; pauses at {plan['pause_at']}"
     return {
         "id": job.id,
         "name": job.name,
@@ -94,13 +108,16 @@ def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | 
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "exit_code": job.exit_code,
-        "reason": job.plan_reason if queued else job.reason,
+        "reason": reason,
         "devices": json.loads(job.devices_json or "[]"),
         "energy_j": totals.get("energy_j"),
         "energy_source": totals.get("energy_source"),
         "cost_eur": totals.get("cost_eur"),
         "co2_g": totals.get("co2_g"),
-        "mode": json.loads(job.plan_json)["mode"] if job.plan_json else None,
+        "mode": plan.get("mode"),
+        "segments": [{"start": a, "end": b, "gpus": m["gpus"], "mode": m, "label": label}
+                     for (a, b), m, label in zip(segments, seg_modes, seg_labels)],
+        "pause_at": plan.get("pause_at"),
         "metrics": (metrics or {}) if private else None,
         "workload": spec.get("workload"),
         "command": spec.get("command") if private else None,
@@ -163,6 +180,7 @@ class Api:
         data = job_json(job, self.store.totals([jid]).get(jid), metrics, private)
         data["events"] = [{"at": e.at, "state": e.state.value, "reason": e.reason} for e in self.store.events(jid)]
         data["runs"] = [{"started_at": r.started_at, "finished_at": r.finished_at, "duration_s": r.duration_s,
+                         "gpus": r.gpus, "mode": json.loads(r.mode_json) if r.mode_json else None, "steps": r.steps,
                          "energy_j": r.energy_j, "energy_source": r.energy_source, "cost_eur": r.cost_eur,
                          "co2_g": r.co2_g, "metrics": json.loads(r.metrics_json) if private else None} for r in runs]
         data["spec"] = json.loads(job.spec_json) if private else None

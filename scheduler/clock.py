@@ -36,7 +36,3 @@ class ScaledClock:
 
     def now(self) -> datetime:
         return self._origin + timedelta(seconds=(time.monotonic() - self._origin_monotonic) * self.speed)
-
-
-def make_clock(speed: float) -> Clock:
-    return SystemClock() if speed == 1.0 else ScaledClock(speed)

@@ -22,11 +22,22 @@ SYSTEM_SOCKET = Path("/run/gsched/gsched.sock")
 SOCKET_NAME = "gsched.sock"
 
 
+def _is_time(text: str) -> bool:
+    from scheduler.timeutil import parse_rfc3339
+
+    try:
+        parse_rfc3339(text)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     tick_s: float = 2.0
     kill_grace_s: float = 10.0
     clock_speed: float = 1.0
+    clock_origin: str = ""
     log_level: str = "info"
     calibrate_when_idle: bool = True
     calibrate_after_idle_s: float = 60.0
@@ -73,6 +84,9 @@ class PlannerSettings:
     cpu_device_power_w: float = 15.0
     time_limit_s: float = 5.0
     hysteresis_pct: float = 2.0
+    elastic: bool = True
+    resume_overhead_minutes: float = 2.0
+    elastic_extend_minutes: float = 15.0
 
 
 PROVIDER_KINDS = ("energy-charts", "uk-carbon-intensity", "electricity-maps", "watttime", "entsoe", "awattar",
@@ -137,6 +151,10 @@ class Config:
             (self.daemon.tick_s > 0, "daemon.tick_s", "must be > 0"),
             (self.daemon.kill_grace_s >= 0, "daemon.kill_grace_s", "must be >= 0"),
             (self.daemon.clock_speed > 0, "daemon.clock_speed", "must be > 0"),
+            (not self.daemon.clock_origin or _is_time(self.daemon.clock_origin), "daemon.clock_origin",
+             "must be an RFC 3339 time with a zone, e.g. 2024-01-01T00:55:00Z"),
+            (not self.daemon.clock_origin or self.daemon.clock_speed != 1.0, "daemon.clock_origin",
+             "needs an accelerated clock (daemon.clock_speed other than 1.0)"),
             (self.daemon.calibrate_after_idle_s >= 0, "daemon.calibrate_after_idle_s", "must be >= 0"),
             (self.daemon.calibration_s > 0, "daemon.calibration_s", "must be > 0"),
             (self.daemon.max_log_mb > 0, "daemon.max_log_mb", "must be > 0"),
@@ -164,6 +182,8 @@ class Config:
             (self.planner.cpu_device_power_w > 0, "planner.cpu_device_power_w", "must be > 0"),
             (self.planner.time_limit_s > 0, "planner.time_limit_s", "must be > 0"),
             (0 <= self.planner.hysteresis_pct < 100, "planner.hysteresis_pct", "must be in [0, 100)"),
+            (0 <= self.planner.resume_overhead_minutes <= 1440, "planner.resume_overhead_minutes", "must be in [0, 1440]"),
+            (self.planner.elastic_extend_minutes >= 0, "planner.elastic_extend_minutes", "must be >= 0"),
         ]
         for ok, key, message in checks:
             if not ok:

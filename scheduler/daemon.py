@@ -27,7 +27,7 @@ from scheduler import __version__
 from scheduler.clock import Clock
 from scheduler.config import Config, Paths
 from scheduler.devices import Device
-from scheduler.errors import Conflict, GschedError
+from scheduler.errors import Conflict, GschedError, StoreError
 from scheduler.executor.launch import Launcher
 from scheduler.executor.power import PowerLimiter
 from scheduler.executor.procs import RunGroup
@@ -198,6 +198,8 @@ class Daemon:
             assert job.id is not None
             try:
                 self._reap_one(job, now)
+            except StoreError as exc:  # the database cannot take the record now (disk full): the next tick retries
+                log.error("job %s: cannot record its run yet: %s", job.id, exc)
             except Exception as exc:  # one job's bad record must never stop the others' reaping
                 log.exception("job %s: reaping failed", job.id)
                 self._end_broken(job, now, exc)
@@ -252,13 +254,19 @@ class Daemon:
         finished = job.started_at + timedelta(seconds=duration_s * self.clock.speed)
         exit_code = result.exit_code
         metrics = result.metrics
+        # A workload that reports all its steps done, unpreempted, has finished, even if the checkpoint request
+        # (a segment's end, a preemption) reached it during its exit.
+        all_done = bool(spec.steps and metrics.steps == spec.steps and metrics.preempted is False)
         if job.cancel_requested:
             state, reason = JobState.CANCELLED, "cancelled by user"
+        elif job.preempt_requested and all_done:
+            state, reason = JobState.COMPLETED, f"all {spec.steps} steps done (exit code {exit_code} as it stopped)"
         elif job.preempt_requested and not (exit_code == 0 and metrics.preempted is False):
             # A workload that reports it finished all its steps completed; anything else goes back to the queue.
             state = JobState.PREEMPTED
-            reason = (f"requeued: checkpointed at step {metrics.steps}" if metrics.preempted and metrics.steps is not None
-                      else f"requeued (exit code {exit_code})")
+            why = job.preempt_reason or "requeued"
+            reason = (f"{why}: checkpointed at step {metrics.steps}" if metrics.preempted and metrics.steps is not None
+                      else f"{why} (exit code {exit_code})")
         elif result.timed_out:
             state, reason = JobState.TIMEOUT, "reached its time_limit"
         elif exit_code == 0:
@@ -275,16 +283,20 @@ class Daemon:
             cost_eur, co2_g = run_cost(energy_j, job.started_at, finished, forecast)
         except GschedError as exc:
             log.warning("job %s: no signals to price its energy: %s", job.id, exc)
+        plan = json.loads(job.plan_json) if job.plan_json else {}
         measurement = Measurement(job_id=job.id, started_at=job.started_at, finished_at=finished,
                                   duration_s=duration_s, energy_j=energy_j, energy_source=result.energy_source,
-                                  cost_eur=cost_eur, co2_g=co2_g, metrics_json=json.dumps(metrics.data))
+                                  cost_eur=cost_eur, co2_g=co2_g, metrics_json=json.dumps(metrics.data),
+                                  gpus=job.gpus, mode_json=json.dumps(plan["mode"]) if "mode" in plan else None,
+                                  steps=metrics.steps)
         self._reclaim(job)
         try:
             self._learn(job, spec, metrics.steps_per_s, duration_s, energy_j, measurement.energy_source, finished)
         except Exception:  # learning is optional; the run's record is not
             log.exception("job %s: profile not recorded", job.id)
+        # A paused job keeps its plan: the replan that places the rest starts from it (hysteresis).
         ended = {"finished_at": finished, "exit_code": exit_code} if state != JobState.PREEMPTED else {
-            "preempt_requested": False, **_CLEARED_RUN}
+            "preempt_requested": False, "preempt_reason": None, **_CLEARED_RUN, "plan_json": job.plan_json}
         try:
             self.store.finish(job.id, state, at=finished, reason=reason, measurement=measurement, **ended)
         except Conflict:
@@ -359,12 +371,16 @@ class Daemon:
     def plan_and_dispatch(self, now: datetime) -> None:
         slot = timedelta(minutes=self.config.planner.slot_minutes)
         grid0 = floor_to(now, slot)
+        if self.config.planner.elastic:
+            self._follow_segments(now)
         queued = self.store.jobs(QUEUED)
         if queued and (self._dirty.is_set() or grid0 != self._planned_grid):
             self._dirty.clear()
             self._planned_grid = grid0
             self._replan(now, grid0, queued)
             queued = self.store.jobs(QUEUED)
+            if self.config.planner.elastic:
+                self._preempt_for_priority(now, queued)
         self._dispatch_due(now, queued)
         if self.config.daemon.calibrate_when_idle:
             self._calibrate_when_idle(now, busy=bool(queued) or bool(self.store.jobs([JobState.RUNNING])))
@@ -443,14 +459,16 @@ class Daemon:
             price, carbon = [1.0] * horizon, [1.0] * horizon
         capacity = [len(self.devices) - sum(len(d) for _g, d in self._lingering.values())] * horizon
         for job in self.store.jobs([JobState.RUNNING]):
-            end = job.planned_end if job.planned_end and job.planned_end > now else now
+            end = _run_end(job)
+            end = end if end and end > now else now
             for k in range(min(horizon, max(1, math.ceil((end - grid0) / slot)))):
                 capacity[k] -= job.gpus or 0
         capacity = [max(0, c) for c in capacity]
         pjobs, modes_of, previous = [], {}, {}
         profiles: dict[tuple[str, int], list[Profile]] = {}
         for job in queued:
-            jm = self.modes_of(self.spec_of(job), job.owner_uid, profiles)
+            spec = self.spec_of(job)
+            jm = self.modes_of(spec, job.owner_uid, profiles)
             indices = [jm.requested] if job.urgent else list(range(len(jm.modes)))
             modes = tuple(jm.modes[i] for i in indices)
             described = [jm.described[i] for i in indices]
@@ -458,14 +476,17 @@ class Daemon:
             if job.urgent:  # --now: as soon as devices allow; any wait shows as lateness, so none is chosen
                 deadline_slot = min(deadline_slot, max(1, math.ceil(jm.work / modes[0].rate / (slot / timedelta(hours=1)))))
             work = jm.work * self.remaining_fraction(job)
-            pjobs.append(PJob(str(job.id), 0, deadline_slot, work, modes, 0 if job.urgent else jm.requested))
+            elastic = settings.elastic and spec.preemptible and not job.urgent
+            overhead = spec.resume_overhead_minutes
+            pjobs.append(PJob(str(job.id), 0, deadline_slot, work, modes, 0 if job.urgent else jm.requested,
+                              preemptible=elastic,
+                              resume_overhead_minutes=(settings.resume_overhead_minutes if overhead is None else overhead)
+                              if elastic else 0.0))
             modes_of[str(job.id)] = described
             if job.plan_json:
-                old = json.loads(job.plan_json)
-                if old["mode"] in described:
-                    segments = tuple((round((parse_rfc3339(a) - grid0) / slot), round((parse_rfc3339(b) - grid0) / slot))
-                                     for a, b in old["segments"])
-                    previous[str(job.id)] = (described.index(old["mode"]), segments)
+                kept = _previous(json.loads(job.plan_json), described, grid0, slot)
+                if kept is not None:
+                    previous[str(job.id)] = kept
         problem = Problem(grid0, settings.slot_minutes, len(self.devices), settings.carbon_price_eur_per_t,
                           tuple(price), tuple(carbon), tuple(pjobs), settings.objective, tuple(capacity))
         solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100)
@@ -480,13 +501,29 @@ class Daemon:
                                          "plan_reason": solution.unplanned.get(pjob.id, "not planned")}
                 continue
             mode = pjob.modes[option.mode]
+            seg_modes = [option.mode_at(i) for i in range(len(option.segments))]
             start = max(now, grid0 + option.start * slot)
             end = start + timedelta(hours=pjob.work / mode.rate)
+            plan: dict[str, Any] = {
+                "mode": modes_of[pjob.id][option.mode], "label": mode.label,
+                "segments": [[rfc3339(grid0 + a * slot), rfc3339(grid0 + b * slot)] for a, b in option.segments],
+                "segment_modes": [modes_of[pjob.id][m] for m in seg_modes],
+                "segment_labels": [pjob.modes[m].label for m in seg_modes]}
+            if pjob.id in solution.late:
+                plan["late"] = True
+            if len(option.segments) > 1:
+                a0, b0 = option.segments[0]
+                tail_h = max(0.0, pjob.work - mode.rate * (b0 - a0) * problem.slot_h) / mode.rate
+                if tail_h * 60 <= settings.elastic_extend_minutes:  # a pause would cost more than it saves
+                    plan["segments"], plan["segment_modes"], plan["segment_labels"] = (
+                        plan["segments"][:1], plan["segment_modes"][:1], plan["segment_labels"][:1])
+                    plan["segments"][0][1] = rfc3339(end)
+                else:
+                    plan["pause_at"] = rfc3339(grid0 + b0 * slot)
+                    end = grid0 + option.end * slot
             updates[int(pjob.id)] = {
                 "state": JobState.PLANNED, "planned_start": start, "planned_end": end, "planned_gpus": mode.gpus,
-                "plan_json": json.dumps({"mode": modes_of[pjob.id][option.mode], "label": mode.label,
-                                         "segments": [[rfc3339(grid0 + a * slot), rfc3339(grid0 + b * slot)]
-                                                      for a, b in option.segments]}),
+                "plan_json": json.dumps(plan),
                 "plan_reason": solution.late.get(pjob.id) or self._explain(costing, j, option, start, end,
                                                                            queued[j].urgent),
             }
@@ -504,6 +541,76 @@ class Daemon:
         if now_cost and now_cost > 0 and option.cost < now_cost:
             return f"waits for {window} on {label}, {100 * (now_cost - option.cost) / now_cost:.0f}% {unit} than now"
         return f"waits for {window} on {label}: devices are busy until then"
+
+    def _checkpoint(self, job: Job, reason: str, now: datetime) -> None:
+        """Ask a running preemptible job to checkpoint and leave its devices (the requeue path), saying why."""
+        assert job.id is not None
+        self.store.update(job.id, preempt_requested=True, preempt_reason=reason)
+        self.store.note(job.id, at=now, reason=f"{reason}: checkpointing")
+        log.info("job %s: %s", job.id, reason)
+        if not self.launcher.signal(job.runner_pid or 0, job.runner_start_ticks or -1, signal.SIGTERM):
+            self.wake()
+
+    def _follow_segments(self, now: datetime) -> None:
+        """A running elastic job whose planned segment has ended is checkpointed; the replan after it places the
+        rest of its work (its next segments, kept from its plan unless a cheaper one is worth the move)."""
+        for job in self.store.jobs([JobState.RUNNING]):
+            if job.preempt_requested or job.cancel_requested or not job.plan_json or job.runner_pid is None:
+                continue
+            try:
+                plan = json.loads(job.plan_json)
+                pause_at = plan.get("pause_at")
+                if not pause_at or parse_rfc3339(pause_at) > now:
+                    continue
+                nxt, label = plan["segments"][1][0], plan["segment_labels"][1]
+                self._checkpoint(job, f"paused: its planned segment ended; next one from {nxt} on {label}", now)
+            except Exception:  # one job's odd plan must not stop the others from following theirs
+                log.exception("job %s: cannot follow its segments", job.id)
+
+    def _preempt_for_priority(self, now: datetime, queued: list[Job]) -> None:
+        """An urgent (--now) job, or one planned past its deadline that could still meet it if it started now,
+        takes the devices of running preemptible jobs when the free ones are too few: they checkpoint (paying
+        their resume overhead) and are replanned. Victims: the most slack (latest deadline) first; nothing is
+        preempted unless that frees enough."""
+        running = self.store.jobs([JobState.RUNNING])
+        victims = [j for j in running if not j.urgent and not j.preempt_requested and not j.cancel_requested
+                   and j.runner_pid is not None and self.spec_of(j).preemptible]
+        if not victims:
+            return
+        busy = {uuid for job in running for uuid in json.loads(job.devices_json or "[]")}
+        busy.update(uuid for _group, devices in self._lingering.values() for uuid in devices)
+        free = len(self.devices) - len(busy) + sum(j.gpus or 0 for j in running if j.preempt_requested)
+        waiting = [j for j in queued if j.state in (JobState.PLANNED, JobState.PENDING)]
+        for job in sorted(waiting, key=lambda j: (not j.urgent, j.deadline, j.id)):
+            plan = json.loads(job.plan_json) if job.plan_json else None
+            if plan is None or not (job.urgent or plan.get("late")):
+                continue
+            need = int(plan["mode"]["gpus"])
+            if job.planned_start is not None and job.planned_start <= now and free >= need:
+                free -= need
+                continue
+            if not job.urgent:
+                jm = self.modes_of(self.spec_of(job), job.owner_uid)
+                fastest_h = min(jm.work * self.remaining_fraction(job) / m.rate for m in jm.modes)
+                if now + timedelta(hours=fastest_h) > job.deadline:
+                    continue  # late even if it started now: preempting would not help it
+            chosen: list[Job] = []
+            for victim in sorted(victims, key=lambda v: (v.deadline, v.id), reverse=True):
+                if free >= need:
+                    break
+                chosen.append(victim)
+                free += victim.gpus or 0
+            if free < need:
+                free -= sum(v.gpus or 0 for v in chosen)
+                continue
+            free -= need
+            why = "--now" if job.urgent else "it would miss its deadline otherwise"
+            for victim in chosen:
+                victims.remove(victim)
+                self._checkpoint(victim, f"preempted by job {job.id} ({why})", now)
+            assert job.id is not None
+            self.store.note(job.id, at=now, reason="preempting job(s) " + ", ".join(str(v.id) for v in chosen)
+                            + f" for their devices ({why})")
 
     def _dispatch_due(self, now: datetime, queued: list[Job]) -> None:
         running = self.store.jobs([JobState.RUNNING])
@@ -633,6 +740,33 @@ class Daemon:
                 "forecast_providers": [vars(st) for st in getattr(self.provider, "status", {}).values()],
                 "home": str(self.paths.home), "socket": str(self.paths.socket), "devices": len(self.devices),
                 "forecast_source": self.provider.name, "forecast_error": self.forecast_error, "uid": self.uid}
+
+
+def _run_end(job: Job) -> datetime | None:
+    """When a running job's devices are planned to be free: its segment's end (elastic) or its planned end."""
+    if job.plan_json:
+        pause_at = json.loads(job.plan_json).get("pause_at")
+        if pause_at:
+            return parse_rfc3339(pause_at)
+    return job.planned_end
+
+
+def _previous(plan: dict[str, Any], described: list[dict[str, Any]], grid0: datetime, slot: timedelta
+              ) -> tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]] | None:
+    """A job's last plan on today's grid, for hysteresis: its segments still ahead, each in its mode."""
+    modes = plan.get("segment_modes") or [plan["mode"]] * len(plan["segments"])
+    if any(m not in described for m in modes):
+        return None
+    segments, indices = [], []
+    for (a, b), m in zip(plan["segments"], modes):
+        start, end = round((parse_rfc3339(a) - grid0) / slot), round((parse_rfc3339(b) - grid0) / slot)
+        if end <= 0:
+            continue
+        segments.append((max(0, start), end))
+        indices.append(described.index(m))
+    if not segments:
+        return None
+    return indices[0], tuple(segments), tuple(indices) if len(set(indices)) > 1 else ()
 
 
 _CLEARED_RUN: dict[str, Any] = {

@@ -19,7 +19,7 @@ from scheduler.timeutil import parse_duration_s, parse_rfc3339, rfc3339
 PRECISIONS = ("fp32", "bf16", "fp16")
 _TOP_KEYS = {
     "name", "workload", "args", "command", "steps", "duration", "gpus", "deadline", "max_delay",
-    "preemptible", "optimisations", "env", "workdir", "time_limit",
+    "preemptible", "optimisations", "env", "workdir", "time_limit", "resume_overhead_minutes",
 }
 _OPT_KEYS = {"precision", "pruning", "compile", "power_cap_w"}
 
@@ -53,6 +53,7 @@ class JobSpec:
     optimisations: Optimisations = field(default_factory=Optimisations)
     env: dict[str, str] = field(default_factory=dict)
     time_limit_s: float | None = None
+    resume_overhead_minutes: float | None = None  # None: the config's planner.resume_overhead_minutes
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -119,6 +120,7 @@ MAX_GPUS = 4096
 MAX_PATH = 4096
 MAX_ENV_BYTES = 64 * 1024
 MAX_ARG = 4096
+MAX_OVERHEAD_MINUTES = 1440
 
 
 class _Reader:
@@ -298,6 +300,11 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
             deadline = now + timedelta(seconds=max_delay_s)
 
     preemptible = r.typed("preemptible", (bool,), "true or false") or False
+    overhead = r.typed("resume_overhead_minutes", (int, float), "a number of minutes")
+    if overhead is not None and not (math.isfinite(overhead) and 0 <= overhead <= MAX_OVERHEAD_MINUTES):
+        r.fail("resume_overhead_minutes", f"must be between 0 and {MAX_OVERHEAD_MINUTES}, got {_show(overhead)}")
+    elif overhead is not None and not preemptible:
+        r.fail("resume_overhead_minutes", "applies to preemptible jobs only (set preemptible = true)")
     optimisations = _parse_optimisations(r)
 
     env = r.typed("env", (dict,), "a table of strings") or {}
@@ -326,7 +333,7 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
         name=name, deadline=deadline, gpus_min=gpus_min, gpus_max=gpus_max, workdir=str(workdir),
         workload=workload, args=args, command=tuple(command) if command is not None else None, steps=steps,
         duration_s=duration_s, preemptible=preemptible, optimisations=optimisations, env=env,
-        time_limit_s=time_limit_s,
+        time_limit_s=time_limit_s, resume_overhead_minutes=float(overhead) if overhead is not None else None,
     )
 
 

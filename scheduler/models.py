@@ -80,6 +80,7 @@ class Job(SQLModel, table=True):
     run_token: str | None = None  # the current run's id: its claim file, cgroup and GSCHED_RUN_TOKEN
     cancel_requested: bool = False
     preempt_requested: bool = False  # `gsched requeue`: checkpoint, then back to the queue
+    preempt_reason: str | None = None  # why the running job is being checkpointed: a planned pause, a preemption
     power_restore_json: str | None = None  # {gpu uuid: original power limit in mW} while a cap is set
     exit_code: int | None = None
     reason: str | None = None
@@ -110,6 +111,9 @@ class Measurement(SQLModel, table=True):
     cost_eur: float | None = None
     co2_g: float | None = None
     metrics_json: str = "{}"
+    gpus: int | None = None  # devices this run had
+    mode_json: str | None = None  # the mode it ran in (precision, pruning, power cap), as planned
+    steps: int | None = None  # the job's step count when this run ended (from its metrics)
 
 
 class Meta(SQLModel, table=True):

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from scheduler.config import Config, daemon_paths
 
@@ -55,11 +55,30 @@ def _raise_open_files() -> None:
             log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 
+def _clock(speed: float, origin: str, store: Any) -> Any:
+    """The daemon's clock. An accelerated one (the demo, tests) goes on from where it was after a restart, so
+    plans and deadlines keep their meaning: its origin is kept in the database."""
+    import time
+
+    from scheduler.clock import ScaledClock, SystemClock
+    from scheduler.timeutil import parse_rfc3339, rfc3339
+
+    if speed == 1.0:
+        return SystemClock()
+    saved = store.meta("scaled_clock")
+    if saved:
+        kept_speed, origin, wall = saved.split(" ")
+        if float(kept_speed) == speed:
+            return ScaledClock(speed, parse_rfc3339(origin), time.monotonic() - (time.time() - float(wall)))
+    clock = ScaledClock(speed, parse_rfc3339(origin) if origin else None)
+    store.set_meta("scaled_clock", f"{speed!r} {rfc3339(clock.now())} {time.time()!r}")
+    return clock
+
+
 def run_daemon(config: Config) -> None:
     from jobs import WORKLOADS
     from scheduler.api import Api
     from scheduler.apiserver import ApiServer
-    from scheduler.clock import make_clock
     from scheduler.daemon import Daemon, install_signal_handlers, sd_notify
     from scheduler.devices import discover
     from scheduler.executor.launch import Launcher
@@ -74,7 +93,7 @@ def run_daemon(config: Config) -> None:
     _raise_open_files()
     store = Store(paths.db, check=True)
     devices = discover(config.devices)
-    clock = make_clock(config.daemon.clock_speed)
+    clock = _clock(config.daemon.clock_speed, config.daemon.clock_origin, store)
     provider = forecast_provider(config, store, clock.now)
     power = None
     if config.devices.power_limits == "auto" and os.geteuid() == 0 and devices and devices[0].kind == "gpu":

@@ -26,7 +26,7 @@ from scheduler.jobfile import JobSpec
 from scheduler.models import (ALLOWED, TERMINAL, ForecastPoint, Job, JobEvent, JobState, Measurement, Meta,
                               Profile)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SECOND = timedelta(seconds=1)
 BUSY_TIMEOUT_MS = 10_000
 
@@ -58,8 +58,16 @@ def _runs_and_owned_profiles(conn: sa.Connection) -> None:
     _rebuild_profiles(conn)
 
 
+def _elastic_runs(conn: sa.Connection) -> None:
+    """v3 -> v4: each run records its devices, mode and steps; a running job records why it is checkpointed."""
+    conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN preempt_reason VARCHAR")
+    for column, kind in (("gpus", "INTEGER"), ("mode_json", "VARCHAR"), ("steps", "INTEGER")):
+        conn.exec_driver_sql(f"ALTER TABLE measurements ADD COLUMN {column} {kind}")
+
+
 # from_version -> the step that brings a database to from_version + 1, inside the same transaction.
-MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _rebuild_profiles, 2: _runs_and_owned_profiles}
+MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _rebuild_profiles, 2: _runs_and_owned_profiles,
+                                                          3: _elastic_runs}
 FIX_HINT = ("stop the daemon, move the file aside (keep it for recovery, e.g. with sqlite3's .recover), then "
             "start again for an empty queue, or restore a backup")
 
@@ -135,6 +143,17 @@ class Store:
     def schema_version(self) -> int:
         with self.read() as s:
             return int(s.exec(select(Meta.value).where(Meta.key == "schema_version")).one())
+
+    def meta(self, key: str) -> str | None:
+        with self.read() as s:
+            return s.exec(select(Meta.value).where(Meta.key == key)).first()
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.write() as s:
+            row = s.get(Meta, key)
+            s.add(Meta(key=key, value=value) if row is None else row)
+            if row is not None:
+                row.value = value
 
     @contextmanager
     def write(self) -> Iterator[Session]:

@@ -1,8 +1,9 @@
 """A job's candidate schedules ("options") and their exact costs: what the solvers choose between.
 
 A rigid option is one contiguous segment in one mode. A preemptible job also gets split options: the
-cheapest slots in its window for one mode, with each resume's overhead counted. Costs follow
-``problem.evaluate`` exactly (partial last slot, overhead at each resume).
+cheapest slots in its window for one mode, with each resume's overhead counted; and elastic options, whose
+segments each have their own mode (more GPUs in cheap hours, fewer or none in dear ones). Costs follow
+``problem.evaluate`` exactly (partial last slot, overhead at each resume, a change of mode is a resume).
 """
 
 from __future__ import annotations
@@ -22,6 +23,20 @@ class Option:
     segments: tuple[tuple[int, int], ...]  # (start_slot, end_slot exclusive), sorted
     cost: float  # objective units
     late: bool = False  # ends past the job's deadline (its deadline cannot be met)
+    seg_modes: tuple[int, ...] = ()  # one mode per segment for an elastic option; empty: ``mode`` throughout
+
+    @property
+    def key(self) -> tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]]:
+        return self.mode, self.segments, self.seg_modes
+
+    def mode_at(self, i: int) -> int:
+        return self.seg_modes[i] if self.seg_modes else self.mode
+
+    def gpus(self, job: PJob) -> np.ndarray:
+        """GPUs used in each of ``slots()``."""
+        if not self.seg_modes:
+            return np.full(sum(b - a for a, b in self.segments), job.modes[self.mode].gpus)
+        return np.concatenate([np.full(b - a, job.modes[m].gpus) for (a, b), m in zip(self.segments, self.seg_modes)])
 
     @property
     def start(self) -> int:
@@ -69,11 +84,13 @@ class Costing:
         costs = job.modes[mode].power_kw * self.slot_h * (full + frac * self.w[starts + n - 1])
         return starts, costs, n
 
-    def simulate(self, job: PJob, mode: int, segments: tuple[tuple[int, int], ...]) -> tuple[float, bool]:
-        """(exact cost, finished) of running ``segments`` in ``mode`` (the evaluate() semantics)."""
-        m = job.modes[mode]
+    def simulate(self, job: PJob, mode: int, segments: tuple[tuple[int, int], ...], seg_modes: tuple[int, ...] = ()
+                 ) -> tuple[float, bool]:
+        """(exact cost, finished) of running ``segments`` in ``mode``, or each in its ``seg_modes`` (the
+        evaluate() semantics)."""
         remaining, cost = job.work, 0.0
         for i, (a, b) in enumerate(segments):
+            m = job.modes[seg_modes[i] if seg_modes else mode]
             overhead_h = job.resume_overhead_minutes / 60 if i else 0.0
             for t in range(a, b):
                 if remaining <= EPS:
@@ -120,6 +137,200 @@ class Costing:
         if not done:
             return None
         return Option(j, mode, _trim(self, job, mode, segments), cost)
+
+
+    def elastic_option(self, j: int, free: np.ndarray, price: np.ndarray | None = None) -> Option | None:
+        """A mode per slot (or none), chosen greedily by marginal cost per unit of work, as CarbonScaler does,
+        but on each slot's lower convex hull of (rate, cost) so that non-concave scaling cannot mislead it; then
+        whole segments, each resume's overhead counted and iterated in. ``price``: an extra cost per GPU-slot
+        (the LP's capacity prices). None when no mix of modes beats one mode or nothing fits."""
+        job = self.problem.jobs[j]
+        if not job.preemptible or len({m.gpus for m in job.modes}) < 2:
+            return None
+        lo, hi = job.release_slot, min(job.deadline_slot, self.horizon)
+        if hi <= lo:
+            return None
+        slots = np.arange(lo, hi)
+        rates = np.array([m.rate for m in job.modes]) * self.slot_h
+        gpus = np.array([m.gpus for m in job.modes], dtype=float)
+        kwh = np.array([m.power_kw for m in job.modes]) * self.slot_h
+        w = self.w[slots]
+        extra = price[slots] if price is not None else np.zeros(len(slots))
+        room = free[slots]
+        # Each slot's hull steps (mode, work gained, cost added). A slot with a positive weight and no GPU price
+        # has the hull of (rate, kWh) scaled by its weight, shared by every slot with the same room: cached.
+        shared: dict[int, list[tuple[int, float, float]]] = {}
+        hulls: list[list[tuple[int, float, float]]] = []
+        for i in range(len(slots)):
+            if w[i] > 0 and extra[i] == 0:
+                key = int(room[i])
+                if key not in shared:
+                    shared[key] = _hull(rates, kwh, gpus <= room[i])
+                hulls.append(shared[key])
+                continue
+            hulls.append(_hull(rates, w[i] * kwh + extra[i] * gpus, gpus <= room[i]))
+        width = max((len(h) for h in hulls), default=0)
+        if not width:
+            return None
+        step_mode = np.full((len(slots), width), -1)
+        step_work = np.zeros((len(slots), width))
+        step_cost = np.full((len(slots), width), np.inf)
+        for i, hull in enumerate(hulls):
+            for k, (m, dw, dc) in enumerate(hull):
+                step_mode[i, k], step_work[i, k], step_cost[i, k] = m, dw, dc
+        scale = np.where((w > 0) & (extra == 0), w, 1.0)[:, None]
+        marginal = step_cost * scale / np.where(step_work > 0, step_work, 1.0)
+        valid = step_mode >= 0
+        ii, kk = np.nonzero(valid)
+        order = np.lexsort((kk, ii, marginal[ii, kk]))
+        ii, kk = ii[order], kk[order]
+        done_after = np.cumsum(step_work[ii, kk])
+        target, overhead_h = job.work, job.resume_overhead_minutes / 60
+        for _ in range(20):
+            cut = int(np.searchsorted(done_after, target - EPS))
+            if cut >= len(ii):
+                return None
+            top = np.full(len(slots), -1)
+            np.maximum.at(top, ii[:cut + 1], kk[:cut + 1])
+            chosen = np.where(top >= 0, step_mode[np.arange(len(slots)), np.maximum(top, 0)], -1)
+            done = float(done_after[cut])
+            segments, seg_modes = _mode_runs(slots, chosen)
+            # work lost to resumes, each at its segment's rate
+            lost = sum(rates[m] / self.slot_h * overhead_h for m in seg_modes[1:])
+            if done >= job.work + lost - EPS:
+                break
+            target = job.work + lost + EPS
+        else:
+            return None
+        if len(set(seg_modes)) < 2:
+            return None  # one mode throughout: split_option covers it
+        return self._mixed_option(j, segments, seg_modes)
+
+    def exact_elastic(self, j: int, free: np.ndarray, time_limit_s: float) -> Option | None:
+        """The cheapest mode per slot by a small MILP (HiGHS): x[t, m] runs slot t in mode m, s[t, m] marks a
+        segment starting there, whose resume overhead costs work. The first segment is credited the smallest
+        mode's overhead, so a solution always finishes; its exact cost is then simulated. For small problems,
+        where it is the optimum up to the partial last slot."""
+        job = self.problem.jobs[j]
+        lo, hi = job.release_slot, min(job.deadline_slot, self.horizon)
+        if not job.preemptible or hi <= lo or time_limit_s <= 0.01:
+            return None
+        from scheduler.planner.highs import column_lp, new_highs
+
+        n, n_modes = hi - lo, len(job.modes)
+        overhead_h = job.resume_overhead_minutes / 60
+        slot_row0, start_row0 = 1, 1 + n
+        switch = 1e-9 * (1 + float(np.abs(self.w[lo:hi]).max()) * max(m.power_kw for m in job.modes))
+        cost, starts, index, value, cols = [], [0], [], [], []
+        for i in range(n):
+            t = lo + i
+            for m, mode in enumerate(job.modes):
+                if mode.gpus > free[t]:
+                    continue
+                rows = [0, slot_row0 + i, start_row0 + i * n_modes + m]
+                vals = [mode.rate * self.slot_h, 1.0, 1.0]
+                if i + 1 < n:
+                    rows.append(start_row0 + (i + 1) * n_modes + m)
+                    vals.append(-1.0)
+                cost.append(mode.power_kw * self.slot_h * self.w[t])
+                index += rows
+                value += vals
+                starts.append(len(index))
+                cols.append((i, m))
+                cost.append(switch)  # s[t, m]: a hair of cost, so that equal plans take the fewest segments
+                index += [0, start_row0 + i * n_modes + m]
+                value += [-mode.rate * overhead_h, -1.0]
+                starts.append(len(index))
+                cols.append((-1, m))
+        if not cols:
+            return None
+        credit = min(mode.rate for mode in job.modes) * overhead_h
+        n_rows = 1 + n + n * n_modes
+        row_lo = np.concatenate([[job.work - credit + EPS], np.full(n + n * n_modes, -np.inf)])
+        row_hi = np.concatenate([[np.inf], np.ones(n), np.zeros(n * n_modes)])
+        lp = column_lp(np.asarray(cost), np.ones(len(cost)), row_lo[:n_rows], row_hi[:n_rows], np.asarray(starts),
+                       np.asarray(index), np.asarray(value), integer=True)
+        h = new_highs(time_limit_s)
+        h.setOptionValue("mip_rel_gap", 1e-4)
+        h.passModel(lp)
+        h.run()
+        if h.getInfo().primal_solution_status != 2:
+            return None
+        chosen = np.full(n, -1)
+        for (i, m), v in zip(cols, h.getSolution().col_value):
+            if i >= 0 and v > 0.5:
+                chosen[i] = m
+        if not (chosen >= 0).any():
+            return None
+        return self._mixed_option(j, *_mode_runs(np.arange(lo, hi), chosen))
+
+    def _mixed_option(self, j: int, segments: tuple[tuple[int, int], ...], seg_modes: tuple[int, ...]
+                      ) -> Option | None:
+        """Segments in their modes, cut where the work is done, exactly priced; None if they do not finish it."""
+        job = self.problem.jobs[j]
+        segments, seg_modes = _trim_elastic(self, job, segments, seg_modes)
+        total, ok = self.simulate(job, seg_modes[0], segments, seg_modes)
+        if not ok:
+            return None
+        if len(set(seg_modes)) < 2:
+            return Option(j, seg_modes[0], segments, total)
+        return Option(j, seg_modes[0], segments, total, seg_modes=seg_modes)
+
+
+def _hull(rates: np.ndarray, costs: np.ndarray, fits: np.ndarray) -> list[tuple[int, float, float]]:
+    """Steps (mode, work gained, cost added) along the lower convex hull of (rate, cost) from idle (0, 0), over
+    the modes that ``fits``: a mode above the chord between two others is never worth running."""
+    hull: list[tuple[float, float, int]] = [(0.0, 0.0, -1)]
+    for m in np.argsort(rates, kind="stable"):
+        if not fits[m]:
+            continue
+        point = (float(rates[m]), float(costs[m]), int(m))
+        if point[0] <= hull[-1][0] + EPS:
+            if len(hull) > 1 and point[1] < hull[-1][1]:
+                hull[-1] = point
+            continue
+        while len(hull) >= 2:
+            (x0, y0, _), (x1, y1, _) = hull[-2], hull[-1]
+            if (y1 - y0) * (point[0] - x0) >= (point[1] - y0) * (x1 - x0):
+                hull.pop()
+            else:
+                break
+        hull.append(point)
+    return [(hull[k][2], hull[k][0] - hull[k - 1][0], hull[k][1] - hull[k - 1][1]) for k in range(1, len(hull))]
+
+
+def _mode_runs(slots: np.ndarray, chosen: np.ndarray) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+    """Maximal runs of equal modes (-1: idle) over consecutive ``slots``."""
+    segments: list[tuple[int, int]] = []
+    modes: list[int] = []
+    for t, m in zip(slots.tolist(), chosen.tolist()):
+        if m < 0:
+            continue
+        if segments and segments[-1][1] == t and modes[-1] == m:
+            segments[-1] = (segments[-1][0], t + 1)
+        else:
+            segments.append((t, t + 1))
+            modes.append(m)
+    return tuple(segments), tuple(modes)
+
+
+def _trim_elastic(costing: Costing, job: PJob, segments: tuple[tuple[int, int], ...], seg_modes: tuple[int, ...]
+                  ) -> tuple[tuple[tuple[int, int], ...], tuple[int, ...]]:
+    """Drop slots after the work is done, in time order."""
+    remaining = job.work
+    out: list[tuple[int, int]] = []
+    for i, ((a, b), m) in enumerate(zip(segments, seg_modes)):
+        rate = job.modes[m].rate
+        overhead_h = job.resume_overhead_minutes / 60 if i else 0.0
+        for t in range(a, b):
+            idle_h = min(overhead_h, costing.slot_h)
+            overhead_h -= idle_h
+            remaining -= rate * (costing.slot_h - idle_h)
+            if remaining <= EPS:
+                out.append((a, t + 1))
+                return tuple(out), seg_modes[:len(out)]
+        out.append((a, b))
+    return tuple(out), seg_modes
 
 
 def _runs(slots: np.ndarray) -> tuple[tuple[int, int], ...]:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scheduler.planner.highs import column_lp, new_highs
-from scheduler.planner.options import Costing, Option, _runs
+from scheduler.planner.options import Costing, Option, _mode_runs, _runs
 from scheduler.planner.problem import Plan, Problem, Segment
 
 log = logging.getLogger("gsched.planner")
@@ -47,7 +47,9 @@ TIE = 1e-9
 # Measured on the benchmark's 150-job weeks (bench/planner.py): the neighbourhood search gains more from the
 # time than the whole MILP does, and window MILPs capped at 1 s beat longer ones.
 LNS_SHARE, LNS_STEP_S = 0.7, 1.0
-Previous = dict[str, tuple[int, tuple[tuple[int, int], ...]]]  # job id -> (mode, segments)
+EXACT_ELASTIC_JOBS = 8  # up to this many jobs, each preemptible one also gets its exact mode-per-slot option
+# job id -> (mode, segments, one mode per segment or () for ``mode`` throughout)
+Previous = dict[str, tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]]]
 
 
 @dataclass
@@ -93,14 +95,19 @@ class Planner:
                 if option is not None:
                     self.previous[j] = option
 
-    def _checked(self, j: int, mode: int, segments: tuple[tuple[int, int], ...]) -> Option | None:
+    def _checked(self, j: int, mode: int, segments: tuple[tuple[int, int], ...], seg_modes: tuple[int, ...] = ()
+                 ) -> Option | None:
         job = self.jobs[j]
-        if not 0 <= mode < len(job.modes) or not segments or (not job.preemptible and len(segments) > 1):
+        if not segments or (not job.preemptible and len(segments) > 1):
+            return None
+        if seg_modes and (len(seg_modes) != len(segments) or len(set(seg_modes)) == 1):
+            mode, seg_modes = (seg_modes[0], ()) if len(seg_modes) == len(segments) else (-1, ())
+        if not all(0 <= m < len(job.modes) for m in (mode, *seg_modes)):
             return None
         if segments[0][0] < job.release_slot or segments[-1][1] > min(job.deadline_slot, self.costing.horizon):
             return None
-        cost, done = self.costing.simulate(job, mode, segments)
-        return Option(j, mode, segments, cost) if done else None
+        cost, done = self.costing.simulate(job, mode, segments, seg_modes)
+        return Option(j, mode, segments, cost, seg_modes=seg_modes) if done else None
 
     def price(self, option: Option) -> float:
         """What the solvers minimise: the cost, a discount for staying put, a prohibitive price per late slot."""
@@ -108,7 +115,7 @@ class Planner:
         if option.late:
             return price + self.late_penalty * (option.end - self.jobs[option.job].deadline_slot)
         previous = self.previous.get(option.job)
-        if previous is not None and previous.mode == option.mode and previous.segments == option.segments:
+        if previous is not None and previous.key == option.key:
             return price - self.hysteresis * abs(option.cost)
         return price
 
@@ -164,8 +171,9 @@ class Planner:
                                       key=lambda j: (self.jobs[j].deadline_slot, self.jobs[j].release_slot, j)))
 
     def _gpu_slots_price(self, option: Option) -> float:
-        g = self.jobs[option.job].modes[option.mode].gpus
-        return g * sum(self.lam_prefix[b] - self.lam_prefix[a] for a, b in option.segments)
+        job = self.jobs[option.job]
+        return sum(job.modes[option.mode_at(i)].gpus * (self.lam_prefix[b] - self.lam_prefix[a])
+                   for i, (a, b) in enumerate(option.segments))
 
     # --- the greedy and its local search ---------------------------------------------------------------------
 
@@ -195,6 +203,12 @@ class Planner:
                     split_key = split.cost + (self._gpu_slots_price(split) if priced else 0.0)
                     if _better(split_key, best_key):
                         best, best_key = split, split_key
+        if job.preemptible:
+            elastic = costing.elastic_option(j, free, self.lam if priced else None)
+            if elastic is not None:
+                elastic_key = elastic.cost + (self._gpu_slots_price(elastic) if priced else 0.0)
+                if _better(elastic_key, best_key):
+                    best, best_key = elastic, elastic_key
         previous = self.previous.get(j)
         if previous is not None and self._fits(previous, free):
             key = self.price(previous) + (self._gpu_slots_price(previous) if priced else 0.0)
@@ -220,10 +234,10 @@ class Planner:
         return best
 
     def _fits(self, option: Option, free: np.ndarray) -> bool:
-        return bool(np.all(free[option.slots()] >= self.jobs[option.job].modes[option.mode].gpus))
+        return bool(np.all(free[option.slots()] >= option.gpus(self.jobs[option.job])))
 
     def _take(self, option: Option, free: np.ndarray, sign: int = -1) -> None:
-        free[option.slots()] += sign * self.jobs[option.job].modes[option.mode].gpus
+        free[option.slots()] += sign * option.gpus(self.jobs[option.job])
 
     def order(self) -> list[int]:
         def tightness(j: int) -> tuple[float, float]:
@@ -297,6 +311,23 @@ class Planner:
                 self._take(chosen[j], free)
         return moved
 
+    def exact_elastic(self, chosen: dict[int, Option], deadline_s: float) -> None:
+        """Few jobs: each preemptible one takes its exact cheapest mode per slot, given the others, if cheaper."""
+        free = self.costing.capacity.copy()
+        for option in chosen.values():
+            self._take(option, free)
+        for j, job in enumerate(self.jobs):
+            current = chosen.get(j)
+            if not job.preemptible or time.monotonic() >= deadline_s or (current is not None and current.late):
+                continue
+            if current is not None:
+                self._take(current, free, +1)
+            option = self.costing.exact_elastic(j, free, min(1.0, deadline_s - time.monotonic()))
+            if option is not None and (current is None or _better(self.price(option), self.price(current))):
+                chosen[j] = option
+            if j in chosen:
+                self._take(chosen[j], free)
+
     # --- the MILP --------------------------------------------------------------------------------------------
 
     def candidates(self, chosen: dict[int, Option], relaxation: object | None, slack: float, max_columns: int
@@ -304,7 +335,8 @@ class Planner:
         """Each job's options for the MILP, and whether the column budget cut any that could be in a better
         plan (if not, the MILP's optimum is the optimum over all rigid plans)."""
         costing = self.costing
-        per_job: list[dict[tuple[int, tuple[tuple[int, int], ...]], Option]] = [{} for _ in self.jobs]
+        per_job: list[dict[tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]], Option]] = [
+            {} for _ in self.jobs]
         rigid = getattr(relaxation, "rigid", None)
         if rigid:
             # Columns whose reduced cost exceeds (greedy - bound) are in no better plan; of the rest, each job
@@ -323,7 +355,7 @@ class Planner:
             for j, ranked in per_job_rc.items():
                 ranked.sort(key=lambda item: item[0])
                 for _rc, option in ranked[:keep]:
-                    per_job[j][(option.mode, option.segments)] = option
+                    per_job[j][option.key] = option
         else:
             truncated = True
             keep_n = max(6, max_columns // max(1, sum(len(job.modes) for job in self.jobs)))
@@ -333,7 +365,7 @@ class Planner:
                     if len(starts):
                         for i in np.argsort(costs, kind="stable")[:keep_n]:
                             s = int(starts[i])
-                            per_job[j][(m, ((s, s + n),))] = Option(j, m, ((s, s + n),), float(costs[i]))
+                            per_job[j][(m, ((s, s + n),), ())] = Option(j, m, ((s, s + n),), float(costs[i]))
         preemptible_x = getattr(relaxation, "preemptible_x", {}) or {}
         per_mode = max(2, max_columns // max(1, 4 * sum(len(job.modes) for job in self.jobs)))
         for j, job in enumerate(self.jobs):
@@ -346,26 +378,36 @@ class Planner:
                     keys = costs + mode.gpus * (self.lam_prefix[starts + n] - self.lam_prefix[starts])
                     for i in np.argsort(keys, kind="stable")[:per_mode]:
                         s = int(starts[i])
-                        per_job[j][(m, ((s, s + n),))] = Option(j, m, ((s, s + n),), float(costs[i]))
+                        per_job[j][(m, ((s, s + n),), ())] = Option(j, m, ((s, s + n),), float(costs[i]))
                 keys = [None]
                 if mode.power_kw > 0:
                     keys.append(costing.w + self.lam * mode.gpus / (mode.power_kw * costing.slot_h))
                 for key in keys:
                     split = costing.split_option(j, m, costing.capacity, key)
                     if split is not None:
-                        per_job[j][(m, split.segments)] = split
+                        per_job[j][split.key] = split
+            for price in (None, self.lam):
+                elastic = costing.elastic_option(j, costing.capacity, price)
+                if elastic is not None:
+                    per_job[j][elastic.key] = elastic
             x = preemptible_x.get(j)
-            if x is not None:  # the LP's own slots, in its dominant mode
+            if x is not None:  # the LP's own slots, in its dominant mode, and in each slot's own dominant mode
                 m = int(np.argmax(x.sum(axis=1)))
                 slots = np.flatnonzero(x.sum(axis=0) > 1e-6)
                 if len(slots):
                     option = self._checked(j, m, _runs(slots))
                     if option is not None:
-                        per_job[j][(m, option.segments)] = option
+                        per_job[j][option.key] = option
+                    per_slot = np.full(x.shape[1], -1)
+                    per_slot[slots] = np.argmax(x[:, slots], axis=0)
+                    segments, seg_modes = _mode_runs(np.arange(x.shape[1]), per_slot)
+                    option = self._checked(j, seg_modes[0], segments, seg_modes)
+                    if option is not None:
+                        per_job[j][option.key] = option
         for j in range(len(self.jobs)):
             for extra in (chosen.get(j), self.previous.get(j)):
                 if extra is not None:
-                    per_job[j][(extra.mode, extra.segments)] = extra
+                    per_job[j][extra.key] = extra
         return [list(options.values()) for options in per_job], truncated
 
     def milp(self, columns: dict[int, list[Option]], capacity: np.ndarray, warm: dict[int, Option],
@@ -380,7 +422,7 @@ class Planner:
         for j, option in flat:
             slots = option.slots()
             index += [row_of[j], *(len(jobs) + slots).tolist()]
-            value += [1.0] + [float(self.jobs[j].modes[option.mode].gpus)] * len(slots)
+            value += [1.0] + option.gpus(self.jobs[j]).astype(float).tolist()
             starts.append(len(index))
             costs.append(self.price(option))
             hint.append(1.0 if warm.get(j) is option else 0.0)
@@ -488,6 +530,8 @@ class Planner:
             for option in chosen.values():
                 self._take(option, free)
             self.improve(chosen, free, self.order(), max(t0 + 0.6 * time_limit_s, time.monotonic() + 0.1))
+        if use_milp and len(self.jobs) <= EXACT_ELASTIC_JOBS:
+            self.exact_elastic(chosen, t0 + 0.7 * time_limit_s)
         greedy_obj = sum(self.price(o) for o in chosen.values())
         stats["greedy_objective"], stats["greedy_s"] = greedy_obj, time.monotonic() - t0
         bound = relaxation.bound if relaxation is not None and math.isfinite(relaxation.bound) else None
@@ -552,7 +596,7 @@ class Planner:
                 unplanned[job.id] = self.why_late(j, None)
                 continue
             options[job.id] = option
-            plan[job.id] = [Segment(a, b, option.mode) for a, b in option.segments]
+            plan[job.id] = [Segment(a, b, option.mode_at(i)) for i, (a, b) in enumerate(option.segments)]
             if option.late:
                 late[job.id] = self.why_late(j, option)
         objective = sum(o.cost for o in options.values())

@@ -1,0 +1,118 @@
+"""Elastic execution on and off: the same preemptible jobs, the same trace and clock, run by a real daemon.
+
+    .venv/bin/python bench/elastic.py [--out FILE.jsonl]
+
+Each arm starts a daemon (2 CPU devices, clock x600 from a fixed origin over the embedded DE June-2023 trace),
+submits the same jobs, waits for them all and reports what they cost, emitted and drew (the measured runs,
+priced on the trace), how many runs (segments) they took, and the resume overhead actually paid: in each
+resumed run, the time it ran without stepping (start-up and checkpoint load), from its duration and its
+workload's own steps_per_s. ``planner.elastic = false`` is the daemon without elastic execution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEED = 600.0
+ORIGIN = "2026-06-01T16:00:00Z"  # a Monday evening: the next cheap (solar) hours are tomorrow's midday
+CONFIG = """
+[daemon]
+tick_s = 0.3
+calibrate_when_idle = false
+clock_speed = {speed}
+clock_origin = "{origin}"
+[devices]
+gpus = "none"
+cpu_devices = 2
+[planner]
+time_limit_s = 2.0
+elastic = {elastic}
+"""
+# On this clock a resume (torch start-up, checkpoint load: about 2.5 s real) is about 25 simulated minutes.
+JOBS = [
+    ("train-a", 'workload = "jobs.linear"\nsteps = 40000\nargs = {{ seed = 1 }}\npreemptible = true\n'
+                'resume_overhead_minutes = 25\ndeadline = "{deadline}"\n'),
+    ("train-b", 'workload = "jobs.linear"\nsteps = 30000\nargs = {{ seed = 2 }}\npreemptible = true\n'
+                'resume_overhead_minutes = 25\ndeadline = "{deadline}"\n'),
+    ("train-c", 'workload = "jobs.linear"\nsteps = 30000\nargs = {{ seed = 3 }}\npreemptible = true\n'
+                'resume_overhead_minutes = 25\ndeadline = "{deadline}"\n'),
+]
+DEADLINE = "2026-06-03T06:00:00Z"
+
+
+def cli(home: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GSCHED_")}
+    env.update(GSCHED_HOME=str(home), GSCHED_CONFIG=str(config))
+    return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], env=env, capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def arm(elastic: bool) -> dict[str, object]:
+    base = Path(tempfile.mkdtemp(prefix="gsched-bench-elastic-"))
+    home, config = base / "home", base / "config.toml"
+    config.write_text(CONFIG.format(speed=SPEED, origin=ORIGIN, elastic=str(elastic).lower()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GSCHED_")}
+    env.update(GSCHED_HOME=str(home), GSCHED_CONFIG=str(config))
+    with (base / "daemon.log").open("w") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "scheduler.cli", "daemon"], env=env, stdout=log,
+                                  stderr=log, cwd=ROOT)
+    try:
+        for _ in range(100):
+            if cli(home, config, "status").returncode == 0:
+                break
+            time.sleep(0.2)
+        ids = []
+        for name, body in JOBS:
+            path = base / f"{name}.toml"
+            path.write_text(body.format(deadline=DEADLINE))
+            ids.append(int(cli(home, config, "submit", "--parsable", str(path)).stdout))
+        for job_id in ids:
+            cli(home, config, "wait", str(job_id), "--timeout", "1200")
+        jobs = [json.loads(cli(home, config, "show", str(j), "--json").stdout) for j in ids]
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+    runs = [r for job in jobs for r in job["runs"]]
+    overhead_s = 0.0
+    for r in runs:
+        m = r["metrics"] or {}
+        if m.get("resumed_from") is not None and m.get("steps_per_s"):
+            overhead_s += max(0.0, r["duration_s"] - (m["steps"] - m["resumed_from"]) / m["steps_per_s"])
+    shutil.rmtree(base, ignore_errors=True)
+    return {"elastic": elastic, "states": sorted({j["state"] for j in jobs}),
+            "late": sum(j["finished_at"] is not None and j["finished_at"] > j["deadline"] for j in jobs),
+            "cost_eur": sum(j["cost_eur"] or 0 for j in jobs), "co2_g": sum(j["co2_g"] or 0 for j in jobs),
+            "energy_j": sum(j["energy_j"] or 0 for j in jobs), "runs": len(runs),
+            "resumes": sum((r["metrics"] or {}).get("resumed_from") is not None for r in runs),
+            "resume_overhead_s": round(overhead_s, 1),
+            "resume_overhead_sim_min": round(overhead_s * SPEED / 60, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rows = [arm(False), arm(True)]
+    print("| elastic | jobs | late | cost EUR | CO2 g | energy kJ | runs | resumes | resume overhead (real s / simulated min) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {'on' if r['elastic'] else 'off'} | {len(JOBS)} {'/'.join(r['states'])} | {r['late']} | "  # type: ignore[arg-type]
+              f"{r['cost_eur']:.6f} | {r['co2_g']:.3f} | {r['energy_j'] / 1000:.2f} | {r['runs']} | {r['resumes']} | "
+              f"{r['resume_overhead_s']} / {r['resume_overhead_sim_min']} |")
+    if args.out:
+        with args.out.open("a") as f:
+            for r in rows:
+                f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Elastic execution end to end: a real daemon on an accelerated clock follows its plan's segments, pausing a
+preemptible job through dear hours, resizing it between segments and preempting it for an urgent job. The
+clock starts just before a cheap hour of a trace that alternates cheap and dear hours."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import DaemonProc, make_home, write_job
+from test_workloads import train
+
+MONDAY = datetime(2024, 1, 1, tzinfo=timezone.utc)
+CHEAP_EUR, DEAR_EUR = 10.0, 300.0
+
+
+def alternating_trace(path: Path, flat: bool = False) -> Path:
+    """One week of hours from Monday 00:00 UTC: odd hours cheap, even hours dear (or all alike: ``flat``)."""
+    rows = ["start_utc,price_eur_per_mwh,carbon_g_per_kwh,renewable_share_pct"]
+    for h in range(7 * 24):
+        cheap = flat or h % 2 == 1
+        rows.append(f"{(MONDAY + timedelta(hours=h)).isoformat().replace('+00:00', 'Z')},"
+                    f"{CHEAP_EUR if cheap else DEAR_EUR},{100 if cheap else 500},{80 if cheap else 10}")
+    path.write_text("# synthetic: alternating cheap and dear hours, for gsched's elastic tests\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def elastic_daemon(trace: Path, speed: float, origin: str = "2024-01-01T00:57:00Z") -> DaemonProc:
+    config = f"""
+[daemon]
+tick_s = 0.3
+kill_grace_s = 5.0
+calibrate_when_idle = false
+clock_speed = {speed}
+clock_origin = "{origin}"
+[devices]
+gpus = "none"
+cpu_devices = 2
+[planner]
+time_limit_s = 1.0
+slot_minutes = 15
+horizon_hours = 24
+elastic_extend_minutes = 5
+[forecast]
+trace = "{trace}"
+"""
+    return DaemonProc(make_home(), config).start()
+
+
+def wait_event(d: DaemonProc, job_id: int, state: str, needle: str = "", timeout_s: float = 60) -> dict:
+    """Wait for an event into ``state`` whose reason contains ``needle`` (a pause is brief: the replan follows)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = d.show(job_id)
+        if any(e["state"] == state and needle in e["reason"] for e in job["events"]):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id}: no {state} event with {needle!r}: {job['events']}")
+
+
+def steps_add_up(job: dict, total: int) -> None:
+    """Each run ends further on than the one before, and the last at the job's steps: none lost or repeated."""
+    steps = [r["steps"] for r in job["runs"]]
+    assert steps[-1] == total and steps == sorted(steps) and len(set(steps)) == len(steps), job["runs"]
+    for run, before in zip(job["runs"][1:], steps):
+        assert run["metrics"]["resumed_from"] == before, job["runs"]
+    assert sum(r["energy_j"] for r in job["runs"]) == pytest.approx(job["energy_j"])
+    assert sum(r["co2_g"] for r in job["runs"]) == pytest.approx(job["co2_g"])
+
+
+def test_a_preemptible_job_pauses_through_dear_hours_survives_a_daemon_kill_and_ends_bit_identical(
+        tmp_path: Path) -> None:
+    d = elastic_daemon(alternating_trace(tmp_path / "trace.csv"), speed=360)  # an hour is 10 s
+    try:
+        body = ('workload = "jobs.linear"\nsteps = 20000\nargs = { seed = 11 }\npreemptible = true\n'
+                'resume_overhead_minutes = 15\ndeadline = "2024-01-01T12:00:00Z"\n')
+        jid = d.submit(write_job(tmp_path, "elastic", body))
+        job = d.wait_state(jid, {"PLANNED", "RUNNING"})
+        assert len(job["segments"]) >= 2 and job["pause_at"], job  # its work spans more than one cheap hour
+        job = wait_event(d, jid, "PREEMPTED", "paused: its planned segment ended")
+        assert job["state"] in ("PREEMPTED", "PLANNED") and job["reason"].startswith("paused:"), job
+        # SIGKILL while it is paused between segments: the restarted daemon resumes it as planned
+        d.stop(signal.SIGKILL)
+        d.start()
+        job = d.wait_state(jid, {"COMPLETED", "FAILED"}, timeout_s=150)
+        assert job["state"] == "COMPLETED", job
+    finally:
+        d.stop()
+    assert len(job["runs"]) >= 2 and all(r["gpus"] == 1 for r in job["runs"])
+    steps_add_up(job, 20000)
+    for run in job["runs"]:  # each run started in a cheap hour, never in a dear one
+        assert datetime.fromisoformat(run["started_at"].replace("Z", "+00:00")).hour % 2 == 1, job["runs"]
+    straight = train("-m", "jobs.linear", "--steps", "20000", "--seed", "11")
+    assert job["metrics"]["loss"] == straight["loss"]  # bit for bit, across the pauses and the daemon's death
+
+
+def test_a_job_allowed_one_or_two_devices_runs_a_segment_on_each(tmp_path: Path) -> None:
+    """One cheap hour before the deadline, and more work than one device does in it: the cheapest plan runs
+    part of the hour on two devices (1.87x the speed for 2x the power) and the rest on one."""
+    d = elastic_daemon(alternating_trace(tmp_path / "trace.csv"), speed=180)  # an hour is 20 s
+    try:
+        body = ('workload = "jobs.linear"\nsteps = 40000\nargs = { seed = 5 }\npreemptible = true\n'
+                'resume_overhead_minutes = 0\ngpus = { min = 1, max = 2 }\ndeadline = "2024-01-01T02:00:00Z"\n')
+        jid = d.submit(write_job(tmp_path, "wide", body))
+        job = d.wait_state(jid, {"PLANNED", "RUNNING"})
+        assert sorted({s["gpus"] for s in job["segments"]}) == [1, 2], job["segments"]
+        job = d.wait_state(jid, {"COMPLETED", "FAILED"}, timeout_s=150)
+    finally:
+        d.stop()
+    assert job["state"] == "COMPLETED", job
+    assert {1, 2} <= {r["gpus"] for r in job["runs"]}, job["runs"]
+    assert any(r["metrics"]["world_size"] == 2 for r in job["runs"])
+    steps_add_up(job, 40000)
+
+
+def test_an_urgent_job_preempts_a_running_preemptible_job_and_both_complete(tmp_path: Path) -> None:
+    d = elastic_daemon(alternating_trace(tmp_path / "trace.csv", flat=True), speed=60)
+    try:
+        wide = d.submit(write_job(tmp_path, "wide", 'workload = "jobs.linear"\nsteps = 4000\npreemptible = true\n'
+                                                    'gpus = 2\nmax_delay = "12h"\n'))
+        d.wait_state(wide, {"RUNNING"}, timeout_s=60)
+        log, deadline = "", time.monotonic() + 60
+        while "step 800/" not in log and time.monotonic() < deadline:  # past torch's start-up
+            log = d.cli("logs", str(wide), check=True).stdout
+        urgent = d.submit(write_job(tmp_path, "urgent", 'workload = "jobs.linear"\nsteps = 2000\nmax_delay = "1h"\n'),
+                          "--now")
+        done = {j: d.wait_state(j, {"COMPLETED", "FAILED"}, timeout_s=120) for j in (urgent, wide)}
+    finally:
+        d.stop()
+    assert all(job["state"] == "COMPLETED" for job in done.values()), done
+    victim, winner = done[wide], done[urgent]
+    assert any(e["state"] == "PREEMPTED" and e["reason"].startswith(f"preempted by job {urgent} (--now)")
+               for e in victim["events"]), victim["events"]
+    assert any(f"preempting job(s) {wide}" in e["reason"] for e in winner["events"]), winner["events"]
+    assert len(victim["runs"]) == 2
+    assert victim["runs"][0]["finished_at"] <= winner["runs"][0]["started_at"] < victim["runs"][1]["started_at"]
+    steps_add_up(victim, 4000)
