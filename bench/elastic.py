@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/elastic.py [--out FILE.jsonl]
 
-Each arm starts a daemon (2 CPU devices, clock x600 from a fixed origin over the embedded DE June-2023 trace),
+Each arm starts a daemon (2 CPU devices, clock x1200 from a fixed origin over the embedded DE June-2023 trace),
 submits the same jobs, waits for them all and reports what they cost, emitted and drew (the measured runs,
 priced on the trace), how many runs (segments) they took, and the resume overhead actually paid: in each
 resumed run, the time it ran without stepping (start-up and checkpoint load), from its duration and its
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SPEED = 600.0
+SPEED = 1200.0
 ORIGIN = "2026-06-01T16:00:00Z"  # a Monday evening: the next cheap (solar) hours are tomorrow's midday
 CONFIG = """
 [daemon]
@@ -37,23 +37,25 @@ cpu_devices = 2
 time_limit_s = 2.0
 elastic = {elastic}
 """
-# On this clock a resume (torch start-up, checkpoint load: about 2.5 s real) is about 25 simulated minutes.
+# Each job is about 10 simulated hours on one device: more than one day's cheap (solar) hours hold for three jobs
+# on two devices, so the plans differ between pausing through the evenings and running through them. On this
+# clock a resume (torch start-up, checkpoint load: about 2.5 s real) is about 50 simulated minutes.
 JOBS = [
-    ("train-a", 'workload = "jobs.linear"\nsteps = 40000\nargs = {{ seed = 1 }}\npreemptible = true\n'
-                'resume_overhead_minutes = 25\ndeadline = "{deadline}"\n'),
-    ("train-b", 'workload = "jobs.linear"\nsteps = 30000\nargs = {{ seed = 2 }}\npreemptible = true\n'
-                'resume_overhead_minutes = 25\ndeadline = "{deadline}"\n'),
-    ("train-c", 'workload = "jobs.linear"\nsteps = 30000\nargs = {{ seed = 3 }}\npreemptible = true\n'
-                'resume_overhead_minutes = 25\ndeadline = "{deadline}"\n'),
+    ("train-a", 'workload = "jobs.linear"\nsteps = 39000\nargs = {{ seed = 1 }}\npreemptible = true\n'
+                'resume_overhead_minutes = 50\ndeadline = "{deadline}"\n'),
+    ("train-b", 'workload = "jobs.linear"\nsteps = 39000\nargs = {{ seed = 2 }}\npreemptible = true\n'
+                'resume_overhead_minutes = 50\ndeadline = "{deadline}"\n'),
+    ("train-c", 'workload = "jobs.linear"\nsteps = 39000\nargs = {{ seed = 3 }}\npreemptible = true\n'
+                'resume_overhead_minutes = 50\ndeadline = "{deadline}"\n'),
 ]
-DEADLINE = "2026-06-03T06:00:00Z"
+DEADLINE = "2026-06-04T06:00:00Z"
 
 
-def cli(home: Path, config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(home: Path, config: Path, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GSCHED_")}
     env.update(GSCHED_HOME=str(home), GSCHED_CONFIG=str(config))
     return subprocess.run([sys.executable, "-m", "scheduler.cli", *args], env=env, capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+                          cwd=ROOT, timeout=timeout_s)
 
 
 def arm(elastic: bool) -> dict[str, object]:
@@ -76,7 +78,7 @@ def arm(elastic: bool) -> dict[str, object]:
             path.write_text(body.format(deadline=DEADLINE))
             ids.append(int(cli(home, config, "submit", "--parsable", str(path)).stdout))
         for job_id in ids:
-            cli(home, config, "wait", str(job_id), "--timeout", "1200")
+            cli(home, config, "wait", str(job_id), "--timeout", "1200", timeout_s=1300)
         jobs = [json.loads(cli(home, config, "show", str(j), "--json").stdout) for j in ids]
     finally:
         daemon.terminate()
@@ -88,7 +90,10 @@ def arm(elastic: bool) -> dict[str, object]:
         if m.get("resumed_from") is not None and m.get("steps_per_s"):
             overhead_s += max(0.0, r["duration_s"] - (m["steps"] - m["resumed_from"]) / m["steps_per_s"])
     shutil.rmtree(base, ignore_errors=True)
-    return {"elastic": elastic, "states": sorted({j["state"] for j in jobs}),
+    detail = [{"id": j["id"], "runs": [{k: r[k] for k in ("started_at", "finished_at", "gpus", "steps", "energy_j",
+                                                             "cost_eur", "co2_g")} for r in j["runs"]]}
+              for j in jobs]
+    return {"elastic": elastic, "jobs": detail, "states": sorted({j["state"] for j in jobs}),
             "late": sum(j["finished_at"] is not None and j["finished_at"] > j["deadline"] for j in jobs),
             "cost_eur": sum(j["cost_eur"] or 0 for j in jobs), "co2_g": sum(j["co2_g"] or 0 for j in jobs),
             "energy_j": sum(j["energy_j"] or 0 for j in jobs), "runs": len(runs),

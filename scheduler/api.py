@@ -10,6 +10,7 @@ Routes (JSON in and out; errors are {"error": message} with 400/403/404/409/413/
     GET  /v1/jobs/ID/log?offset=N  owner or root; raw bytes, X-Log-Size and X-Job-State headers
     GET  /v1/devices               what the daemon schedules on
     GET  /v1/forecast?hours=48     the signals ahead, per step with its source and flags
+    GET  /v1/report?since=&until=&user=   finished jobs' energy, cost and CO2 against run-now (report.py)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import pwd
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +31,7 @@ from scheduler.errors import (Conflict, InputError, LimitExceeded, NotFound,
                               PermissionDenied)
 from scheduler.jobfile import parse_job
 from scheduler.models import TERMINAL, Job, JobState
-from scheduler.timeutil import parse_duration_s
+from scheduler.timeutil import parse_duration_s, parse_rfc3339
 from scheduler.userpath import acting_ids, owner_dir
 
 log = logging.getLogger("gsched.api")
@@ -59,6 +60,19 @@ def job_id(text: str) -> int:
     if value > MAX_JOB_ID:
         raise NotFound(f"no job {text[:40]}")
     return value
+
+
+def time_query(query: dict[str, str], key: str) -> datetime | None:
+    """A date (YYYY-MM-DD, midnight UTC) or an RFC 3339 time, or None when absent."""
+    raw = query.get(key, "")
+    if not raw:
+        return None
+    try:
+        if len(raw) == 10:
+            return datetime.fromisoformat(raw).replace(tzinfo=timezone.utc)
+        return parse_rfc3339(raw)
+    except ValueError:
+        raise InputError(f"--{key}: must be a date (2026-11-28) or an RFC 3339 time, got {raw[:40]!r}") from None
 
 
 def whole_query(query: dict[str, str], key: str, default: int) -> int:
@@ -143,6 +157,7 @@ class Api:
             ("POST", re.compile(r"/v1/jobs/(\d+)/cancel"), self.cancel),
             ("POST", re.compile(r"/v1/jobs/(\d+)/requeue"), self.requeue),
             ("GET", re.compile(r"/v1/jobs/(\d+)/log"), self.log),
+            ("GET", re.compile(r"/v1/report"), self.report),
         ]
 
     def info(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
@@ -185,6 +200,13 @@ class Api:
                          "co2_g": r.co2_g, "metrics": json.loads(r.metrics_json) if private else None} for r in runs]
         data["spec"] = json.loads(job.spec_json) if private else None
         return 200, data
+
+    def report(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        since, until = time_query(query, "since"), time_query(query, "until")
+        user = query.get("user") or None
+        if user is not None and len(user) > 256:
+            raise InputError("user: longer than 256 characters")
+        return 200, self.daemon.report(since, until, user)
 
     def submit(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
         daemon = self.daemon

@@ -91,6 +91,35 @@ def _num(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
     return "-" if value is None else f"{value / scale:.{digits}f}"
 
 
+def _scaled(value: float | None, unit: str, steps: tuple[tuple[float, str], ...]) -> str:
+    """3 significant digits in the largest unit the value reaches: 0.0042 EUR -> 4.2 mEUR. Never -0."""
+    if value is None:
+        return "-"
+    if abs(value) < 1e-12:
+        return f"0 {unit}"
+    for factor, prefix in steps:
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}{unit}"
+    factor, prefix = steps[-1]
+    return f"{value / factor:.3g} {prefix}{unit}"
+
+
+def _energy(joules: float | None) -> str:
+    return _scaled(None if joules is None else joules / 3600, "Wh", ((1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ")))
+
+
+def _money(eur: float | None) -> str:
+    return _scaled(eur, "EUR", ((1.0, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n")))
+
+
+def _mass(grams: float | None) -> str:
+    return _scaled(grams, "g", ((1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ")))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
 def _elapsed_s(job: dict[str, Any], now: datetime) -> float | None:
     from scheduler.timeutil import parse_rfc3339
 
@@ -105,13 +134,23 @@ def _short_time(text: str | None) -> str:
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+def status(as_json: bool = typer.Option(False, "--json", help="print JSON"),
+           plot: Optional[Path] = typer.Option(None, "--plot", help="also draw running and planned jobs over the "
+                                                                   "price and carbon curves (PNG)")) -> None:
     """The queue: every job with its state, plan, energy, cost and CO2."""
     from scheduler.timeutil import format_duration, parse_rfc3339
 
     try:
         with _client() as client:
             data = client.jobs()
+            if plot is not None:
+                from scheduler.plots import status_png
+
+                now = parse_rfc3339(data["now"])
+                ends = [parse_rfc3339(t) for j in data["jobs"] for t in
+                        [j["planned_end"], *(s["end"] for s in j.get("segments") or [])] if t]
+                hours = min(168.0, max(12.0, (max(ends, default=now) - now).total_seconds() / 3600 + 2))
+                status_png(data["jobs"], client.devices(), client.forecast(hours), now, plot)
     except GschedError as exc:
         _fail(exc)
     if as_json:
@@ -119,14 +158,14 @@ def status(as_json: bool = typer.Option(False, "--json", help="print JSON")) -> 
         return
     now = parse_rfc3339(data["now"])
     header = (f"{'JOBID':>6} {'NAME':<16} {'USER':<10} {'STATE':<10} {'GPUS':>4} {'START':<11} {'TIME':>10} "
-              f"{'ENERGY_J':>10} {'COST_EUR':>10} {'CO2_G':>9}  REASON")
+              f"{'ENERGY':>10} {'COST':>10} {'CO2':>9}  REASON")
     print(header)
     for job in data["jobs"]:
         start = job["started_at"] or job["planned_start"]
         print(f"{job['id']:>6} {_safe(job['name'])[:16]:<16} {_safe(job['owner'])[:10]:<10} {job['state']:<10} "
               f"{job['gpus'] or job['gpus_min']:>4} {_short_time(start):<11} "
-              f"{format_duration(_elapsed_s(job, now)):>10} {_num(job['energy_j'], 1, 1):>10} "
-              f"{_num(job['cost_eur'], 1, 6):>10} {_num(job['co2_g'], 1, 3):>9}  {_safe(job['reason'] or '')}")
+              f"{format_duration(_elapsed_s(job, now)):>10} {_energy(job['energy_j']):>10} "
+              f"{_money(job['cost_eur']):>10} {_mass(job['co2_g']):>9}  {_safe(job['reason'] or '')}")
 
 
 @app.command()
@@ -158,11 +197,54 @@ def show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(False, 
             mode = run["mode"] or {}
             print(f"  {i}. {run['started_at']} - {run['finished_at']}  {run['gpus'] or '-'} device(s) "
                   f"{mode.get('precision', '-')}  steps {run['steps'] if run['steps'] is not None else '-'}  "
-                  f"{_num(run['energy_j'], 1, 1)} J  {_num(run['cost_eur'], 1, 6)} EUR  "
-                  f"{_num(run['co2_g'], 1, 3)} gCO2")
+                  f"{_energy(run['energy_j'])}  {_money(run['cost_eur'])}  {_mass(run['co2_g'])} CO2")
     print("events:")
     for event in job["events"]:
         print(f"  {event['at']}  {event['state']:<10} {_safe(event['reason'])}")
+
+
+@app.command()
+def report(since: Optional[str] = typer.Option(None, "--since", help="jobs that ended at or after (2026-11-01 or RFC 3339)"),
+           until: Optional[str] = typer.Option(None, "--until", help="jobs that ended before"),
+           user: Optional[str] = typer.Option(None, "--user", help="one user's jobs"),
+           as_json: bool = typer.Option(False, "--json", help="print JSON"),
+           plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the savings over time into this PNG")
+           ) -> None:
+    """What ran, what it cost, and what gsched saved against running each job at once (like sreport)."""
+    try:
+        with _client() as client:
+            data = client.report(since, until, user)
+        if plot is not None:
+            from scheduler.plots import report_png
+
+            report_png(data, plot)
+    except GschedError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(data)
+        return
+    print(f"{'JOBID':>6} {'NAME':<16} {'USER':<10} {'STATE':<10} {'RUNS':>4} {'ENERGY':>10} {'MEASURED':>10} "
+          f"{'COST':>10} {'CO2':>9} {'RUN-NOW':>10} {'SAVED':>10} {'SAVED_CO2':>10}  SIGNALS")
+    for job in data["jobs"]:
+        print(f"{job['id']:>6} {_safe(job['name'])[:16]:<16} {_safe(job['owner'])[:10]:<10} {job['state']:<10} "
+              f"{job['runs']:>4} {_energy(job['energy_kwh'] * 3.6e6):>10} {_energy(job['measured_kwh'] * 3.6e6):>10} "
+              f"{_money(job['cost_eur']):>10} {_mass(job['co2_kg'] * 1000):>9} {_money(job['baseline_cost_eur']):>10} "
+              f"{_money(job['saved_cost_eur']):>10} {_mass(job['saved_co2_kg'] * 1000):>10}  {job['signals']}")
+    rows = [(_safe(name), t) for name, t in data["users"].items()] + [("TOTAL", data["total"])]
+    print(f"\n{'USER':<10} {'JOBS':>5} {'ENERGY':>10} {'MEASURED':>10} {'COST':>10} {'CO2':>9} "
+          f"{'SAVED':>10} {'SAVED%':>7} {'SAVED_CO2':>10} {'SAVED%':>7}")
+    for name, t in rows:
+        print(f"{name[:10]:<10} {t['jobs']:>5} {_energy(t['energy_kwh'] * 3.6e6):>10} "
+              f"{_energy(t['measured_kwh'] * 3.6e6):>10} {_money(t['cost_eur']):>10} {_mass(t['co2_kg'] * 1000):>9} "
+              f"{_money(t['saved_cost_eur']):>10} {_pct(t['saved_cost_pct']):>7} "
+              f"{_mass(t['saved_co2_kg'] * 1000):>10} {_pct(t['saved_co2_pct']):>7}")
+    t = data["total"]
+    print(f"\n{t['jobs']} job(s) ran: {_energy(t['energy_kwh'] * 3.6e6)} ({_energy(t['measured_kwh'] * 3.6e6)} "
+          f"measured), {_money(t['cost_eur'])}, {_mass(t['co2_kg'] * 1000)} CO2; saved {_money(t['saved_cost_eur'])} "
+          f"({_pct(t['saved_cost_pct'])}) and {_mass(t['saved_co2_kg'] * 1000)} CO2 ({_pct(t['saved_co2_pct'])}) "
+          "against running each job at once in its requested mode")
+    if plot is not None:
+        print(f"savings over time drawn in {plot}")
 
 
 @app.command()
@@ -349,12 +431,14 @@ def plan_cmd(problem: Path = typer.Option(..., "--problem", help="problem file (
              output: Path = typer.Option(..., "--output", help="where to write the plan (JSON)"),
              time_limit: float = typer.Option(10.0, "--time-limit", help="seconds the planner may take"),
              compare: bool = typer.Option(False, "--compare", help="also evaluate run-now, lwa and carbonscaler"),
-             as_json: bool = typer.Option(False, "--json", help="print the summary as JSON")) -> None:
+             as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+             plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the plan as a Gantt chart (PNG)")
+             ) -> None:
     """Plan a problem file offline, without a daemon; writes the plan and prints a summary."""
     from scheduler.offline import plan_file
 
     try:
-        summary = plan_file(problem, output, time_limit, compare)
+        summary = plan_file(problem, output, time_limit, compare, plot)
     except GschedError as exc:
         _fail(exc)
     if as_json:

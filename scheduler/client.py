@@ -53,6 +53,10 @@ class Client:
     def forecast(self, hours: float) -> dict[str, Any]:
         return self._request("GET", "/v1/forecast", params={"hours": hours}).json()
 
+    def report(self, since: str | None, until: str | None, user: str | None) -> dict[str, Any]:
+        params = {k: v for k, v in (("since", since), ("until", until), ("user", user)) if v}
+        return self._request("GET", "/v1/report", params=params).json()
+
     def jobs(self) -> dict[str, Any]:
         return self._request("GET", "/v1/jobs").json()
 

@@ -133,6 +133,32 @@ class ForecastSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = ""  # "127.0.0.1:9465": serve Prometheus metrics there; "" = no endpoint
+
+    def address(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+def _loopback(listen: str) -> bool:
+    import ipaddress
+
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return False
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class Config:
     home: str = ""
     socket: str = ""
@@ -144,11 +170,14 @@ class Config:
     energy: EnergySettings = field(default_factory=EnergySettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
     source: str = "built-in defaults"
 
     def __post_init__(self) -> None:
         checks = [
             (self.daemon.tick_s > 0, "daemon.tick_s", "must be > 0"),
+            (not self.metrics.listen or _loopback(self.metrics.listen), "metrics.listen",
+             "must be a loopback address and port, e.g. \"127.0.0.1:9465\" (the metrics are not authenticated)"),
             (self.daemon.kill_grace_s >= 0, "daemon.kill_grace_s", "must be >= 0"),
             (self.daemon.clock_speed > 0, "daemon.clock_speed", "must be > 0"),
             (not self.daemon.clock_origin or _is_time(self.daemon.clock_origin), "daemon.clock_origin",

@@ -27,7 +27,7 @@ from scheduler import __version__
 from scheduler.clock import Clock
 from scheduler.config import Config, Paths
 from scheduler.devices import Device
-from scheduler.errors import Conflict, GschedError, StoreError
+from scheduler.errors import Conflict, GschedError, InputError, StoreError
 from scheduler.executor.launch import Launcher
 from scheduler.executor.power import PowerLimiter
 from scheduler.executor.procs import RunGroup
@@ -37,7 +37,7 @@ from scheduler.executor.untrusted import RunResult, parse_metrics, parse_result
 from scheduler.faults import crash_point
 from scheduler.forecasts.base import Provider
 from scheduler.jobfile import JobSpec, calibration_job, parse_job, pruning_label
-from scheduler.models import Job, JobState, Measurement, Profile
+from scheduler.models import TERMINAL, Job, JobState, Measurement, Profile
 from scheduler.planner.cost import run_cost
 from scheduler.planner.estimate import JobModes, job_modes
 from scheduler.planner.options import Costing
@@ -87,6 +87,8 @@ class Daemon:
         self._calibration_scan = True  # a job ended since the last look for unmeasured modes
         self._scheduler: BackgroundScheduler | None = None
         self.forecast_error: str | None = None
+        self.last_plan: dict[str, Any] = {}  # the last replan's solve_s, jobs, gap_to_bound (for /metrics)
+        self.replans = 0
         # Runs that ended but left processes SIGKILL has not removed yet: their devices stay busy.
         self._lingering: dict[int, tuple[RunGroup, set[str]]] = {}
 
@@ -491,6 +493,9 @@ class Daemon:
                           tuple(price), tuple(carbon), tuple(pjobs), settings.objective, tuple(capacity))
         solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100)
         log.info("planned %d job(s) in %.2f s (%s)", len(pjobs), solution.stats["solve_s"], solution.stats["method"])
+        self.replans += 1
+        self.last_plan = {"solve_s": solution.stats["solve_s"], "jobs": len(pjobs),
+                          "gap_to_bound": solution.stats.get("gap_to_bound")}
         costing = Costing(problem)
         updates: dict[int, dict[str, Any]] = {}
         for j, pjob in enumerate(pjobs):
@@ -735,11 +740,66 @@ class Daemon:
                     for m in self.store.measurements(job.id or 0)), default=0)
         return max(0.05, 1 - done / spec.steps) if spec.steps else 1.0
 
+    def report(self, since: datetime | None, until: datetime | None, user: str | None) -> dict[str, Any]:
+        """`gsched report`: finished jobs (by their end) priced where they ran against run-now (report.py)."""
+        from scheduler.report import FinishedJob, Run, report
+
+        jobs = [j for j in self.store.jobs(sorted(TERMINAL, key=lambda s: s.value))
+                if j.finished_at is not None and (since is None or j.finished_at >= since)
+                and (until is None or j.finished_at < until) and (user is None or j.owner_name == user)]
+        runs = self.store.runs_of([j.id for j in jobs if j.id is not None])
+        jobs = [j for j in jobs if runs.get(j.id or 0)]
+        if not jobs:
+            return report([], lambda a, b: (None, ""))  # type: ignore[arg-type,return-value]
+        span_start = floor_to(min(j.submitted_at for j in jobs), timedelta(hours=1))
+        span_end = max(max(m.finished_at for m in runs[j.id or 0]) for j in jobs) + timedelta(hours=1)
+        if span_end - span_start > timedelta(days=400):
+            raise InputError("report: more than 400 days of jobs; narrow it with --since/--until")
+        # One read of the signals for the whole span; each window is priced from it.
+        forecast = self.provider.forecast(span_start, span_end)
+        points = self.provider.points(span_start, span_end)  # type: ignore[attr-defined]
+        flags = [(parse_rfc3339(p["start"]), parse_rfc3339(p["end"]), p) for p in points]
+        trace = self.provider.name.startswith("trace:")
+
+        def signals(start: datetime, end: datetime) -> tuple[Any, str]:
+            if trace:
+                return forecast, "trace"
+            window = [p for a, b, p in flags if a < end and b > start]
+            if any(p.get("estimated") for p in window):
+                return forecast, "estimated"
+            return forecast, "realised" if window and all(p.get("realised") for p in window) else "forecast"
+
+        finished = []
+        for job in jobs:
+            ratios = self._rate_ratios(job)
+            finished.append(FinishedJob(
+                job.id or 0, job.name, job.owner_name, job.state.value, job.submitted_at, job.finished_at,  # type: ignore[arg-type]
+                tuple(Run(m.started_at, m.finished_at, m.energy_j, m.energy_source,
+                          ratios.get(_mode_key(json.loads(m.mode_json)) if m.mode_json else None, 1.0))
+                      for m in runs[job.id or 0])))
+        return report(finished, signals)
+
+    def _rate_ratios(self, job: Job) -> dict[Any, float]:
+        """Each mode (by _mode_key) -> its speed relative to the job's requested mode, in the planner's model."""
+        try:
+            jm = self.modes_of(self.spec_of(job), job.owner_uid)
+        except Exception:  # an old record the model cannot read: the runs' own durations stand
+            return {}
+        requested = jm.modes[jm.requested].rate
+        return {_mode_key(d): m.rate / requested for d, m in zip(jm.described, jm.modes) if requested > 0}
+
     def info(self) -> dict[str, Any]:
         return {"version": __version__, "now": self.clock.now(), "clock_speed": self.clock.speed,
                 "forecast_providers": [vars(st) for st in getattr(self.provider, "status", {}).values()],
                 "home": str(self.paths.home), "socket": str(self.paths.socket), "devices": len(self.devices),
-                "forecast_source": self.provider.name, "forecast_error": self.forecast_error, "uid": self.uid}
+                "forecast_source": self.provider.name, "forecast_error": self.forecast_error, "uid": self.uid,
+                "metrics": self.config.metrics.listen or None}
+
+
+def _mode_key(mode: dict[str, Any]) -> tuple[Any, ...]:
+    """A mode as the job file chose it; not where its numbers came from (a default, then a profile)."""
+    return (mode.get("gpus"), mode.get("precision"), str(mode.get("pruning")), mode.get("power_limit_w"),
+            bool(mode.get("compile")))
 
 
 def _run_end(job: Job) -> datetime | None:

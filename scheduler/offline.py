@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from scheduler.config import Config
 
 
-def plan_file(problem_path: Path, output: Path, time_limit_s: float, compare: bool) -> dict[str, Any]:
+def plan_file(problem_path: Path, output: Path, time_limit_s: float, compare: bool, plot: Path | None = None
+              ) -> dict[str, Any]:
     try:
         data = json.loads(problem_path.read_text())
     except FileNotFoundError:
@@ -31,6 +32,10 @@ def plan_file(problem_path: Path, output: Path, time_limit_s: float, compare: bo
     document.update(objective=evaluation.objective, cost_eur=evaluation.cost_eur, energy_kwh=evaluation.energy_kwh,
                     co2_g=evaluation.co2_g, late=solution.late, unplanned=solution.unplanned)
     output.write_text(json.dumps(document, indent=1))
+    if plot is not None:
+        from scheduler.plots import plan_png
+
+        plan_png(problem, solution.plan, plot)
     summary: dict[str, Any] = {
         "jobs": len(problem.jobs), "method": solution.stats.get("method"), "solve_s": solution.stats["solve_s"],
         "objective": evaluation.objective, "objective_unit": "gCO2" if problem.objective == "carbon" else "EUR",

@@ -110,6 +110,17 @@ def run_daemon(config: Config) -> None:
     server = ApiServer(paths.socket, Api(daemon), config.api)
     daemon.start()
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
+    metrics = None
+    address = config.metrics.address()
+    if address is not None:
+        from scheduler.metrics import serve
+
+        try:
+            metrics = serve(daemon, address)
+        except OSError as exc:  # the daemon runs on without its endpoint; the operator sees why
+            log.error("metrics: cannot listen on %s: %s", config.metrics.listen, exc)
+        else:
+            log.info("metrics: Prometheus endpoint on http://%s/metrics", config.metrics.listen)
     log.info("gsched daemon ready: %d %s device(s), socket %s, home %s, forecast %s, runs in %s%s", len(devices),
              devices[0].kind if devices else "-", paths.socket, paths.home, provider.name,
              f"cgroups under {cgroups}" if cgroups else "process groups (no writable cgroup v2)",
@@ -120,6 +131,8 @@ def run_daemon(config: Config) -> None:
             pass
     finally:
         sd_notify("STOPPING=1")
+        if metrics is not None:
+            metrics.shutdown()
         server.shutdown()
         server.server_close()
         daemon.stop()

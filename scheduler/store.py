@@ -25,6 +25,7 @@ from scheduler.errors import Conflict, NotFound, StoreError
 from scheduler.jobfile import JobSpec
 from scheduler.models import (ALLOWED, TERMINAL, ForecastPoint, Job, JobEvent, JobState, Measurement, Meta,
                               Profile)
+from scheduler.timeutil import to_utc
 
 SCHEMA_VERSION = 4
 _SECOND = timedelta(seconds=1)
@@ -288,6 +289,41 @@ class Store:
         with self.read() as s:
             return list(s.exec(select(Measurement).where(Measurement.job_id == job_id)
                                .order_by(col(Measurement.id))).all())
+
+    def count_by_state(self) -> dict[JobState, int]:
+        with self.read() as s:
+            return {state: n for state, n in s.exec(select(Job.state, func.count()).group_by(Job.state)).all()}
+
+    def first_starts(self) -> list[tuple[datetime, datetime]]:
+        """(submitted_at, first start) of every job that has started: its first run, or its current one."""
+        with self.read() as s:
+            firsts = dict(s.exec(select(Measurement.job_id, func.min(Measurement.started_at))
+                                 .group_by(Measurement.job_id)).all())
+            rows = s.exec(select(Job.id, Job.submitted_at, Job.started_at)).all()
+        out = []
+        for job_id, submitted, started in rows:
+            first = firsts.get(job_id) or started
+            if first is not None:
+                out.append((to_utc(submitted), to_utc(first)))
+        return out
+
+    def energy_by_source(self) -> dict[str, tuple[float, float, float]]:
+        """energy_source -> (joules, cost, gCO2) over every finished run."""
+        with self.read() as s:
+            rows = s.exec(select(Measurement.energy_source, func.sum(Measurement.energy_j),
+                                 func.coalesce(func.sum(Measurement.cost_eur), 0.0),
+                                 func.coalesce(func.sum(Measurement.co2_g), 0.0))
+                          .group_by(Measurement.energy_source)).all()
+        return {source: (float(j or 0), float(c or 0), float(g or 0)) for source, j, c, g in rows}
+
+    def runs_of(self, job_ids: Sequence[int]) -> dict[int, list[Measurement]]:
+        """Each job's runs, oldest first, in one query."""
+        out: dict[int, list[Measurement]] = {}
+        with self.read() as s:
+            for m in s.exec(select(Measurement).where(col(Measurement.job_id).in_(list(job_ids)))
+                            .order_by(col(Measurement.id))).all():
+                out.setdefault(m.job_id, []).append(m)
+        return out
 
     def totals(self, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """energy_j, cost_eur, co2_g summed over each job's runs; energy_source of the last run."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Start a daemon on the embedded defaults (accelerated clock), submit the example jobs, follow them to
-# the end, print the status table with energy, cost and CO2, then stop the daemon.
+# Start a daemon on the embedded defaults (accelerated clock), submit the example jobs, draw the plan, follow
+# them to the end, print the status table and the report (energy, cost, CO2, and what waiting saved against
+# running each job at once), then stop the daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GSCHED_HOME="${GSCHED_HOME:-$(mktemp -d /tmp/gsched-demo.XXXXXX)}"
@@ -16,7 +17,8 @@ for job in jobs/examples/*.toml; do
   echo "submitted $job as job $id"
   ids+=("$id")
 done
-gsched status
+gsched status --plot "$GSCHED_HOME/plan.png"
+echo "== the plan as a Gantt chart over the price and carbon curves: $GSCHED_HOME/plan.png"
 echo "== waiting for the planned windows (each line: simulated time, then the jobs' states)"
 while true; do
   states=$(gsched status --json | python3 -c 'import json, sys
@@ -29,4 +31,6 @@ rc=0
 for id in "${ids[@]}"; do gsched wait "$id" || rc=1; done
 echo "== done"
 gsched status
+echo "== what it cost and saved (gsched report; savings over time in $GSCHED_HOME/saved.png)"
+gsched report --plot "$GSCHED_HOME/saved.png"
 exit $rc

@@ -40,7 +40,7 @@ def test_linear_workload_runs_measured_and_priced(daemon: DaemonProc) -> None:
     log = daemon.cli("logs", str(job_id), check=True).stdout
     assert "step 3000/3000" in log and "gsched-metrics" in log
     table = daemon.cli("status", check=True).stdout
-    assert "COMPLETED" in table and "ENERGY_J" in table
+    assert "COMPLETED" in table and "ENERGY" in table and "Wh" in table
     listed = json.loads(daemon.cli("status", "--json", check=True).stdout)["jobs"]
     assert [j["id"] for j in listed] == [job_id]
 

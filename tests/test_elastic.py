@@ -30,26 +30,30 @@ def alternating_trace(path: Path, flat: bool = False) -> Path:
     return path
 
 
-def elastic_daemon(trace: Path, speed: float, origin: str = "2024-01-01T00:57:00Z") -> DaemonProc:
-    config = f"""
+def trace_daemon(trace: Path, speed: float, origin: str = "", planner: str = "", extra: str = "") -> DaemonProc:
+    """A started daemon on 2 CPU devices, planning over ``trace`` on a clock ``speed`` times as fast from ``origin``."""
+    origin_line = f'clock_origin = "{origin}"' if origin else ""
+    return DaemonProc(make_home(), f"""
 [daemon]
 tick_s = 0.3
 kill_grace_s = 5.0
 calibrate_when_idle = false
 clock_speed = {speed}
-clock_origin = "{origin}"
+{origin_line}
 [devices]
 gpus = "none"
 cpu_devices = 2
 [planner]
 time_limit_s = 1.0
-slot_minutes = 15
-horizon_hours = 24
-elastic_extend_minutes = 5
+{planner}
 [forecast]
 trace = "{trace}"
-"""
-    return DaemonProc(make_home(), config).start()
+{extra}
+""").start()
+
+
+def elastic_daemon(trace: Path, speed: float, origin: str = "2024-01-01T00:57:00Z") -> DaemonProc:
+    return trace_daemon(trace, speed, origin, "slot_minutes = 15\nhorizon_hours = 24\nelastic_extend_minutes = 5")
 
 
 def wait_event(d: DaemonProc, job_id: int, state: str, needle: str = "", timeout_s: float = 60) -> dict:

@@ -137,38 +137,42 @@ class ForecastService:
         out = []
         for step in steps:
             point: dict[str, Any] = {"start": rfc3339(step), "end": rfc3339(step + STEP), "source": None,
-                                     "estimated": False, "stale": False}
+                                     "estimated": False, "stale": False, "realised": True}
             sources = []
             for signal, column in SIGNAL_COLUMNS.items():
-                value, source, estimated, stale = self._pick(tables[signal], order, step, stale_before)
+                value, source, estimated, stale, fetched = self._pick(tables[signal], order, step, stale_before)
                 if value is None and signal == "carbon":
-                    share, source, _e, stale = self._pick(tables["renewable_share"], order, step, stale_before)
+                    share, source, _e, stale, fetched = self._pick(tables["renewable_share"], order, step,
+                                                                   stale_before)
                     if share is not None:
                         value = (share * self.settings.renewable_g_per_kwh
                                  + (100 - share) * self.settings.fossil_g_per_kwh) / 100
                         source, estimated = f"derived:{source}", True
                 point[column] = value
                 if value is not None:
+                    # fetched after the step had ended: the provider's value for what happened, not a forecast
+                    point["realised"] = point["realised"] and fetched is not None and fetched >= step + STEP
                     sources.append(source)
                     point["estimated"] = point["estimated"] or estimated
                     point["stale"] = point["stale"] or stale
             point["source"] = "+".join(dict.fromkeys(sources)) if sources else "none"
+            point["realised"] = point["realised"] and bool(sources)
             out.append(point)
         return out
 
     @staticmethod
     def _pick(table: dict[str, dict[datetime, tuple[float, datetime]]], order: list[str], step: datetime,
-              stale_before: datetime) -> tuple[float | None, str, bool, bool]:
+              stale_before: datetime) -> tuple[float | None, str, bool, bool, datetime | None]:
         for name in order:
             hit = table.get(name, {}).get(step)
             if hit is not None:
-                return hit[0], name, False, hit[1] < stale_before
+                return hit[0], name, False, hit[1] < stale_before, hit[1]
         # Beyond the horizon: the median of the same time of day over the stored past week, any provider.
         same_time = [hit[0] for name in order for day in range(1, 8)
                      if (hit := table.get(name, {}).get(step - timedelta(days=day))) is not None]
         if same_time:
-            return statistics.median(same_time), "extension", True, False
-        return None, "none", False, False
+            return statistics.median(same_time), "extension", True, False, None
+        return None, "none", False, False, None
 
     def forecast(self, start: datetime, end: datetime) -> Forecast:
         """The planner's view: price and carbon per 15 minutes; steps with no data cost the same as the rest."""

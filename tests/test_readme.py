@@ -1,0 +1,91 @@
+"""The README cannot drift from the CLI: every gsched command it shows (in sh blocks and in inline code) runs here,
+placeholders filled in, against a real daemon; and the Makefile targets it names exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+from conftest import ROOT, cli, write_job
+from test_elastic import alternating_trace, trace_daemon
+
+README = ROOT / "README.md"
+USAGE_ERRORS = ("No such option", "Usage:", "Missing argument", "Traceback", "Got unexpected extra argument")
+
+
+def readme_commands() -> list[str]:
+    text = README.read_text()
+    found = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line.startswith("gsched "):
+                found.append(line)
+    # inline code: a command line has more than the subcommand (`gsched plan` alone names the command)
+    found += [m for m in re.findall(r"`(gsched [^`]+)`", text) if len(m.split()) > 2]
+    return list(dict.fromkeys(found))
+
+
+def test_the_readme_names_make_targets_that_exist() -> None:
+    text = README.read_text()
+    targets = re.findall(r"^make (\w+)", text, re.M)
+    assert {"demo", "test"} <= set(targets)
+    for target in targets:
+        dry = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True)
+        assert dry.returncode == 0, (target, dry.stderr)
+
+
+def test_every_gsched_command_in_the_readme_runs(tmp_path: Path) -> None:
+    commands = readme_commands()
+    assert len(commands) >= 15 and any("--fetch --config FILE" in c for c in commands)
+    trace = alternating_trace(tmp_path / "flat.csv", flat=True)
+    d = trace_daemon(trace, 60)
+    job = write_job(tmp_path, "job", 'workload = "jobs.linear"\nsteps = 300\npreemptible = true\nmax_delay = "2h"\n')
+    problem = {"start": "2024-03-04T00:00:00Z", "slot_minutes": 60, "horizon_slots": 4, "gpus": 1,
+               "carbon_price_eur_per_t": 0, "signals": {"price_eur_per_mwh": [50, 10, 60, 70],
+                                                        "carbon_g_per_kwh": [300] * 4},
+               "jobs": [{"id": "a", "release_slot": 0, "deadline_slot": 4, "work": 1, "preemptible": False,
+                         "requested_mode": 0, "modes": [{"gpus": 1, "rate": 1.0, "power_kw": 1.0}]}]}
+    (tmp_path / "P.json").write_text(json.dumps(problem))
+    (tmp_path / "fetch.toml").write_text('[[forecast.providers]]\nkind = "file"\n')
+    ids: list[str] = []
+    fill = {"job.toml": str(job), "S": "60", "N": "20", "P.json": str(tmp_path / "P.json"),
+            "PROBLEM.json": str(tmp_path / "P.json"),
+            "PLAN.json": str(tmp_path / "plan.json"), "F.png": str(tmp_path / "f.png"),
+            "FILE.png": str(tmp_path / "file.png"), "FILE": str(tmp_path / "fetch.toml"), "DATE": "2020-01-01",
+            "NAME": "root", "48": "6"}
+    ran = []
+    try:
+        for command in commands:
+            if command == "gsched daemon &":
+                continue  # how the daemon under test was started (DaemonProc runs `gsched daemon`)
+            argv = shlex.split(command.replace("[", "").replace("]", "").replace("...", ""))[1:]
+            if argv[0] in ("show", "logs", "wait", "cancel", "requeue"):
+                # job ids: the README's 1 (and 2) are the jobs submitted above; ID is the first; prose that names
+                # the command alone (`gsched show --json`) gets the first
+                argv = [ids[0] if a in ("1", "ID") else ids[-1] if a == "2" else a for a in argv]
+                if not any(a.isdigit() for a in argv):
+                    argv.insert(1, ids[0])
+            argv = [fill.get(a, a) for a in argv]
+            argv = ["2100-01-01" if a == "2020-01-01" and before == "--until" else a
+                    for before, a in zip(["", *argv], argv)]
+            if argv[0] == "requeue":  # only a running preemptible job can be requeued: make one
+                argv[1] = str(d.submit(job, "--now"))
+                d.wait_state(int(argv[1]), {"RUNNING"})
+            result = cli(*argv, home=d.home, timeout=180)
+            assert not any(e in result.stderr for e in USAGE_ERRORS), (command, argv, result.stderr)
+            allowed = {0, 6} if argv[0] == "cancel" else {0}  # cancelling a job that already ended: 6
+            if argv[:2] == ["devices", "--json"] and "--local" in argv:
+                allowed = {0, 1}  # no NVML on a machine without GPUs: a clear error, not a crash
+            assert result.returncode in allowed, (command, argv, result.returncode, result.stderr)
+            if argv[0] == "submit":
+                ids.append(result.stdout.strip().split()[-1].strip("()") if "--parsable" in argv
+                           else re.search(r"job (\d+)", result.stdout).group(1))  # type: ignore[union-attr]
+            ran.append(command)
+    finally:
+        d.stop()
+        d.kill_runners()
+    assert len(ran) == len(commands) - 1

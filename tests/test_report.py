@@ -1,0 +1,135 @@
+"""What gsched saved, shown three ways, against a real daemon: `gsched report` (JSON and table), the PNG pictures
+(status Gantt, plan Gantt, savings), and a real HTTP scrape of the Prometheus endpoint parsed with
+prometheus_client's own parser."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import ROOT, DaemonProc, make_home, write_job
+from test_elastic import alternating_trace, trace_daemon
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG) and len(data) > 10_000, (path, len(data))  # a picture, not an empty frame
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """name -> {labels: value} for every sample, from the real endpoint, parsed by prometheus_client."""
+    body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).raise_for_status().text
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def test_report_pictures_and_metrics_show_what_waiting_for_cheap_hours_saved(tmp_path: Path) -> None:
+    port = free_port()
+    trace = alternating_trace(tmp_path / "trace.csv")  # odd hours cheap (10 EUR/MWh), even hours dear (300)
+    d = trace_daemon(trace, 360, "2024-01-01T00:20:00Z", extra=f'[metrics]\nlisten = "127.0.0.1:{port}"')
+    try:
+        ids = [d.submit(write_job(tmp_path, f"job{i}", f'workload = "jobs.linear"\nsteps = 3000\nargs = {{ seed = {i} }}\n'
+                                                     'max_delay = "6h"\n')) for i in range(2)]
+        planned = d.status()
+        assert all(j["state"] == "PLANNED" and j["planned_start"] >= "2024-01-01T01:00" for j in planned), planned
+        picture = tmp_path / "status.png"
+        shown = d.cli("status", "--plot", str(picture))
+        assert shown.returncode == 0, shown.stderr
+        assert_png(picture)
+        before = scrape(port)
+        assert before["gsched_jobs"][(("state", "PLANNED"),)] == 2
+        assert before["gsched_devices"][()] == 2 and before["gsched_devices_busy"][()] == 0
+        assert before["gsched_price_eur_per_mwh"][()] == 300.0  # 00:20 is a dear hour
+        assert before["gsched_forecast_provider_up"][(("provider", "trace:trace.csv"),)] == 1
+        assert before["gsched_planner_solve_seconds"][()] > 0
+        for job_id in ids:
+            assert d.cli("wait", str(job_id), timeout=120).returncode == 0
+        after = scrape(port)
+        report = json.loads(d.cli("report", "--json", check=True).stdout)
+        table = d.cli("report", "--plot", str(tmp_path / "saved.png"), check=True).stdout
+        assert_png(tmp_path / "saved.png")
+        none = json.loads(d.cli("report", "--json", "--until", "2023-01-01", check=True).stdout)
+        bad = d.cli("report", "--since", "yesterday")
+    finally:
+        d.stop()
+    # the report: both jobs, run in the cheap hour, against run-now in the dear one
+    assert [j["id"] for j in report["jobs"]] == ids
+    for job in report["jobs"]:
+        assert {"id", "owner", "energy_kwh", "measured_kwh", "cost_eur", "co2_kg", "baseline_cost_eur",
+                "baseline_co2_kg"} <= set(job)
+        assert job["energy_kwh"] > 0 and job["measured_kwh"] == 0 and job["signals"] == "trace"  # CPU: an estimate
+        assert job["baseline_cost_eur"] == pytest.approx(job["cost_eur"] * 30, rel=0.02)  # 300 vs 10 EUR/MWh
+        assert job["baseline_co2_kg"] == pytest.approx(job["co2_kg"] * 5, rel=0.02)  # 500 vs 100 g/kWh
+    total = report["total"]
+    assert total["jobs"] == 2 and total["saved_cost_pct"] == pytest.approx(100 * 29 / 30, abs=1)
+    assert total["saved_co2_pct"] == pytest.approx(80, abs=1)
+    assert total["energy_kwh"] == pytest.approx(sum(j["energy_kwh"] for j in report["jobs"]))
+    assert report["users"]["root"]["jobs"] == 2
+    assert "2 job(s) ran" in table and "96.7%" in table and "-0.0" not in table
+    assert none["jobs"] == [] and none["total"]["jobs"] == 0
+    assert bad.returncode == 2 and "--since" in bad.stderr
+    # the metrics after the runs: counters moved by what the runs measured
+    assert after["gsched_jobs"][(("state", "COMPLETED"),)] == 2
+    energy = after["gsched_energy_joules_total"][(("source", "estimate"),)]
+    assert energy == pytest.approx(total["energy_kwh"] * 3.6e6, rel=1e-6)
+    assert after["gsched_cost_eur_total"][()] > 0 and after["gsched_co2_grams_total"][()] > 0
+    assert after["gsched_queue_wait_seconds_count"][()] == 2
+    assert 0 < after["gsched_queue_wait_seconds_sum"][()] < 2 * 3600  # from 00:20 to about 01:00, twice
+    assert after["gsched_price_eur_per_mwh"][()] in (10.0, 300.0)
+
+
+def test_no_metrics_key_serves_nothing(tmp_path: Path) -> None:
+    d = DaemonProc(make_home()).start()
+    try:
+        info = json.loads(d.cli("status", "--json", check=True).stdout)
+        assert "jobs" in info
+        from scheduler.client import Client
+
+        with Client(d.socket) as client:
+            assert client.info()["metrics"] is None
+    finally:
+        d.stop()
+
+
+def test_metrics_must_listen_on_loopback(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[metrics]\nlisten = "0.0.0.0:9465"\n')
+    result = subprocess.run([sys.executable, "-m", "scheduler.cli", "--config", str(config), "daemon"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2 and "metrics.listen" in result.stderr and "loopback" in result.stderr
+
+
+def test_gsched_plan_draws_the_plan(tmp_path: Path) -> None:
+    problem = {"start": "2024-03-04T00:00:00Z", "slot_minutes": 60, "horizon_slots": 8, "gpus": 2,
+               "carbon_price_eur_per_t": 0,
+               "signals": {"price_eur_per_mwh": [100, 10, 10, 100, 100, 10, 10, 100], "carbon_g_per_kwh": [300] * 8},
+               "jobs": [{"id": "e", "release_slot": 0, "deadline_slot": 8, "work": 5.4, "preemptible": True,
+                         "resume_overhead_minutes": 0, "requested_mode": 0,
+                         "modes": [{"gpus": 1, "rate": 1.0, "power_kw": 1.0}, {"gpus": 2, "rate": 1.8, "power_kw": 2.0}]},
+                        {"id": "r", "release_slot": 0, "deadline_slot": 8, "work": 2, "preemptible": False,
+                         "requested_mode": 0, "modes": [{"gpus": 1, "rate": 1.0, "power_kw": 1.0}]}]}
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(problem))
+    result = subprocess.run([sys.executable, "-m", "scheduler.cli", "plan", "--problem", str(path), "--output",
+                             str(tmp_path / "plan.json"), "--plot", str(tmp_path / "plan.png")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert_png(tmp_path / "plan.png")
