@@ -242,7 +242,7 @@ def report(since: Optional[str] = typer.Option(None, "--since", help="jobs that 
     print(f"\n{t['jobs']} job(s) ran: {_energy(t['energy_kwh'] * 3.6e6)} ({_energy(t['measured_kwh'] * 3.6e6)} "
           f"measured), {_money(t['cost_eur'])}, {_mass(t['co2_kg'] * 1000)} CO2; saved {_money(t['saved_cost_eur'])} "
           f"({_pct(t['saved_cost_pct'])}) and {_mass(t['saved_co2_kg'] * 1000)} CO2 ({_pct(t['saved_co2_pct'])}) "
-          "against running each job at once in its requested mode")
+          "against run-now (each job in its requested mode as soon as the devices allowed)")
     if plot is not None:
         print(f"savings over time drawn in {plot}")
 

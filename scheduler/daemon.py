@@ -750,7 +750,7 @@ class Daemon:
         runs = self.store.runs_of([j.id for j in jobs if j.id is not None])
         jobs = [j for j in jobs if runs.get(j.id or 0)]
         if not jobs:
-            return report([], lambda a, b: (None, ""))  # type: ignore[arg-type,return-value]
+            return report([], lambda a, b: (None, ""), len(self.devices))  # type: ignore[arg-type,return-value]
         span_start = floor_to(min(j.submitted_at for j in jobs), timedelta(hours=1))
         span_end = max(max(m.finished_at for m in runs[j.id or 0]) for j in jobs) + timedelta(hours=1)
         if span_end - span_start > timedelta(days=400):
@@ -771,22 +771,24 @@ class Daemon:
 
         finished = []
         for job in jobs:
-            ratios = self._rate_ratios(job)
+            ratios, requested_gpus = self._rate_ratios(job)
             finished.append(FinishedJob(
                 job.id or 0, job.name, job.owner_name, job.state.value, job.submitted_at, job.finished_at,  # type: ignore[arg-type]
                 tuple(Run(m.started_at, m.finished_at, m.energy_j, m.energy_source,
                           ratios.get(_mode_key(json.loads(m.mode_json)) if m.mode_json else None, 1.0))
-                      for m in runs[job.id or 0])))
-        return report(finished, signals)
+                      for m in runs[job.id or 0]), requested_gpus or job.gpus or job.gpus_min))
+        return report(finished, signals, len(self.devices))
 
-    def _rate_ratios(self, job: Job) -> dict[Any, float]:
-        """Each mode (by _mode_key) -> its speed relative to the job's requested mode, in the planner's model."""
+    def _rate_ratios(self, job: Job) -> tuple[dict[Any, float], int | None]:
+        """Each mode (by _mode_key) -> its speed relative to the job's requested mode, in the planner's model;
+        and the requested mode's device count."""
         try:
             jm = self.modes_of(self.spec_of(job), job.owner_uid)
         except Exception:  # an old record the model cannot read: the runs' own durations stand
-            return {}
-        requested = jm.modes[jm.requested].rate
-        return {_mode_key(d): m.rate / requested for d, m in zip(jm.described, jm.modes) if requested > 0}
+            return {}, None
+        requested = jm.modes[jm.requested]
+        return ({_mode_key(d): m.rate / requested.rate for d, m in zip(jm.described, jm.modes) if requested.rate > 0},
+                requested.gpus)
 
     def info(self) -> dict[str, Any]:
         return {"version": __version__, "now": self.clock.now(), "clock_speed": self.clock.speed,
