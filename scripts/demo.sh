@@ -10,7 +10,7 @@ gsched --config "$config" daemon 2>"$GSCHED_HOME/daemon.log" &
 daemon_pid=$!
 trap 'kill "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null || true' EXIT
 for _ in $(seq 100); do gsched status >/dev/null 2>&1 && break; sleep 0.2; done
-echo "== daemon up: home $GSCHED_HOME, clock x600 over the embedded DE June-2023 trace"
+echo "== daemon up: home $GSCHED_HOME, clock x600 from Saturday 15:00 UTC over the embedded DE June-2023 trace"
 ids=()
 for job in jobs/examples/*.toml; do
   id=$(gsched submit --parsable "$job")
