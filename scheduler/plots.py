@@ -109,7 +109,10 @@ def gantt_png(bars: list[Bar], n_lanes: int, times: list[datetime], price: list[
             ax_jobs.barh(lane, bar.end - bar.start, left=bar.start, height=0.8, color=colour,
                          alpha=0.55 if planned else 0.9, hatch="//" if planned else None,
                          edgecolor="black", linewidth=0.5)
+        # parse_math=False: a job's name is any user's text, and "$\frac{$" would make matplotlib's mathtext
+        # parser raise, failing everyone's picture
         ax_jobs.text(bar.start + (bar.end - bar.start) / 2, min(used), bar.label, ha="center", va="center",
+                     parse_math=False,
                      fontsize=8, clip_on=True, bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1})
     ax_jobs.set_yticks(range(lanes))
     ax_jobs.set_yticklabels([f"device {i}" if i < n_lanes else "(over)" for i in range(lanes)])
@@ -151,8 +154,9 @@ def report_png(data: dict[str, Any], path: Path) -> None:
         times = [datetime.fromisoformat(j["finished_at"].replace("Z", "+00:00")) for j in mine]
         cost = list(itertools.accumulate(j["saved_cost_eur"] / eur_scale for j in mine))
         co2 = list(itertools.accumulate(j["saved_co2_kg"] * 1000 / co2_scale for j in mine))
-        ax_cost.step(times, cost, where="post", marker="o", markersize=3, label=owner)
-        ax_co2.step(times, co2, where="post", marker="o", markersize=3, label=owner)
+        label = owner.replace("$", r"\$")  # legends parse mathtext too (user names like "host$" exist)
+        ax_cost.step(times, cost, where="post", marker="o", markersize=3, label=label)
+        ax_co2.step(times, co2, where="post", marker="o", markersize=3, label=label)
     pct, co2_pct = total["saved_cost_pct"], total["saved_co2_pct"]
     ax_cost.set_title(f"saved against running each job at once: {total['saved_cost_eur'] / eur_scale:.3g} {eur_unit}"
                       + (f" ({pct:.1f}%)" if pct is not None else "")
