@@ -330,10 +330,11 @@ class Planner:
 
     # --- the MILP --------------------------------------------------------------------------------------------
 
-    def candidates(self, chosen: dict[int, Option], relaxation: object | None, slack: float, max_columns: int
-                   ) -> tuple[list[list[Option]], bool]:
+    def candidates(self, chosen: dict[int, Option], relaxation: object | None, slack: float, max_columns: int,
+                   deadline_s: float = math.inf) -> tuple[list[list[Option]], bool]:
         """Each job's options for the MILP, and whether the column budget cut any that could be in a better
-        plan (if not, the MILP's optimum is the optimum over all rigid plans)."""
+        plan (if not, the MILP's optimum is the optimum over all rigid plans). Past ``deadline_s`` no more are
+        built (the set is then marked cut): every job keeps at least its chosen option."""
         costing = self.costing
         per_job: list[dict[tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]], Option]] = [
             {} for _ in self.jobs]
@@ -360,6 +361,8 @@ class Planner:
             truncated = True
             keep_n = max(6, max_columns // max(1, sum(len(job.modes) for job in self.jobs)))
             for j, job in enumerate(self.jobs):
+                if time.monotonic() > deadline_s:
+                    break
                 for m in range(len(job.modes)):
                     starts, costs, n = costing.rigid_costs(job, m, job.deadline_slot)
                     if len(starts):
@@ -371,6 +374,9 @@ class Planner:
         for j, job in enumerate(self.jobs):
             if not job.preemptible:
                 continue
+            if time.monotonic() > deadline_s:
+                truncated = True
+                break
             for m, mode in enumerate(job.modes):
                 # A contiguous run is a valid plan for a preemptible job too: its cheapest ones at LP prices.
                 starts, costs, n = costing.rigid_costs(job, m, job.deadline_slot)
@@ -549,7 +555,7 @@ class Planner:
                 if bound is not None and true - bound <= 1e-7 * max(1.0, abs(bound)):
                     proven = True
                     break  # already at the bound (tie-breaks are not costs)
-                columns, truncated = self.candidates(chosen, relaxation, slack, budget)
+                columns, truncated = self.candidates(chosen, relaxation, slack, budget, milp_deadline - 0.1)
                 stats["milp_columns"] = float(sum(len(c) for c in columns))
                 picked, status = self.milp(dict(enumerate(columns)), self.costing.capacity, chosen,
                                            milp_deadline - time.monotonic())
@@ -567,7 +573,7 @@ class Planner:
                 # wide; it ends when the set stopped growing and gave nothing.
                 best = sum(self.price(o) for o in chosen.values())
                 slack = best - bound if bound is not None else math.inf
-                columns, _truncated = self.candidates(chosen, relaxation, slack, pool)
+                columns, _truncated = self.candidates(chosen, relaxation, slack, pool, deadline - 0.3)
                 size = sum(len(c) for c in columns)
                 if self.neighbourhoods(chosen, columns, deadline, stats):
                     searched_gain = True
