@@ -7,6 +7,7 @@ without it and are re-adopted by pid + kernel start time, or ended with a stated
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -758,13 +759,13 @@ class Daemon:
         # One read of the signals for the whole span; each window is priced from it.
         forecast = self.provider.forecast(span_start, span_end)
         points = self.provider.points(span_start, span_end)  # type: ignore[attr-defined]
-        flags = [(parse_rfc3339(p["start"]), parse_rfc3339(p["end"]), p) for p in points]
+        starts = [parse_rfc3339(p["start"]) for p in points]  # consecutive steps, in order
         trace = self.provider.name.startswith("trace:")
 
         def signals(start: datetime, end: datetime) -> tuple[Any, str]:
             if trace:
                 return forecast, "trace"
-            window = [p for a, b, p in flags if a < end and b > start]
+            window = points[max(0, bisect.bisect_right(starts, start) - 1):bisect.bisect_left(starts, end)]
             if any(p.get("estimated") for p in window):
                 return forecast, "estimated"
             return forecast, "realised" if window and all(p.get("realised") for p in window) else "forecast"

@@ -5,10 +5,13 @@ on the same signals. Pure: the caller hands in the jobs, their runs, the pool an
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+
+import numpy as np
 
 from scheduler.forecasts.base import Forecast
 from scheduler.planner.cost import J_PER_KWH, run_cost
@@ -50,21 +53,40 @@ Signals = Callable[[datetime, datetime], tuple[Forecast, str]]
 
 def run_now_starts(jobs: Sequence[FinishedJob], devices: int) -> dict[int, datetime]:
     """Run-now with the pool's devices: by submission, each job starts at the earliest time from its submission
-    when its requested devices are free for its whole run, as the planner benchmark's run-now does."""
-    placed: list[tuple[datetime, datetime, int]] = []
+    when its requested devices are free for its whole run, as the planner benchmark's run-now does; on a
+    one-minute grid (a start rounds up to the minute, a run to whole minutes)."""
+    if not jobs:
+        return {}
+    origin = min(j.submitted_at for j in jobs)
+    minute = timedelta(minutes=1)
+    spans = {j.id: max(1, math.ceil(j.requested_s / 60)) for j in jobs}
+    last = max(math.ceil((j.submitted_at - origin) / minute) for j in jobs)
+    free = np.full(last + sum(spans.values()) + 1, devices, dtype=np.int32)  # room for the longest queue
     starts: dict[int, datetime] = {}
+    room_from: dict[int, int] = {}  # need -> no minute before it has room for that many (only ever moves on)
     for job in sorted(jobs, key=lambda j: (j.submitted_at, j.id)):
-        need = min(job.requested_gpus, devices)
-        length = timedelta(seconds=job.requested_s)
-        for t in sorted({job.submitted_at, *(e for _s, e, _g in placed if e > job.submitted_at)}):
-            end = t + length
-            # the busiest moment in [t, end) is t itself or a placed run's start inside it
-            moments = [t, *(s for s, _e, _g in placed if t < s < end)]
-            if all(sum(g for s, e, g in placed if s <= m < e) + need <= devices for m in moments):
+        need, n = min(job.requested_gpus, devices), spans[job.id]
+        submitted = math.ceil((job.submitted_at - origin) / minute)
+        t = _first_room(free, max(submitted, room_from.get(need, 0)), need)
+        if submitted <= room_from.get(need, 0):
+            room_from[need] = t
+        while True:  # jump past the last minute in the window without room
+            short = np.flatnonzero(free[t:t + n] < need)
+            if not len(short):
                 break
-        starts[job.id] = t
-        placed.append((t, t + length, need))
+            t = _first_room(free, t + int(short[-1]) + 1, need)
+        free[t:t + n] -= need
+        starts[job.id] = origin + t * minute
     return starts
+
+
+def _first_room(free: np.ndarray, t: int, need: int, chunk: int = 4096) -> int:
+    """The first minute from ``t`` with ``need`` devices free (the array ends with room to spare)."""
+    while True:
+        hit = np.flatnonzero(free[t:t + chunk] >= need)
+        if len(hit):
+            return t + int(hit[0])
+        t += chunk
 
 
 def job_report(job: FinishedJob, signals: Signals, baseline_start: datetime) -> dict[str, Any]:

@@ -135,3 +135,24 @@ def test_gsched_plan_draws_the_plan(tmp_path: Path) -> None:
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr
     assert_png(tmp_path / "plan.png")
+
+
+def test_run_now_queues_the_reported_jobs_fifo_with_backfill_on_the_pool() -> None:
+    """The baseline as the planner benchmark's run-now: by submission, each job at the earliest minute its
+    devices are free for its whole run (a later small job may use a hole an earlier big one cannot)."""
+    from datetime import datetime, timedelta, timezone
+
+    from scheduler.report import FinishedJob, Run, run_now_starts
+
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+    def job(i: int, submitted_min: float, run_min: float, gpus: int) -> FinishedJob:
+        at = t0 + timedelta(minutes=submitted_min)
+        return FinishedJob(i, "n", "o", "COMPLETED", at, at, (Run(at, at + timedelta(minutes=run_min), 1.0, "estimate"),),
+                           gpus)
+
+    jobs = [job(1, 0, 60, 2), job(2, 0, 30, 1), job(3, 10, 20, 1), job(4, 5, 10, 2), job(5, 0.5, 5, 3)]
+    starts = {k: (v - t0) / timedelta(minutes=1) for k, v in run_now_starts(jobs, 2).items()}
+    # 1 holds both devices for an hour; 2 takes one after it; 5 (submitted third) asks for more than the pool and
+    # gets both once 2 ends at 90; 4 (both) follows at 95; 3 (one device, submitted last) backfills beside 2 at 60
+    assert starts == {1: 0, 2: 60, 5: 90, 4: 95, 3: 60}
