@@ -816,9 +816,11 @@ def _run_end(job: Job) -> datetime | None:
 
 def _previous(plan: dict[str, Any], described: list[dict[str, Any]], grid0: datetime, slot: timedelta
               ) -> tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]] | None:
-    """A job's last plan on today's grid, for hysteresis: its segments still ahead, each in its mode."""
+    """A job's last plan on today's grid, for hysteresis: its segments still ahead, each in its mode (matched by
+    _mode_key: a mode measured since is still the same mode)."""
     modes = plan.get("segment_modes") or [plan["mode"]] * len(plan["segments"])
-    if any(m not in described for m in modes):
+    keys = [_mode_key(d) for d in described]
+    if any(_mode_key(m) not in keys for m in modes):
         return None
     segments, indices = [], []
     for (a, b), m in zip(plan["segments"], modes):
@@ -826,7 +828,7 @@ def _previous(plan: dict[str, Any], described: list[dict[str, Any]], grid0: date
         if end <= 0:
             continue
         segments.append((max(0, start), end))
-        indices.append(described.index(m))
+        indices.append(keys.index(_mode_key(m)))
     if not segments:
         return None
     return indices[0], tuple(segments), tuple(indices) if len(set(indices)) > 1 else ()

@@ -65,13 +65,14 @@ def _clock(speed: float, origin: str, store: Any) -> Any:
 
     if speed == 1.0:
         return SystemClock()
-    saved = store.meta("scaled_clock")
-    if saved:
-        kept_speed, origin, wall = saved.split(" ")
-        if float(kept_speed) == speed:
-            return ScaledClock(speed, parse_rfc3339(origin), time.monotonic() - (time.time() - float(wall)))
+    # kept: "SPEED CONFIGURED_ORIGIN VIRTUAL_AT WALL_AT"; a changed speed or clock_origin starts a new clock
+    setting = f"{speed!r} {origin or '-'}"
+    saved = (store.meta("scaled_clock") or "").rsplit(" ", 2)
+    if len(saved) == 3 and saved[0] == setting:
+        virtual, wall = parse_rfc3339(saved[1]), float(saved[2])
+        return ScaledClock(speed, virtual, time.monotonic() - (time.time() - wall))
     clock = ScaledClock(speed, parse_rfc3339(origin) if origin else None)
-    store.set_meta("scaled_clock", f"{speed!r} {rfc3339(clock.now())} {time.time()!r}")
+    store.set_meta("scaled_clock", f"{setting} {rfc3339(clock.now())} {time.time()!r}")
     return clock
 
 

@@ -142,8 +142,7 @@ class Store:
 
     @property
     def schema_version(self) -> int:
-        with self.read() as s:
-            return int(s.exec(select(Meta.value).where(Meta.key == "schema_version")).one())
+        return int(self.meta("schema_version") or 0)
 
     def meta(self, key: str) -> str | None:
         with self.read() as s:
@@ -151,10 +150,7 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         with self.write() as s:
-            row = s.get(Meta, key)
-            s.add(Meta(key=key, value=value) if row is None else row)
-            if row is not None:
-                row.value = value
+            s.merge(Meta(key=key, value=value))
 
     @contextmanager
     def write(self) -> Iterator[Session]:
