@@ -97,10 +97,7 @@ def _scaled(value: float | None, unit: str, steps: tuple[tuple[float, str], ...]
         return "-"
     if abs(value) < 1e-12:
         return f"0 {unit}"
-    for factor, prefix in steps:
-        if abs(value) >= factor:
-            return f"{value / factor:.3g} {prefix}{unit}"
-    factor, prefix = steps[-1]
+    factor, prefix = next(((f, p) for f, p in steps if abs(value) >= f), steps[-1])
     return f"{value / factor:.3g} {prefix}{unit}"
 
 
@@ -210,7 +207,7 @@ def report(since: Optional[str] = typer.Option(None, "--since", help="jobs that 
            as_json: bool = typer.Option(False, "--json", help="print JSON"),
            plot: Optional[Path] = typer.Option(None, "--plot", help="also draw the savings over time into this PNG")
            ) -> None:
-    """What ran, what it cost, and what gsched saved against running each job at once (like sreport)."""
+    """What ran, what it cost, and what gsched saved against run-now (like sacct and sreport)."""
     try:
         with _client() as client:
             data = client.report(since, until, user)
