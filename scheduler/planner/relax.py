@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.planner.highs import column_lp, new_highs
+from scheduler.planner.highs import SOLVE_NNZ_PER_S, column_lp, new_highs
 from scheduler.planner.options import Costing
 
 
@@ -27,13 +27,6 @@ class Relaxation:
     rigid: list[tuple[int, int, np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]]  # job, mode, starts, n,
     # costs, reduced costs, LP values
     preemptible_x: dict[int, np.ndarray]  # job -> x[mode, slot] over the horizon
-
-
-# Building and solving the LP got through 0.2-0.7 million nonzeros a second on the sweep's weeks here (2 cores;
-# the build alone about 5 million a second): a relaxation that would not finish in its share of a replan is
-# skipped, and the time goes to the greedy, the MILP and the search instead, which plan better without prices
-# than with a relaxation cut off by its time limit (150 jobs on 24 GPUs at 10 s: 4.5% cheaper).
-SOLVE_NNZ_PER_S = 5e5
 
 
 def size(costing: Costing) -> int:

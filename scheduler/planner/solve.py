@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scheduler.planner.highs import column_lp, new_highs
+from scheduler.planner.highs import SOLVE_NNZ_PER_S, column_lp, new_highs
 from scheduler.planner.options import Costing, Option, _mode_runs, _runs
 from scheduler.planner.problem import Plan, Problem, Segment
 
@@ -423,6 +423,8 @@ class Planner:
         flat = [(j, o) for j in jobs for o in columns[j]]
         if not flat or time_limit_s <= 0.05:
             return None, "skipped"
+        if sum(len(o.slots()) + 1 for _j, o in flat) > time_limit_s * SOLVE_NNZ_PER_S:
+            return None, "skipped: too large to solve in the time"
         horizon, row_of = self.costing.horizon, {j: r for r, j in enumerate(jobs)}
         starts, index, value, costs, hint = [0], [], [], [], []
         for j, option in flat:
@@ -512,7 +514,7 @@ class Planner:
         relaxation = None
         if use_milp and self.jobs:
             try:
-                from scheduler.planner.relax import SOLVE_NNZ_PER_S, relax
+                from scheduler.planner.relax import relax
 
                 relaxation = relax(self.costing, 0.4 * time_limit_s, max_nnz=0.4 * time_limit_s * SOLVE_NNZ_PER_S)
                 if relaxation is None:
