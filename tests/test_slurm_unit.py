@@ -61,3 +61,24 @@ def test_sbatch_runs_as_the_owner_with_the_plan_in_its_flags() -> None:
     assert "--comment=gsched:gpus=2,precision=bf16,power_limit_w=250" in argv
     assert "--signal=B:TERM@90" in argv and "--requeue" in argv and not any(a.startswith("--account") for a in argv)
     assert mode_comment({"gpus": 1, "precision": "fp32", "power_limit_w": None}) == "gsched:gpus=1,precision=fp32"
+
+
+def test_prolog_caps_the_jobs_gpus_from_its_comment_and_the_epilog_restores_them(tmp_path: Path) -> None:
+    from fake_nvml import FakeGpu, FakeNvml
+
+    from scheduler.executor.slurm_prolog import cap_from_comment, epilog, prolog
+
+    gpus = [FakeGpu(f"GPU-{i}") for i in range(4)]
+    nvml = FakeNvml(gpus)
+    env = {"SLURM_JOB_ID": "42", "SLURM_JOB_GPUS": "1,3",
+           "SLURM_JOB_COMMENT": "gsched:gpus=2,precision=bf16,power_limit_w=250"}
+    assert "250 W" in prolog(env, nvml, tmp_path)
+    assert [g.limit_mw for g in gpus] == [700_000, 250_000, 700_000, 250_000]
+    assert "restored 2" in epilog(env, nvml, tmp_path)
+    assert [g.limit_mw for g in gpus] == [700_000] * 4 and not list(tmp_path.iterdir())
+    # not gsched's, no cap, or a cap below the GPU's range (clamped to its minimum)
+    assert prolog({**env, "SLURM_JOB_COMMENT": "someone's job"}, nvml, tmp_path).startswith("no gsched")
+    assert cap_from_comment("gsched:gpus=1,precision=fp32") is None
+    prolog({**env, "SLURM_JOB_COMMENT": "gsched:gpus=2,power_limit_w=50"}, nvml, tmp_path)
+    assert gpus[1].limit_mw == 200_000
+    assert epilog({"SLURM_JOB_ID": "7"}, nvml, tmp_path) == "nothing to restore"
