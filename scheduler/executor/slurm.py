@@ -147,3 +147,61 @@ def sbatch_argv(job_id: int, token: str, owner: str, gpus: int, begin: datetime,
 def _slurm_time(when: datetime) -> str:
     """Slurm reads local wall time without a zone: give it the daemon host's local time."""
     return when.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class Slurm:
+    """Runs Slurm's commands (each with a timeout and a status check) and parses what they print. ``env`` carries
+    SLURM_CONF where the cluster's config is not the default one (the tests' own cluster)."""
+
+    def __init__(self, partition: str, account: str = "", env: dict[str, str] | None = None,
+                 timeout_s: float = 30.0) -> None:
+        self.partition, self.account, self.env, self.timeout_s = partition, account, env, timeout_s
+
+    def _run(self, argv: list[str]) -> str:
+        import subprocess
+
+        try:
+            done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=self.timeout_s)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SlurmError(f"{argv[0]}: {exc}") from exc
+        if done.returncode != 0:
+            raise SlurmError(f"{' '.join(argv[:6])}: exit {done.returncode}: {done.stderr.strip()[:300]}")
+        return done.stdout
+
+    def _json(self, argv: list[str]) -> Any:
+        import json
+
+        text = self._run(argv)
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise SlurmError(f"{argv[0]} --json: not JSON ({exc})") from exc
+
+    def gpus(self) -> int:
+        return partition_gpus(self._json(["sinfo", "--json"]), self.partition)
+
+    def jobs(self) -> list[SlurmJob]:
+        return parse_squeue(self._json(["squeue", "--states=all", "--json"]))
+
+    def submit(self, argv: list[str]) -> int:
+        """Run an ``sbatch_argv`` command line; returns the Slurm job id."""
+        out = self._run(argv).strip().split(";")[0]
+        if not out.isdigit():
+            raise SlurmError(f"sbatch --parsable printed {out[:80]!r}, not a job id")
+        return int(out)
+
+    def move(self, job_id: int, begin: datetime) -> None:
+        self._run(["scontrol", "update", f"JobId={job_id}", f"StartTime={_slurm_time(begin)}"])
+
+    def cancel(self, job_id: int) -> None:
+        self._run(["scancel", str(job_id)])
+
+    def requeue(self, job_id: int, begin: datetime | None = None) -> None:
+        """Back to the queue; Slurm holds a requeued job about 2 minutes unless its start is set again."""
+        self._run(["scontrol", "requeue", str(job_id)])
+        if begin is not None:
+            self.move(job_id, begin)
+
+    def find(self, gsched_id: int, token: str) -> SlurmJob | None:
+        """The Slurm job of one gsched run (by its name), if Slurm has it: how a restarted daemon re-adopts."""
+        return next((j for j in self.jobs() if j.gsched_id == (gsched_id, token)), None)
