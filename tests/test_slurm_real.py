@@ -1,0 +1,81 @@
+"""Slurm's commands as gsched runs them, against a real single-node Slurm (tests/slurm_cluster.py): capacity,
+foreign jobs, submission as another user with a begin time, moving, finding by name, requeue and cancel. Skips with
+the reason where a real Slurm cannot run (not root, no apt)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from scheduler.executor.slurm import Slurm, foreign_gpus, sbatch_argv
+from slurm_cluster import SlurmCluster, why_not_available
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SlurmCluster]:
+    why = why_not_available()
+    if why:
+        pytest.skip(why)
+    # not under pytest's 0700 tmp: slurmctld runs as the slurm user and must reach its directories
+    base = Path(tempfile.mkdtemp(prefix="gsched-slurm-"))
+    c = SlurmCluster(base).start()
+    yield c
+    c.stop()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def wait_for(slurm: Slurm, job_id: int, states: set[str], timeout_s: float = 30) -> str:
+    deadline = time.monotonic() + timeout_s
+    state = ""
+    while time.monotonic() < deadline:
+        state = next((j.state for j in slurm.jobs() if j.job_id == job_id), "")
+        if state in states:
+            return state
+        time.sleep(0.3)
+    raise AssertionError(f"slurm job {job_id} is {state}, never {states}")
+
+
+def test_submit_move_find_requeue_cancel_on_a_real_slurm(cluster: SlurmCluster, unix_users: tuple[str, str]
+                                                        ) -> None:
+    slurm = Slurm("gpu", env=cluster.env)
+    assert slurm.gpus() == 4
+    user = unix_users[0]
+    tmp_path = Path(tempfile.mkdtemp(prefix="gsched-slurm-job-"))  # the job's user must reach it
+    tmp_path.chmod(0o777)
+    script = tmp_path / "batch.sh"
+    script.write_text("#!/bin/sh\nid -un > \"$1\"\necho \"$CUDA_VISIBLE_DEVICES\" >> \"$1\"\nsleep 30\n")
+    script.chmod(0o755)
+    foreign = slurm.submit(["sbatch", "--parsable", "--gres=gpu:1", "--time=10", "--output=/dev/null",
+                            "--wrap", "sleep 60"])
+    wait_for(slurm, foreign, {"RUNNING"})
+    now = datetime.now(timezone.utc)
+    later = now + timedelta(hours=1)
+    mode = {"gpus": 2, "precision": "bf16", "power_limit_w": None}
+    argv = sbatch_argv(7, "abc123", user, 2, later, timedelta(minutes=5), now + timedelta(hours=3), mode, True, 60,
+                       "gpu", "", str(script), "/dev/null")
+    job_id = slurm.submit([*argv, str(tmp_path / "ran.txt")])
+    found = slurm.find(7, "abc123")
+    assert found is not None and found.job_id == job_id and found.state == "PENDING" and found.user == user
+    assert found.begin is not None and abs((found.begin - later).total_seconds()) < 2
+    held = foreign_gpus(slurm.jobs(), now, timedelta(minutes=15), 4)
+    assert held[0] == 1  # the foreign job; gsched's own pending one is not "held"
+    slurm.move(job_id, datetime.now(timezone.utc))  # a replan moved it to now
+    wait_for(slurm, job_id, {"RUNNING"})
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "ran.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (tmp_path / "ran.txt").read_text().split() == [user, "0,1"] or \
+        (tmp_path / "ran.txt").read_text().split()[0] == user
+    slurm.requeue(job_id, datetime.now(timezone.utc))
+    wait_for(slurm, job_id, {"RUNNING", "PENDING"})
+    slurm.cancel(job_id)
+    assert wait_for(slurm, job_id, {"CANCELLED"}) == "CANCELLED"
+    slurm.cancel(foreign)
+    assert os.geteuid() == 0

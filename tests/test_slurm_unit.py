@@ -1,0 +1,84 @@
+"""Slurm's JSON as a real Slurm 22.05 printed it (tests/fixtures/slurm, recorded from tests/slurm_cluster.py: a
+foreign running job on 1 GPU, gsched job 7 pending with a begin time on 2, a failed job that exited 3)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from scheduler.executor.slurm import (SlurmError, foreign_gpus, gres_gpus, mode_comment, parse_squeue,
+                                      partition_gpus, sbatch_argv)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
+
+
+def load(name: str) -> dict:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def test_squeue_json_maps_to_gsched_jobs_states_and_exit_codes() -> None:
+    jobs = {j.job_id: j for j in parse_squeue(load("squeue_states_all.json"))}
+    foreign, ours, failed = jobs[1], jobs[2], jobs[3]
+    assert foreign.gsched_id is None and foreign.gsched_state == "RUNNING" and foreign.gpus == 1
+    assert ours.gsched_id == (7, "abc123") and ours.gsched_state == "PLANNED" and ours.reason == "BeginTime"
+    assert ours.gpus == 2 and ours.begin is not None and ours.comment.startswith("gpus=2")
+    assert failed.gsched_state == "FAILED" and failed.exit_code == 3 and failed.reason == "NonZeroExitCode"
+
+
+def test_capacity_is_the_partitions_gpus_less_what_others_hold() -> None:
+    assert partition_gpus(load("sinfo.json"), "gpu") == 4
+    assert partition_gpus(load("sinfo.json"), "cpu") == 0
+    jobs = parse_squeue(load("squeue_states_all.json"))
+    foreign = next(j for j in jobs if j.job_id == 1)
+    assert foreign.end is not None
+    start = foreign.end - timedelta(minutes=40)
+    held = foreign_gpus(jobs, start, timedelta(minutes=15), 8)
+    assert held == [1, 1, 1, 0, 0, 0, 0, 0]  # until its expected end, 40 min on: 3 slots; gsched's own not counted
+
+
+@pytest.mark.parametrize(("text", "gpus"), [("gres:gpu:2", 2), ("gpu:4", 4), ("gres/gpu=2", 2),
+                                            ("gpu:a100:2(IDX:0-1)", 2), ("", 0), (None, 0)])
+def test_gres_strings(text: str | None, gpus: int) -> None:
+    assert gres_gpus(text) == gpus
+
+
+def test_malformed_documents_are_errors_and_odd_entries_are_skipped() -> None:
+    with pytest.raises(SlurmError, match="squeue"):
+        parse_squeue({"meta": {}})
+    assert parse_squeue({"jobs": [{"job_id": "x"}, 3, {"job_id": 5, "job_state": "RUNNING"}]})[0].job_id == 5
+
+
+def test_sbatch_runs_as_the_owner_with_the_plan_in_its_flags() -> None:
+    begin = datetime(2026, 6, 2, 11, tzinfo=timezone.utc)
+    mode = {"gpus": 2, "precision": "bf16", "power_limit_w": 250}
+    argv = sbatch_argv(7, "abc123", "ann", 2, begin, timedelta(minutes=90, seconds=1), begin + timedelta(hours=6),
+                       mode, True, 90, "gpu", "", "/shared/runs/7/batch.sh", "/shared/runs/7/slurm.out")
+    assert argv[:5] == ["runuser", "-u", "ann", "--", "sbatch"] and argv[-1] == "/shared/runs/7/batch.sh"
+    assert "--job-name=gsched-7-abc123" in argv and "--gres=gpu:2" in argv and "--time=91" in argv
+    assert "--comment=gsched:gpus=2,precision=bf16,power_limit_w=250" in argv
+    assert "--signal=B:TERM@90" in argv and "--requeue" in argv and not any(a.startswith("--account") for a in argv)
+    assert mode_comment({"gpus": 1, "precision": "fp32", "power_limit_w": None}) == "gsched:gpus=1,precision=fp32"
+
+
+def test_prolog_caps_the_jobs_gpus_from_its_comment_and_the_epilog_restores_them(tmp_path: Path) -> None:
+    from fake_nvml import FakeGpu, FakeNvml
+
+    from scheduler.executor.slurm_prolog import cap_from_comment, epilog, prolog
+
+    gpus = [FakeGpu(f"GPU-{i}") for i in range(4)]
+    nvml = FakeNvml(gpus)
+    env = {"SLURM_JOB_ID": "42", "SLURM_JOB_GPUS": "1,3",
+           "SLURM_JOB_COMMENT": "gsched:gpus=2,precision=bf16,power_limit_w=250"}
+    assert "250 W" in prolog(env, nvml, tmp_path)
+    assert [g.limit_mw for g in gpus] == [700_000, 250_000, 700_000, 250_000]
+    assert "restored 2" in epilog(env, nvml, tmp_path)
+    assert [g.limit_mw for g in gpus] == [700_000] * 4 and not list(tmp_path.iterdir())
+    # not gsched's, no cap, or a cap below the GPU's range (clamped to its minimum)
+    assert prolog({**env, "SLURM_JOB_COMMENT": "someone's job"}, nvml, tmp_path).startswith("no gsched")
+    assert cap_from_comment("gsched:gpus=1,precision=fp32") is None
+    prolog({**env, "SLURM_JOB_COMMENT": "gsched:gpus=2,power_limit_w=50"}, nvml, tmp_path)
+    assert gpus[1].limit_mw == 200_000
+    assert epilog({"SLURM_JOB_ID": "7"}, nvml, tmp_path) == "nothing to restore"
