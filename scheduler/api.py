@@ -21,6 +21,7 @@ import math
 import os
 import pwd
 import re
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -124,6 +125,8 @@ def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | 
         "exit_code": job.exit_code,
         "reason": reason,
         "devices": json.loads(job.devices_json or "[]"),
+        "slurm_job_id": job.slurm_job_id,
+        "slurm_nodes": job.slurm_nodes,
         "energy_j": totals.get("energy_j"),
         "energy_source": totals.get("energy_source"),
         "cost_eur": totals.get("cost_eur"),
@@ -271,14 +274,20 @@ class Api:
         job = self._owned(caller, job_id, "read its log")
         offset = whole_query(query, "offset", 0)
         assert job.id is not None
-        path = self.daemon.launcher.log_path(job.id)
-        try:
-            with path.open("rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                f.seek(min(offset, size))
-                chunk = f.read(LOG_CHUNK)
+        path = self.daemon.log_path(job.id)
+        size, chunk = 0, b""
+        try:  # under Slurm the log is in the owner's directory: never follow a link, read only a regular file
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
-            size, chunk = 0, b""
+            pass
+        except OSError as exc:
+            raise Conflict(f"job {job.id}: its log cannot be read: {exc.strerror}") from exc
+        else:
+            with os.fdopen(fd, "rb") as f:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    size = f.seek(0, os.SEEK_END)
+                    f.seek(min(offset, size))
+                    chunk = f.read(LOG_CHUNK)
         return 200, (chunk, {"X-Log-Size": str(size), "X-Job-State": job.state.value})
 
     def handle(self, method: str, path: str, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:

@@ -16,6 +16,10 @@ class Clock(Protocol):
 
     def now(self) -> datetime: ...
 
+    def to_wall(self, when: datetime) -> datetime: ...
+
+    def from_wall(self, when: datetime) -> datetime: ...
+
 
 class SystemClock:
     speed = 1.0
@@ -23,9 +27,16 @@ class SystemClock:
     def now(self) -> datetime:
         return datetime.now(timezone.utc)
 
+    def to_wall(self, when: datetime) -> datetime:
+        return when
+
+    def from_wall(self, when: datetime) -> datetime:
+        return when
+
 
 class ScaledClock:
-    """Simulated time = origin + speed x (real time elapsed since the origin)."""
+    """Simulated time = origin + speed x (real time elapsed since the origin). At speed 1 with an origin it is a
+    shifted clock: tests on a real Slurm start it just before a chosen hour of a trace."""
 
     def __init__(self, speed: float, origin: datetime | None = None, origin_monotonic: float | None = None):
         if speed <= 0:
@@ -36,3 +47,10 @@ class ScaledClock:
 
     def now(self) -> datetime:
         return self._origin + timedelta(seconds=(time.monotonic() - self._origin_monotonic) * self.speed)
+
+    def to_wall(self, when: datetime) -> datetime:
+        """The wall-clock time at which this clock will read ``when`` (what Slurm's --begin needs)."""
+        return datetime.now(timezone.utc) + (when - self.now()) / self.speed
+
+    def from_wall(self, when: datetime) -> datetime:
+        return self.now() + (when - datetime.now(timezone.utc)) * self.speed

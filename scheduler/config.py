@@ -62,6 +62,16 @@ class LimitSettings:
 
 
 @dataclass(frozen=True)
+class ExecutorSettings:
+    kind: str = "local"  # "local": runners on this host; "slurm": sbatch to a cluster
+    partition: str = ""
+    account: str = ""
+    shared_dir: str = ""  # read and written by the daemon and every compute node: run files, results, logs
+    time_margin_pct: float = 50.0  # a job without time_limit gets its estimate plus this much as Slurm's --time
+    requeue_grace_s: int = 120  # --signal=B:TERM@this for preemptible jobs: time to checkpoint
+
+
+@dataclass(frozen=True)
 class DeviceSettings:
     gpus: str = "auto"
     cpu_devices: int = 0
@@ -167,6 +177,7 @@ class Config:
     api: ApiSettings = field(default_factory=ApiSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     devices: DeviceSettings = field(default_factory=DeviceSettings)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     energy: EnergySettings = field(default_factory=EnergySettings)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
     forecast: ForecastSettings = field(default_factory=ForecastSettings)
@@ -182,8 +193,15 @@ class Config:
             (self.daemon.clock_speed > 0, "daemon.clock_speed", "must be > 0"),
             (not self.daemon.clock_origin or _is_time(self.daemon.clock_origin), "daemon.clock_origin",
              "must be an RFC 3339 time with a zone, e.g. 2024-01-01T00:55:00Z"),
-            (not self.daemon.clock_origin or self.daemon.clock_speed != 1.0, "daemon.clock_origin",
-             "needs an accelerated clock (daemon.clock_speed other than 1.0)"),
+            (self.executor.kind in ("local", "slurm"), "executor.kind", "must be 'local' or 'slurm'"),
+            (self.executor.kind != "slurm" or bool(self.executor.partition), "executor.partition",
+             "must name the Slurm partition gsched plans for"),
+            (self.executor.kind != "slurm" or self.executor.shared_dir.startswith("/"), "executor.shared_dir",
+             "must be an absolute path on a file system the daemon and every compute node share"),
+            (0 <= self.executor.time_margin_pct <= 1000, "executor.time_margin_pct", "must be in 0..1000"),
+            (0 <= self.executor.requeue_grace_s <= 3600, "executor.requeue_grace_s", "must be in 0..3600"),
+            (self.executor.kind != "slurm" or self.daemon.clock_speed == 1.0, "daemon.clock_speed",
+             "must be 1.0 with executor.kind = \"slurm\" (Slurm runs on the wall clock)"),
             (self.daemon.calibrate_after_idle_s >= 0, "daemon.calibrate_after_idle_s", "must be >= 0"),
             (self.daemon.calibration_s > 0, "daemon.calibration_s", "must be > 0"),
             (self.daemon.max_log_mb > 0, "daemon.max_log_mb", "must be > 0"),

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import pwd
 import secrets
 import shutil
 import signal
@@ -34,6 +35,9 @@ from scheduler.executor.power import PowerLimiter
 from scheduler.executor.procs import RunGroup
 from scheduler.executor.procs import alive as runner_alive
 from scheduler.executor.runner import EXIT_NO_RESULT
+from scheduler.executor.slurm import ENDED as SLURM_ENDED
+from scheduler.executor.slurm import RUNNING as SLURM_RUNNING
+from scheduler.executor.slurm import Slurm, SlurmJob, SlurmRuns, foreign_gpus, sbatch_argv
 from scheduler.executor.untrusted import RunResult, parse_metrics, parse_result
 from scheduler.faults import crash_point
 from scheduler.forecasts.base import Provider
@@ -70,8 +74,15 @@ def sd_notify(message: str) -> None:
 class Daemon:
     def __init__(self, config: Config, paths: Paths, store: Store, clock: Clock, devices: list[Device],
                  provider: Provider, launcher: Launcher, steps_per_s: dict[str, float],
-                 power: PowerLimiter | None = None) -> None:
+                 power: PowerLimiter | None = None, slurm: tuple[Slurm, SlurmRuns] | None = None) -> None:
         self.config, self.paths, self.store, self.clock = config, paths, store, clock
+        # executor.kind = "slurm": Slurm runs the jobs; self.devices stand for the partition's GPUs
+        self.slurm, self.slurm_runs = slurm if slurm is not None else (None, None)
+        self.slurm_error: str | None = None
+        self._slurm_jobs: list[SlurmJob] = []  # this tick's squeue
+        self._slurm_gpus = len(devices)  # the partition's GPUs that can take jobs, from the last sinfo
+        self._slurm_foreign: tuple[Any, ...] = ()
+        self._requeued_at: dict[int, float] = {}  # job id -> time.monotonic() of a requeue gsched asked for
         self.devices, self.provider, self.launcher = devices, provider, launcher
         self.steps_per_s = steps_per_s
         self.power = power  # set only for a root daemon on GPUs with devices.power_limits = "auto"
@@ -196,6 +207,9 @@ class Daemon:
                     break
 
     def reap(self, now: datetime) -> None:
+        if self.slurm is not None:
+            self._slurm_reap(now)
+            return
         self._check_lingering()
         for job in self.store.jobs([JobState.RUNNING]):
             assert job.id is not None
@@ -240,6 +254,11 @@ class Daemon:
     def _end_broken(self, job: Job, now: datetime, exc: Exception) -> None:
         """A run whose record cannot be processed ends FAILED with the reason, instead of failing every tick."""
         assert job.id is not None
+        if self.slurm is not None and job.slurm_job_id is not None:
+            try:
+                self.slurm.cancel(job.slurm_job_id)  # gsched no longer follows it: it must not run on unseen
+            except GschedError as cancel_exc:
+                log.error("job %s: %s", job.id, cancel_exc)
         try:
             self._end_lost(job, now, f"gsched could not record this run: {type(exc).__name__}: {str(exc)[:200]}")
         except Exception:
@@ -356,10 +375,10 @@ class Daemon:
                 del self._lingering[job_id]
                 self._dirty.set()
 
-    def _end_lost(self, job: Job, now: datetime, reason: str) -> None:
+    def _end_lost(self, job: Job, now: datetime, reason: str, state: JobState | None = None) -> None:
         assert job.id is not None
         self._reclaim(job)
-        state = JobState.CANCELLED if job.cancel_requested else JobState.FAILED
+        state = state or (JobState.CANCELLED if job.cancel_requested else JobState.FAILED)
         try:
             self.store.finish(job.id, state, at=now, reason=reason, measurement=None, finished_at=now)
         except Conflict:
@@ -367,6 +386,9 @@ class Daemon:
         self._runner_exits.pop(job.run_token or "", None)
         self._dirty.set()
         log.warning("job %s %s: %s", job.id, state.value, reason)
+
+    def log_path(self, job_id: int) -> Path:
+        return self.slurm_runs.log_path(job_id) if self.slurm_runs is not None else self.launcher.log_path(job_id)
 
     def spec_of(self, job: Job) -> JobSpec:
         return JobSpec.from_json(json.loads(job.spec_json))
@@ -384,7 +406,10 @@ class Daemon:
             queued = self.store.jobs(QUEUED)
             if self.config.planner.elastic:
                 self._preempt_for_priority(now, queued)
-        self._dispatch_due(now, queued)
+        if self.slurm is not None:
+            self._slurm_dispatch(now, queued)
+        else:
+            self._dispatch_due(now, queued)
         if self.config.daemon.calibrate_when_idle:
             self._calibrate_when_idle(now, busy=bool(queued) or bool(self.store.jobs([JobState.RUNNING])))
 
@@ -461,6 +486,9 @@ class Daemon:
             self.forecast_error = str(exc)
             price, carbon = [1.0] * horizon, [1.0] * horizon
         capacity = [len(self.devices) - sum(len(d) for _g, d in self._lingering.values())] * horizon
+        if self.slurm is not None:  # what Slurm has free: nodes up, less the GPUs of jobs gsched did not submit
+            held = foreign_gpus(self._slurm_jobs, self.clock.to_wall(grid0), slot / self.clock.speed, horizon)
+            capacity = [min(len(self.devices), self._slurm_gpus) - h for h in held]
         for job in self.store.jobs([JobState.RUNNING]):
             end = _run_end(job)
             end = end if end and end > now else now
@@ -473,6 +501,9 @@ class Daemon:
             spec = self.spec_of(job)
             jm = self.modes_of(spec, job.owner_uid, profiles)
             indices = [jm.requested] if job.urgent else list(range(len(jm.modes)))
+            if job.slurm_mode_json:  # handed to Slurm: replans move its start, not its mode
+                submitted = _mode_key(json.loads(job.slurm_mode_json))
+                indices = [i for i, d in enumerate(jm.described) if _mode_key(d) == submitted] or indices
             modes = tuple(jm.modes[i] for i in indices)
             described = [jm.described[i] for i in indices]
             deadline_slot = max(0, min(horizon, math.floor((job.deadline - grid0) / slot)))
@@ -515,6 +546,7 @@ class Daemon:
                 "segments": [[rfc3339(grid0 + a * slot), rfc3339(grid0 + b * slot)] for a, b in option.segments],
                 "segment_modes": [modes_of[pjob.id][m] for m in seg_modes],
                 "segment_labels": [pjob.modes[m].label for m in seg_modes]}
+            plan["work_s"] = pjob.work / mode.rate * 3600
             if pjob.id in solution.late:
                 plan["late"] = True
             if len(option.segments) > 1:
@@ -554,14 +586,28 @@ class Daemon:
         self.store.update(job.id, preempt_requested=True, preempt_reason=reason)
         self.store.note(job.id, at=now, reason=f"{reason}: checkpointing")
         log.info("job %s: %s", job.id, reason)
-        if not self.launcher.signal(job.runner_pid or 0, job.runner_start_ticks or -1, signal.SIGTERM):
+        self._stop_run(job, requeue=True)
+
+    def _stop_run(self, job: Job, requeue: bool) -> None:
+        """Ask a running job's run to stop: SIGTERM to the local runner (it passes it on and writes the result);
+        under Slurm, scancel, or scontrol requeue for a checkpoint (Slurm runs the same job again later)."""
+        assert job.id is not None
+        if self.slurm is not None and job.slurm_job_id is not None:
+            if requeue:
+                self._requeued_at[job.id] = time.monotonic()
+                self.slurm.requeue(job.slurm_job_id)
+            else:
+                self.slurm.cancel(job.slurm_job_id)
+            return
+        if job.runner_pid is None or not self.launcher.signal(job.runner_pid, job.runner_start_ticks or -1,
+                                                              signal.SIGTERM):
             self.wake()
 
     def _follow_segments(self, now: datetime) -> None:
         """A running elastic job whose planned segment has ended is checkpointed; the replan after it places the
         rest of its work (its next segments, kept from its plan unless a cheaper one is worth the move)."""
         for job in self.store.jobs([JobState.RUNNING]):
-            if job.preempt_requested or job.cancel_requested or not job.plan_json or job.runner_pid is None:
+            if job.preempt_requested or job.cancel_requested or not job.plan_json or not _has_runner(job):
                 continue
             try:
                 plan = json.loads(job.plan_json)
@@ -580,7 +626,7 @@ class Daemon:
         preempted unless that frees enough."""
         running = self.store.jobs([JobState.RUNNING])
         victims = [j for j in running if not j.urgent and not j.preempt_requested and not j.cancel_requested
-                   and j.runner_pid is not None and self.spec_of(j).preemptible]
+                   and _has_runner(j) and self.spec_of(j).preemptible]
         if not victims:
             return
         busy = {uuid for job in running for uuid in json.loads(job.devices_json or "[]")}
@@ -698,6 +744,187 @@ class Daemon:
         process.wait()
         self.wake()
 
+    # --- Slurm (executor.kind = "slurm") --------------------------------------------------------------
+    # Each planned job is one Slurm job, submitted as its owner with the planned start as --begin; replans move
+    # its start (scontrol update). Slurm's view, read once a tick (squeue), moves the job through gsched's states;
+    # its run's result comes back through executor.shared_dir. Slurm down: the jobs stay as they are until it
+    # answers again.
+
+    def _slurm_reap(self, now: datetime) -> None:
+        assert self.slurm is not None
+        try:
+            jobs = self.slurm.jobs()
+            self._slurm_gpus = self.slurm.gpus()
+        except GschedError as exc:
+            if self.slurm_error != str(exc):
+                log.error("slurm: %s; following the jobs again once it answers", exc)
+            self.slurm_error = str(exc)
+            return
+        if self.slurm_error is not None:
+            log.info("slurm answers again")
+        self.slurm_error = None
+        self._slurm_jobs = jobs
+        foreign = tuple(sorted((j.job_id, j.gpus, j.end) for j in jobs
+                               if j.gsched_id is None and j.state in SLURM_RUNNING and j.gpus))
+        if foreign != self._slurm_foreign:  # someone else's jobs took or freed GPUs: replan around them
+            self._slurm_foreign = foreign
+            self._dirty.set()
+        by_id = {j.job_id: j for j in jobs}
+        by_name = {j.gsched_id: j for j in jobs if j.gsched_id is not None}
+        for job in self.store.jobs([*QUEUED, JobState.RUNNING]):
+            assert job.id is not None
+            try:
+                if job.slurm_token and job.slurm_job_id is None:
+                    # The daemon stopped between recording the token and recording sbatch's answer. Submission
+                    # runs in the tick, so none is in flight now: Slurm has the job under its name, or never got it.
+                    found = by_name.get((job.id, job.slurm_token))
+                    if found is None:
+                        self.store.update(job.id, slurm_token=None, slurm_mode_json=None)
+                        continue
+                    job = self.store.update(job.id, slurm_job_id=found.job_id)
+                    self.store.note(job.id, at=now, reason=f"re-adopted Slurm job {found.job_id} after a restart")
+                if job.slurm_job_id is not None:
+                    self._slurm_follow(job, by_id.get(job.slurm_job_id), now)
+            except StoreError as exc:
+                log.error("job %s: cannot record its Slurm state yet: %s", job.id, exc)
+            except Exception as exc:  # one job's odd record or output must never stop the others
+                log.exception("job %s: following its Slurm job failed", job.id)
+                self._end_broken(job, now, exc)
+
+    def _slurm_follow(self, job: Job, sj: SlurmJob | None, now: datetime) -> None:
+        assert job.id is not None and self.slurm_runs is not None
+        slurm_id = job.slurm_job_id
+        if job.state != JobState.RUNNING:
+            # Runs are numbered by SLURM_RESTART_COUNT; slurm_restarts is the last one gsched saw start. A
+            # requeued job shows its old run (RUNNING, COMPLETING) until Slurm has requeued it: not a new run.
+            seen = job.slurm_restarts
+            if sj is not None and seen is not None and sj.restarts <= seen:
+                if sj.state in SLURM_ENDED:  # ended instead of going back to the queue
+                    self._end_queued(job, sj, now, _slurm_why(sj) + " instead of running again")
+                return
+            run = sj.restarts if sj is not None else (0 if seen is None else seen + 1)
+            raw = self.slurm_runs.read_result(job.id, job.slurm_token or "", run)
+            if raw is None and sj is not None and sj.state in SLURM_ENDED:
+                self._end_queued(job, sj, now, _slurm_why(sj))
+                return
+            if raw is None and sj is None:
+                self._end_queued(job, sj, now, f"Slurm no longer knows job {slurm_id}, and it left no result")
+                return
+            # COMPLETING is a run's end (a requeued one's too), never a start
+            if raw is None and (sj is None or sj.state not in SLURM_RUNNING or sj.state == "COMPLETING"):
+                return  # still pending in Slurm
+            wall = sj.start if sj is not None and sj.start is not None else None
+            at = min(now, self.clock.from_wall(wall)) if wall else now
+            nodes = sj.nodes if sj is not None else ""
+            job = self.store.transition(
+                job.id, JobState.RUNNING, at=at, expect=QUEUED,
+                reason=f"started by Slurm as job {slurm_id}" + (f" on {nodes}" if nodes else ""),
+                started_at=at, gpus=(sj.gpus if sj is not None and sj.gpus else job.planned_gpus),
+                devices_json="[]", slurm_restarts=run, slurm_nodes=nodes or None)
+            log.info("job %s RUNNING as Slurm job %s on %s", job.id, slurm_id, nodes or "?")
+            self._dirty.set()
+        run = job.slurm_restarts or 0
+        raw = self.slurm_runs.read_result(job.id, job.slurm_token or "", run)
+        if raw is not None:
+            self._requeued_at.pop(job.id, None)
+            self._finish(job, now, raw)
+            return
+        if sj is None:
+            self._end_lost(job, now, f"Slurm no longer knows job {slurm_id}, and its run left no result")
+        elif sj.state in SLURM_ENDED:
+            self._end_lost(job, now, _slurm_why(sj) + "; its run left no result",
+                           None if job.cancel_requested else _slurm_end_state(sj))
+        elif sj.state not in SLURM_RUNNING or sj.restarts > run:
+            # Requeued (by gsched or by Slurm, after a node failure) and its run wrote nothing; the one gsched
+            # asked for gets the kill grace to write its checkpoint's result first.
+            asked = self._requeued_at.setdefault(job.id, time.monotonic()) if job.preempt_requested else None
+            if asked is not None and time.monotonic() - asked < self.config.daemon.kill_grace_s + 60:
+                return
+            self._requeued_at.pop(job.id, None)
+            self.store.transition(job.id, JobState.PREEMPTED, at=now, expect=[JobState.RUNNING],
+                                  reason=f"requeued by Slurm ({sj.reason or sj.state}); its run left no result",
+                                  preempt_requested=False, preempt_reason=None,
+                                  **{**_CLEARED_RUN, "plan_json": job.plan_json})
+            self._dirty.set()
+
+    def _end_queued(self, job: Job, sj: SlurmJob | None, now: datetime, reason: str) -> None:
+        """A job Slurm ended (or lost) before gsched saw it run: an admin's scancel, DEADLINE while pending."""
+        assert job.id is not None
+        state = JobState.CANCELLED if sj is not None and sj.state == "CANCELLED" else JobState.FAILED
+        self.store.transition(job.id, state, at=now, reason=reason, expect=QUEUED, finished_at=now)
+        self._dirty.set()
+        log.warning("job %s %s: %s", job.id, state.value, reason)
+
+    def _slurm_dispatch(self, now: datetime, queued: list[Job]) -> None:
+        """Hand newly planned jobs to Slurm; move the start of those it holds when their plan moved."""
+        assert self.slurm is not None
+        if self.slurm_error is not None:
+            return
+        by_id = {j.job_id: j for j in self._slurm_jobs}
+        wall_now = self.clock.to_wall(now)
+        near = timedelta(seconds=min(30.0, self.config.planner.slot_minutes * 30 / self.clock.speed))
+        for job in queued:
+            if job.state != JobState.PLANNED or job.planned_start is None or not job.plan_json:
+                continue
+            assert job.id is not None
+            try:
+                if job.slurm_job_id is None:
+                    self._slurm_submit(job, now)
+                    continue
+                sj = by_id.get(job.slurm_job_id)
+                if sj is None or sj.state in SLURM_RUNNING or sj.state in SLURM_ENDED:
+                    continue
+                target = max(self.clock.to_wall(job.planned_start), wall_now)
+                current = max(sj.begin or wall_now, wall_now)
+                if abs(target - current) > near:
+                    self.slurm.move(sj.job_id, target)
+                    self.store.note(job.id, at=now, reason=f"Slurm job {sj.job_id} moved to begin at "
+                                                           f"{rfc3339(job.planned_start)}")
+            except GschedError as exc:  # Slurm refused this one: say why on the job, go on with the others
+                log.error("job %s: %s", job.id, exc)
+                if job.plan_reason != f"Slurm: {exc}":
+                    self.store.update(job.id, plan_reason=f"Slurm: {exc}")
+
+    def _slurm_submit(self, job: Job, now: datetime) -> None:
+        assert self.slurm is not None and self.slurm_runs is not None and job.id is not None
+        assert job.planned_start is not None and job.plan_json is not None
+        spec, plan = self.spec_of(job), json.loads(job.plan_json)
+        mode = plan["mode"]
+        try:
+            owner = pwd.getpwuid(job.owner_uid).pw_name
+        except KeyError:
+            self.store.finish(job.id, JobState.FAILED, at=now, measurement=None, finished_at=now,
+                              reason=f"cannot submit to Slurm: uid {job.owner_uid} has no user name here")
+            return
+        uid, gid = acting_ids(job.owner_uid, job.owner_uid)
+        # Exactly once: the token is recorded before sbatch and names the Slurm job (see _slurm_reap).
+        token = secrets.token_hex(8)
+        job = self.store.update(job.id, slurm_token=token, slurm_mode_json=json.dumps(mode))
+        assert job.id is not None
+        crash_point("slurm.after_intent")
+        settings = self.config.executor
+        try:
+            runfile = self.launcher.runfile(job.id, spec, [], uid, gid, mode, token, int(mode["gpus"]))
+            script = self.slurm_runs.prepare(job.id, token, runfile, uid, gid)
+            if spec.time_limit_s:  # the runner ends it at its limit; Slurm's is a backstop after that
+                limit_s = spec.time_limit_s + self.config.daemon.kill_grace_s + 120
+            else:
+                limit_s = float(plan.get("work_s") or 3600) * (1 + settings.time_margin_pct / 100) + 600
+            deadline = None if plan.get("late") else self.clock.to_wall(job.deadline)
+            argv = sbatch_argv(job.id, token, owner, int(mode["gpus"]), self.clock.to_wall(job.planned_start),
+                               timedelta(seconds=limit_s / self.clock.speed), deadline, mode, spec.preemptible,
+                               settings.requeue_grace_s, settings.partition, settings.account, str(script),
+                               str(self.slurm_runs.log_path(job.id)), str(self.slurm_runs.run_dir(job.id) / "work"))
+            slurm_id = self.slurm.submit(argv)
+        except (GschedError, OSError) as exc:
+            self.store.update(job.id, slurm_token=None, slurm_mode_json=None)
+            raise GschedError(f"cannot submit to Slurm: {exc}") from exc
+        crash_point("slurm.after_submit")
+        self.store.update(job.id, slurm_job_id=slurm_id)
+        self.store.note(job.id, at=now, reason=f"submitted to Slurm as job {slurm_id} (partition "
+                                               f"{settings.partition}, begins {rfc3339(job.planned_start)})")
+        log.info("job %s: submitted as Slurm job %s, begins %s", job.id, slurm_id, rfc3339(job.planned_start))
+
     # --- requests ----------------------------------------------------------------------------------
 
     def cancel(self, job: Job) -> Job:
@@ -705,12 +932,10 @@ class Daemon:
         now = self.clock.now()
         if job.state == JobState.RUNNING:
             job = self.store.update(job.id, cancel_requested=True)
-            if job.runner_pid is None:
-                self.wake()
-                return job
-            if not self.launcher.signal(job.runner_pid or 0, job.runner_start_ticks or -1, signal.SIGTERM):
-                self.wake()
+            self._stop_run(job, requeue=False)
             return job
+        if self.slurm is not None and job.slurm_job_id is not None and job.state in QUEUED:
+            self.slurm.cancel(job.slurm_job_id)  # before the record: a failed scancel leaves the job as it was
         try:
             return self.store.transition(job.id, JobState.CANCELLED, at=now, reason="cancelled by user",
                                          expect=QUEUED, finished_at=now)
@@ -728,8 +953,7 @@ class Daemon:
         if not self.spec_of(job).preemptible:
             raise Conflict(f"job {job.id} is not preemptible (set preemptible = true in its job file)")
         job = self.store.update(job.id, preempt_requested=True)
-        if not self.launcher.signal(job.runner_pid or 0, job.runner_start_ticks or -1, signal.SIGTERM):
-            self.wake()
+        self._stop_run(job, requeue=True)
         return job
 
     def remaining_fraction(self, job: Job) -> float:
@@ -803,6 +1027,21 @@ def _mode_key(mode: dict[str, Any]) -> tuple[Any, ...]:
     """A mode as the job file chose it; not where its numbers came from (a default, then a profile)."""
     return (mode.get("gpus"), mode.get("precision"), str(mode.get("pruning")), mode.get("power_limit_w"),
             bool(mode.get("compile")))
+
+
+def _slurm_end_state(sj: SlurmJob) -> JobState:
+    return {"TIMEOUT": JobState.TIMEOUT, "CANCELLED": JobState.CANCELLED}.get(sj.state, JobState.FAILED)
+
+
+def _slurm_why(sj: SlurmJob) -> str:
+    """Slurm's own words for how its job ended: DEADLINE, NODE_FAIL, TIMEOUT, cancelled by an admin."""
+    reason = "" if sj.reason in ("", "None") else f" ({sj.reason})"
+    return f"Slurm ended job {sj.job_id}: {sj.state}{reason}"
+
+
+def _has_runner(job: Job) -> bool:
+    """A running job whose run has started: a local runner's pid is known, or Slurm runs it."""
+    return job.runner_pid is not None or job.slurm_job_id is not None
 
 
 def _run_end(job: Job) -> datetime | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("dispatch.after_intent", "dispatch.after_spawn")
+POINTS = ("dispatch.after_intent", "dispatch.after_spawn", "slurm.after_intent", "slurm.after_submit")
 
 
 def crash_point(name: str) -> None:

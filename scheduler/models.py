@@ -21,7 +21,7 @@ class JobState(str, enum.Enum):
 
 
 TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.TIMEOUT})
-_QUEUED = {JobState.PENDING, JobState.PLANNED, JobState.RUNNING, JobState.CANCELLED}
+_QUEUED = {JobState.PENDING, JobState.PLANNED, JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}
 ALLOWED = {
     JobState.PENDING: _QUEUED,
     JobState.PLANNED: _QUEUED,
@@ -82,6 +82,13 @@ class Job(SQLModel, table=True):
     preempt_requested: bool = False  # `gsched requeue`: checkpoint, then back to the queue
     preempt_reason: str | None = None  # why the running job is being checkpointed: a planned pause, a preemption
     power_restore_json: str | None = None  # {gpu uuid: original power limit in mW} while a cap is set
+    # executor.kind = "slurm": the job's Slurm job (one per job; a requeue runs it again under the same id). The
+    # token is recorded before sbatch runs and names the Slurm job, so a restarted daemon finds it, never resubmits.
+    slurm_token: str | None = None
+    slurm_job_id: int | None = None
+    slurm_mode_json: str | None = None  # the mode it was submitted in; replans move its start, not its mode
+    slurm_restarts: int | None = None  # the running run's SLURM_RESTART_COUNT: which result file is its
+    slurm_nodes: str | None = None
     exit_code: int | None = None
     reason: str | None = None
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scheduler.config import Config, daemon_paths
+from scheduler.errors import ConfigError
 
 if TYPE_CHECKING:
     from scheduler.forecasts.base import Provider
@@ -63,7 +64,7 @@ def _clock(speed: float, origin: str, store: Any) -> Any:
     from scheduler.clock import ScaledClock, SystemClock
     from scheduler.timeutil import parse_rfc3339, rfc3339
 
-    if speed == 1.0:
+    if speed == 1.0 and not origin:
         return SystemClock()
     # kept: "SPEED CONFIGURED_ORIGIN VIRTUAL_AT WALL_AT"; a changed speed or clock_origin starts a new clock
     setting = f"{speed!r} {origin or '-'}"
@@ -93,11 +94,26 @@ def run_daemon(config: Config) -> None:
     os.chmod(paths.home, 0o711)  # others may reach the socket inside, not list or read the state
     _raise_open_files()
     store = Store(paths.db, check=True)
-    devices = discover(config.devices)
+    slurm = None
+    if config.executor.kind == "slurm":
+        from scheduler.devices import Device
+        from scheduler.executor.slurm import Slurm, SlurmRuns
+
+        client = Slurm(config.executor.partition, config.executor.account)
+        gpus = client.gpus()  # a daemon that cannot see its partition says so at once
+        if not gpus:
+            raise ConfigError(f"{config.source}: executor.partition: Slurm partition {config.executor.partition!r} "
+                              "has no GPUs on nodes that are up (sinfo --json)")
+        devices = [Device(i, f"slurm:{config.executor.partition}:{i}", f"{config.executor.partition} GPU {i}", "gpu")
+                   for i in range(gpus)]
+        slurm = (client, SlurmRuns(Path(config.executor.shared_dir), sys.executable))
+    else:
+        devices = discover(config.devices)
     clock = _clock(config.daemon.clock_speed, config.daemon.clock_origin, store)
     provider = forecast_provider(config, store, clock.now)
     power = None
-    if config.devices.power_limits == "auto" and os.geteuid() == 0 and devices and devices[0].kind == "gpu":
+    if (config.devices.power_limits == "auto" and os.geteuid() == 0 and devices and devices[0].kind == "gpu"
+            and slurm is None):  # on Slurm, the Prolog caps the allocated GPUs (slurm/)
         import pynvml
 
         from scheduler.executor.power import PowerLimiter
@@ -105,7 +121,7 @@ def run_daemon(config: Config) -> None:
         power = PowerLimiter(pynvml)
     cgroups = cgroup_base() if config.daemon.cgroups == "auto" else None
     daemon = Daemon(config, paths, store, clock, devices, provider, Launcher(paths, config, cgroups),
-                    {name: info.steps_per_s for name, info in WORKLOADS.items()}, power)
+                    {name: info.steps_per_s for name, info in WORKLOADS.items()}, power, slurm)
     stop = threading.Event()
     install_signal_handlers(stop)
     server = ApiServer(paths.socket, Api(daemon), config.api)
@@ -124,6 +140,7 @@ def run_daemon(config: Config) -> None:
             log.info("metrics: Prometheus endpoint on http://%s/metrics", config.metrics.listen)
     log.info("gsched daemon ready: %d %s device(s), socket %s, home %s, forecast %s, runs in %s%s", len(devices),
              devices[0].kind if devices else "-", paths.socket, paths.home, provider.name,
+             f"Slurm partition {config.executor.partition}" if slurm else
              f"cgroups under {cgroups}" if cgroups else "process groups (no writable cgroup v2)",
              f", clock x{clock.speed:g}" if clock.speed != 1 else "")
     sd_notify("READY=1\nSTATUS=scheduling")

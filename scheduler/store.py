@@ -27,7 +27,7 @@ from scheduler.models import (ALLOWED, TERMINAL, ForecastPoint, Job, JobEvent, J
                               Profile)
 from scheduler.timeutil import to_utc
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SECOND = timedelta(seconds=1)
 BUSY_TIMEOUT_MS = 10_000
 
@@ -66,9 +66,16 @@ def _elastic_runs(conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE measurements ADD COLUMN {column} {kind}")
 
 
+def _slurm_jobs(conn: sa.Connection) -> None:
+    """v4 -> v5: a job handed to Slurm records its token, Slurm job id, submitted mode, run number and nodes."""
+    for column, kind in (("slurm_token", "VARCHAR"), ("slurm_job_id", "INTEGER"), ("slurm_mode_json", "VARCHAR"),
+                         ("slurm_restarts", "INTEGER"), ("slurm_nodes", "VARCHAR")):
+        conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+
+
 # from_version -> the step that brings a database to from_version + 1, inside the same transaction.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _rebuild_profiles, 2: _runs_and_owned_profiles,
-                                                          3: _elastic_runs}
+                                                          3: _elastic_runs, 4: _slurm_jobs}
 FIX_HINT = ("stop the daemon, move the file aside (keep it for recovery, e.g. with sqlite3's .recover), then "
             "start again for an empty queue, or restore a backup")
 

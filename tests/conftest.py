@@ -215,3 +215,26 @@ def raw_request(socket_path: Path, method: str, target: str, body: str | None = 
     except ValueError:
         reply["json"] = None
     return reply
+
+
+# --- a real Slurm (root and apt only) -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Any]:
+    """One real single-node Slurm with 4 fake GPUs for the session (tests/slurm_cluster.py); skips with the reason
+    where none can run."""
+    from slurm_cluster import SlurmCluster, why_not_available
+
+    why = why_not_available()
+    if why:
+        pytest.skip(why)
+    # not under pytest's 0700 tmp: slurmctld runs as the slurm user and the jobs' users must reach the shared dir
+    base = Path(tempfile.mkdtemp(prefix="gsched-slurm-"))
+    base.chmod(0o755)
+    cluster = SlurmCluster(base).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)

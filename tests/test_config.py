@@ -21,6 +21,11 @@ def test_documented_config_equals_the_built_in_defaults() -> None:
     ("daemon = 3\n", "daemon: must be a table"),
     ("default_max_delay = 'soon'\n", "default_max_delay"),
     ("[daemon\n", "line 1"),
+    ("[executor]\nkind = 'pbs'\n", "executor.kind: must be 'local' or 'slurm'"),
+    ("[executor]\nkind = 'slurm'\nshared_dir = '/s'\n", "executor.partition: must name"),
+    ("[executor]\nkind = 'slurm'\npartition = 'gpu'\nshared_dir = 'rel'\n", "executor.shared_dir: must be an absolute"),
+    ("[executor]\nkind = 'slurm'\npartition = 'gpu'\nshared_dir = '/s'\n[daemon]\nclock_speed = 60.0\n",
+     "daemon.clock_speed: must be 1.0 with executor.kind"),
 ])
 def test_bad_config_names_the_key(text: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):

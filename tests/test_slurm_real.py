@@ -15,20 +15,7 @@ from pathlib import Path
 import pytest
 
 from scheduler.executor.slurm import Slurm, foreign_gpus, sbatch_argv
-from slurm_cluster import SlurmCluster, why_not_available
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[SlurmCluster]:
-    why = why_not_available()
-    if why:
-        pytest.skip(why)
-    # not under pytest's 0700 tmp: slurmctld runs as the slurm user and must reach its directories
-    base = Path(tempfile.mkdtemp(prefix="gsched-slurm-"))
-    c = SlurmCluster(base).start()
-    yield c
-    c.stop()
-    shutil.rmtree(base, ignore_errors=True)
+from slurm_cluster import SlurmCluster
 
 
 def wait_for(slurm: Slurm, job_id: int, states: set[str], timeout_s: float = 30) -> str:
@@ -42,8 +29,9 @@ def wait_for(slurm: Slurm, job_id: int, states: set[str], timeout_s: float = 30)
     raise AssertionError(f"slurm job {job_id} is {state}, never {states}")
 
 
-def test_submit_move_find_requeue_cancel_on_a_real_slurm(cluster: SlurmCluster, unix_users: tuple[str, str]
+def test_submit_move_find_requeue_cancel_on_a_real_slurm(slurm_cluster: SlurmCluster, unix_users: tuple[str, str]
                                                         ) -> None:
+    cluster = slurm_cluster
     slurm = Slurm("gpu", env=cluster.env)
     assert slurm.gpus() == 4
     user = unix_users[0]

@@ -97,12 +97,12 @@ def test_a_v1_database_is_migrated_with_its_profiles(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.executescript((Path(__file__).parent / "fixtures" / "gsched-v1.sql").read_text())
     store = Store(path, check=True)
-    assert store.schema_version == SCHEMA_VERSION == 4
+    assert store.schema_version == SCHEMA_VERSION == 5
     key = '{"args":{},"workload":"jobs.linear"}'
     # Profiles from before owners existed are kept as root's: they plan nobody else's jobs.
     assert sorted((p.pruning, p.steps_per_s) for p in store.profiles(key, "cpu", 0)) == [("0", 1500.0), ("0.5", 1480.0)]
     assert store.profiles(key, "cpu", 1000) == []
-    assert all(j.run_token is None and j.preempt_reason is None for j in store.jobs())
+    assert all(j.run_token is None and j.preempt_reason is None and j.slurm_job_id is None for j in store.jobs())
     assert all(m.gpus is None and m.steps is None for j in store.jobs() for m in store.measurements(j.id or 0))
     store.record_profile(Profile(key=key, device_kind="cpu", gpus=1, precision="fp32", pruning="2:4", compile=False,
                                  steps_per_s=1490.0, watts=10.0, energy_source="estimate", measured_at=NOW))

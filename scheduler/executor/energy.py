@@ -98,7 +98,9 @@ class NvmlMeter:
         nvml = self.nvml
         try:
             nvml.nvmlInit()
-            self._handles = {u: nvml.nvmlDeviceGetHandleByUUID(u) for u in self.uuids}
+            # Slurm names a job's GPUs by index (CUDA_VISIBLE_DEVICES=0,1); the local executor by UUID.
+            self._handles = {u: nvml.nvmlDeviceGetHandleByIndex(int(u)) if u.isdigit() else
+                             nvml.nvmlDeviceGetHandleByUUID(u) for u in self.uuids}
         except nvml.NVMLError as exc:
             raise DeviceError(f"NVML: {exc}") from exc
         for uuid, handle in self._handles.items():

@@ -112,6 +112,26 @@ class Launcher:
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # DDP between processes on this host
         return env
 
+    def runfile(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int,
+                mode: dict[str, Any] | None, token: str, processes: int) -> dict[str, Any]:
+        """What the runner reads: the program, its environment and the limits of one run."""
+        return {
+            "token": token,
+            "argv": spec.argv(sys.executable, processes),
+            "cwd": spec.workdir,
+            "env": self.job_env(job_id, spec, devices, owner_uid, mode, token),
+            "uid": owner_uid,
+            "gid": owner_gid,
+            "device_kind": devices[0].kind if devices else "gpu",
+            "device_uuids": [d.uuid for d in devices],
+            "cpu_cores": [c for c in (core_of(d) for d in devices) if c is not None],
+            "time_limit_s": spec.time_limit_s,
+            "kill_grace_s": self.config.daemon.kill_grace_s,
+            "cpu_watts_per_core": self.config.energy.cpu_watts_per_core,
+            "power_sample_s": self.config.energy.power_sample_s,
+            "max_log_bytes": int(self.config.daemon.max_log_mb * 1024 * 1024),
+        }
+
     def prepare(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int,
                 mode: dict[str, Any] | None, token: str) -> Path:
         """Everything a run needs before its runner starts: its directories, cgroup and run file."""
@@ -128,25 +148,10 @@ class Launcher:
         result.unlink(missing_ok=True)
         group = self.group(job_id, token)
         group.create()
-        runfile: dict[str, Any] = {
-            "token": token,
-            "claim_path": str(self.claim_path(job_id, token)),
-            "cgroup": str(group.cgroup) if group.cgroup else None,
-            "argv": spec.argv(sys.executable, len(devices)),
-            "cwd": spec.workdir,
-            "env": self.job_env(job_id, spec, devices, owner_uid, mode, token),
-            "uid": owner_uid,
-            "gid": owner_gid,
-            "device_kind": devices[0].kind,
-            "device_uuids": [d.uuid for d in devices],
-            "cpu_cores": [c for c in (core_of(d) for d in devices) if c is not None],
-            "time_limit_s": spec.time_limit_s,
-            "kill_grace_s": self.config.daemon.kill_grace_s,
-            "cpu_watts_per_core": self.config.energy.cpu_watts_per_core,
-            "power_sample_s": self.config.energy.power_sample_s,
-            "max_log_bytes": int(self.config.daemon.max_log_mb * 1024 * 1024),
-            "result_path": str(result),
-        }
+        runfile = {**self.runfile(job_id, spec, devices, owner_uid, owner_gid, mode, token, len(devices)),
+                   "claim_path": str(self.claim_path(job_id, token)),
+                   "cgroup": str(group.cgroup) if group.cgroup else None,
+                   "result_path": str(result)}
         path = run_dir / f"run-{token}.json"
         path.write_text(json.dumps(runfile))
         return path

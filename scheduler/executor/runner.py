@@ -163,10 +163,27 @@ def _say(message: str) -> None:
         pass
 
 
+def from_slurm(spec: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    """Under Slurm the run file is written before the allocation: the GPUs, and the run's number (a requeued job
+    runs again under the same id), come from the job's environment."""
+    restart = environ.get("SLURM_RESTART_COUNT", "0")
+    spec["result_path"] = spec["result_path"].replace("{restart}", restart if restart.isdigit() else "0")
+    for name in spec.get("inherit_env", ()):
+        if name in environ:
+            spec["env"][name] = environ[name]
+    visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
+    spec["device_uuids"] = visible
+    spec["env"].update(GSCHED_DEVICES=",".join(visible), GSCHED_NUM_DEVICES=str(max(1, len(visible))))
+    return spec
+
+
 def run(runfile: Path) -> int:
     spec = json.loads(runfile.read_text())
+    if spec.get("slurm"):
+        spec = from_slurm(spec, dict(os.environ))
     me = {"by": "runner", "pid": os.getpid(), "start_ticks": proc_start_ticks(os.getpid())}
-    if not claim(Path(spec["claim_path"]), me):
+    # Slurm runs a job id once (and again only when requeued): there the claim is Slurm's.
+    if spec.get("claim_path") and not claim(Path(spec["claim_path"]), me):
         _say("gsched-runner: the daemon gave this start up before the runner claimed it; not running")
         return 0
     group = RunGroup(spec["token"], Path(spec["cgroup"]) if spec.get("cgroup") else None)
@@ -201,6 +218,8 @@ def run(runfile: Path) -> int:
         os.sched_setaffinity(0, spec["cpu_cores"])
     outcome: dict[str, Any] = {"started_wall": datetime.now(timezone.utc).isoformat()}
     try:
+        if spec["device_kind"] == "gpu" and not spec["device_uuids"]:
+            raise GschedError("no GPUs in CUDA_VISIBLE_DEVICES")
         meter = choose_meter(spec["device_kind"], spec["device_uuids"], spec["cpu_watts_per_core"],
                              spec["power_sample_s"])
         meter.begin_window()

@@ -10,11 +10,17 @@ daemon finds what it submitted, and submits nothing twice.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
+import shlex
+import stat
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from scheduler.errors import GschedError
@@ -41,6 +47,8 @@ class SlurmJob:
     gpus: int
     begin: datetime | None
     end: datetime | None  # when it ended, or is expected to (start + time limit)
+    start: datetime | None  # when it started (or is expected to)
+    restarts: int  # how often it was requeued: its run's SLURM_RESTART_COUNT
     exit_code: int | None  # the process's exit code, from the raw wait status
     signal: int | None
     nodes: str
@@ -67,6 +75,10 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromtimestamp(value, tz=timezone.utc)
 
 
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 31 else 0
+
+
 def gres_gpus(text: str | None) -> int:
     """GPUs in a gres/tres string: ``gres:gpu:2``, ``gpu:4``, ``gres/gpu=2``, ``gpu:a100:2(IDX:0-1)``."""
     return sum(int(n) for n in _GPUS.findall(text or ""))
@@ -87,7 +99,8 @@ def parse_squeue(data: Any) -> list[SlurmJob]:
         jobs.append(SlurmJob(
             job_id=raw["job_id"], name=str(raw.get("name") or ""), state=str(raw.get("job_state") or ""),
             reason=str(raw.get("state_reason") or ""), gpus=gres_gpus(raw.get("tres_per_node")),
-            begin=_time(raw.get("eligible_time")), end=_time(raw.get("end_time")), exit_code=code, signal=sig,
+            begin=_time(raw.get("eligible_time")), end=_time(raw.get("end_time")), start=_time(raw.get("start_time")),
+            restarts=_count(raw.get("restart_cnt")), exit_code=code, signal=sig,
             nodes=str(raw.get("nodes") or ""), user=str(raw.get("user_name") or ""),
             comment=str(raw.get("comment") or "")))
     return jobs
@@ -129,14 +142,17 @@ def mode_comment(mode: dict[str, Any]) -> str:
 
 
 def sbatch_argv(job_id: int, token: str, owner: str, gpus: int, begin: datetime, time_limit: timedelta,
-                deadline: datetime, mode: dict[str, Any], preemptible: bool, grace_s: int, partition: str,
-                account: str, script: str, output: str) -> list[str]:
-    """``runuser -u OWNER -- sbatch ...``: Slurm authenticates the owner (``--uid`` is not portable)."""
+                deadline: datetime | None, mode: dict[str, Any], preemptible: bool, grace_s: int, partition: str,
+                account: str, script: str, output: str, chdir: str = "/") -> list[str]:
+    """``runuser -u OWNER -- sbatch ...``: Slurm authenticates the owner (``--uid`` is not portable). One node (the
+    workload's DDP is torchrun --standalone); none of the root daemon's environment goes into the job."""
     minutes = max(1, -(-int(time_limit.total_seconds()) // 60))
     argv = ["runuser", "-u", owner, "--", "sbatch", "--parsable", f"--job-name={NAME_PREFIX}{job_id}-{token}",
-            f"--partition={partition}", f"--gres=gpu:{gpus}", f"--begin={_slurm_time(begin)}",
-            f"--time={minutes}", f"--deadline={_slurm_time(deadline)}", f"--comment={mode_comment(mode)}",
-            f"--output={output}"]
+            f"--partition={partition}", "--nodes=1", f"--gres=gpu:{gpus}", f"--begin={_slurm_time(begin)}",
+            f"--time={minutes}", f"--comment={mode_comment(mode)}", f"--output={output}", "--open-mode=append",
+            f"--chdir={chdir}", "--export=NONE"]
+    if deadline is not None:
+        argv.append(f"--deadline={_slurm_time(deadline)}")
     if account:
         argv.append(f"--account={account}")
     if preemptible:
@@ -158,8 +174,6 @@ class Slurm:
         self.partition, self.account, self.env, self.timeout_s = partition, account, env, timeout_s
 
     def _run(self, argv: list[str]) -> str:
-        import subprocess
-
         try:
             done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=self.timeout_s)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -169,8 +183,6 @@ class Slurm:
         return done.stdout
 
     def _json(self, argv: list[str]) -> Any:
-        import json
-
         text = self._run(argv)
         try:
             return json.loads(text)
@@ -205,3 +217,82 @@ class Slurm:
     def find(self, gsched_id: int, token: str) -> SlurmJob | None:
         """The Slurm job of one gsched run (by its name), if Slurm has it: how a restarted daemon re-adopts."""
         return next((j for j in self.jobs() if j.gsched_id == (gsched_id, token)), None)
+
+
+# What a Slurm run's runner passes on from the job's environment to the workload.
+INHERIT_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_RESTART_COUNT",
+               "SLURMD_NODENAME")
+
+
+class SlurmRuns:
+    """A gsched job's files on the shared file system, ``shared_dir/<job id>/``:
+
+    - the run file and batch script, written by the daemon (root) and read-only to the job;
+    - ``out/`` (the owner's): the runner's ``result-<token>-<restart>.json`` and the job's log;
+    - ``work/`` (the owner's): the workload's checkpoint, read again on whichever node a requeued run lands.
+
+    The runner runs as the owner under Slurm, so what it reports is as trustworthy as the owner: it is parsed with
+    bounds (untrusted.parse_result) and read without following links, never trusted."""
+
+    def __init__(self, shared_dir: Path, python: str) -> None:
+        self.shared_dir, self.python = shared_dir, python
+
+    def run_dir(self, job_id: int) -> Path:
+        return self.shared_dir / str(job_id)
+
+    def log_path(self, job_id: int) -> Path:
+        return self.run_dir(job_id) / "out" / "job.log"
+
+    def checkpoint(self, job_id: int) -> Path:
+        return self.run_dir(job_id) / "work" / "checkpoint.pt"
+
+    def prepare(self, job_id: int, token: str, runfile: dict[str, Any], owner_uid: int, owner_gid: int) -> Path:
+        """The run's directories, run file and batch script; returns the script."""
+        if not self.shared_dir.is_dir():
+            self.shared_dir.mkdir(parents=True)
+            self.shared_dir.chmod(0o755)  # the jobs' owners reach their run directories inside
+        run_dir = self.run_dir(job_id)
+        run_dir.mkdir(exist_ok=True)
+        if run_dir.is_symlink() or run_dir.stat().st_uid != os.geteuid():
+            raise SlurmError(f"{run_dir}: not a directory of the daemon's own")
+        run_dir.chmod(0o755)
+        for sub in ("out", "work"):
+            path = run_dir / sub
+            path.mkdir(exist_ok=True)
+            if os.geteuid() == 0:
+                os.lchown(path, owner_uid, owner_gid)
+            os.chmod(path, 0o700, follow_symlinks=False)
+        runfile = {**runfile, "slurm": True, "claim_path": None, "cgroup": None, "cpu_cores": [],
+                   "device_kind": "gpu", "device_uuids": [], "inherit_env": list(INHERIT_ENV),
+                   "result_path": str(run_dir / "out" / f"result-{token}-{{restart}}.json")}
+        runfile["env"]["GSCHED_CHECKPOINT"] = str(self.checkpoint(job_id))
+        path = run_dir / f"run-{token}.json"
+        path.write_text(json.dumps(runfile))
+        path.chmod(0o644)
+        script = run_dir / f"batch-{token}.sh"
+        script.write_text(f"#!/bin/sh\n# gsched job {job_id}: gsched's runner measures and runs the workload\n"
+                          f"exec {shlex.quote(self.python)} -m scheduler.executor.runner {shlex.quote(str(path))}\n")
+        script.chmod(0o755)
+        return script
+
+    def read_result(self, job_id: int, token: str, restart: int) -> Any:
+        """The raw result of one run (untrusted), None before there is one. The file is the owner's: it is opened
+        without following a link, and only a regular file of at most 1 MiB is read."""
+        path = self.run_dir(job_id) / "out" / f"result-{token}-{restart}.json"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return {"exit_code": None, "error": f"runner result unreadable: {exc.strerror}"}
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return {"exit_code": None, "error": "runner result is not a regular file"}
+            data = os.read(fd, 1 << 20)
+        finally:
+            os.close(fd)
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            return {"exit_code": None, "error": "runner result unreadable"}
+
