@@ -1,0 +1,91 @@
+"""The daemon's Slurm executor against a fake of Slurm's commands (tests/fake_slurm/), for machines where no real
+Slurm can run: what it submits, how it follows states the fake is moved through, a Slurm that stops answering,
+and a job Slurm ends itself. The real thing: test_slurm_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import ROOT, DaemonProc, make_home, write_job
+from test_elastic import alternating_trace
+
+FAKE = ROOT / "tests" / "fake_slurm" / "fake_slurm.py"
+
+
+def fake_path(tmp: Path) -> Path:
+    bin_dir = tmp / "bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "runuser"):
+        (bin_dir / name).symlink_to(FAKE)
+    return bin_dir
+
+
+def test_the_daemon_submits_follows_and_survives_a_fake_slurm(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    state = tmp_path / "slurm.json"
+    env = {"PATH": f"{fake_path(tmp_path)}:{os.environ['PATH']}", "FAKE_SLURM_STATE": str(state)}
+
+    def slurm(*argv: str) -> None:
+        subprocess.run([sys.executable, str(FAKE), *argv], env={**os.environ, **env}, check=True, timeout=60)
+
+    def slurm_jobs() -> list[dict[str, Any]]:
+        return json.loads(state.read_text())["jobs"]
+
+    d = DaemonProc(make_home(), f"""
+[daemon]
+tick_s = 0.3
+calibrate_when_idle = false
+clock_origin = "2024-01-01T01:10:00Z"
+[executor]
+kind = "slurm"
+partition = "gpu"
+shared_dir = "{tmp_path / 'shared'}"
+[planner]
+slot_minutes = 1
+horizon_hours = 3
+time_limit_s = 0.5
+[forecast]
+trace = "{alternating_trace(tmp_path / 'trace.csv')}"
+""", env=env).start()
+    try:
+        body = f'command = ["sh", "-c", "echo out-of-the-batch"]\nduration = "1m"\ngpus = 2\nworkdir = "{tmp_path}"\n'
+        jid = d.submit(write_job(tmp_path, "one", body), "--now")
+        job = d.wait_state(jid, {"PLANNED"})
+        deadline = time.monotonic() + 30
+        while d.show(jid)["slurm_job_id"] is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        sid = d.show(jid)["slurm_job_id"]
+        argv = next(c for c in json.loads(state.read_text())["calls"] if c[0] == "sbatch")
+        for flag in ("--parsable", "--gres=gpu:2", f"--job-name=gsched-{jid}-", "--begin=", "--time=", "--deadline=",
+                     "--comment=gsched:gpus=2,", "--nodes=1", "--export=NONE"):
+            assert any(a.startswith(flag) for a in argv), (flag, argv)
+        assert not any(a.startswith("--requeue") for a in argv)  # not preemptible
+        # Slurm stops answering: the job stays as it was, the daemon keeps serving
+        slurm("fail", "squeue,sinfo")
+        slurm("start", str(sid))
+        time.sleep(1.5)
+        assert d.show(jid)["state"] == "PLANNED"
+        slurm("fail", "")
+        assert d.wait_state(jid, {"RUNNING"})["slurm_nodes"] == "node1"
+        slurm("finish", str(sid))
+        job = d.wait_state(jid, {"COMPLETED", "FAILED"})
+        assert job["state"] == "COMPLETED" and job["energy_j"] > 0 and job["gpus"] == 2, job
+        assert "out-of-the-batch" in d.cli("logs", str(jid)).stdout
+        # Slurm ends one itself (its deadline passed while pending): gsched says so with Slurm's words
+        other = d.submit(write_job(tmp_path, "two", body), "--now")
+        deadline = time.monotonic() + 30
+        while d.show(other)["slurm_job_id"] is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        slurm("end", str(d.show(other)["slurm_job_id"]), "DEADLINE", "DeadLine")
+        ended = d.wait_state(other, {"FAILED", "CANCELLED", "COMPLETED"})
+        assert ended["state"] == "FAILED" and ended["reason"].startswith(
+            f"Slurm ended job {ended['slurm_job_id']}: DEADLINE (DeadLine)"), ended
+        assert [j["job_state"] for j in slurm_jobs()] == ["COMPLETED", "DEADLINE"]
+    finally:
+        d.stop()
