@@ -264,8 +264,9 @@ class Daemon:
         except Exception:
             log.exception("job %s: cannot end it either; retrying at the next tick", job.id)
 
-    def _finish(self, job: Job, now: datetime, raw: Any) -> None:
-        """End a run from its result file's contents (``raw``, untrusted)."""
+    def _finish(self, job: Job, now: datetime, raw: Any, slurm_said: tuple[JobState, str] | None = None) -> None:
+        """End a run from its result file's contents (``raw``, untrusted). ``slurm_said``: Slurm stopped the run
+        itself (TIMEOUT, DEADLINE, NODE_FAIL, a requeue of its own): its state and reason, unless all steps ran."""
         assert job.id is not None and job.started_at is not None
         spec = self.spec_of(job)
         result: RunResult = parse_result(raw, spec.steps)
@@ -296,6 +297,8 @@ class Daemon:
         else:
             state = JobState.FAILED
             reason = result.error or (f"killed by {result.signal}" if result.signal else f"exit code {exit_code}")
+        if slurm_said is not None and state != JobState.COMPLETED:
+            state, reason = slurm_said
         if result.ignored:
             reason += f" ({len(result.ignored)} invalid value(s) in its output ignored: {result.ignored[0]})"
         energy_j = result.energy_j
@@ -826,8 +829,18 @@ class Daemon:
         run = job.slurm_restarts or 0
         raw = self.slurm_runs.read_result(job.id, job.slurm_token or "", run)
         if raw is not None:
+            said = None
+            if isinstance(raw, dict) and raw.get("terminated") is True and not job.cancel_requested \
+                    and not job.preempt_requested and sj is not None:
+                # Stopped, and not by gsched: Slurm's time limit, deadline, a node failure or its own requeue.
+                # Slurm may still be recording why; give it a moment to say.
+                if sj.state not in SLURM_ENDED and sj.state in SLURM_RUNNING and sj.restarts <= run:
+                    if time.monotonic() - self._requeued_at.setdefault(job.id, time.monotonic()) < 30:
+                        return
+                said = ((JobState.PREEMPTED, f"requeued by Slurm ({sj.reason or sj.state})")
+                        if sj.restarts > run or sj.state not in SLURM_ENDED else (_slurm_end_state(sj), _slurm_why(sj)))
             self._requeued_at.pop(job.id, None)
-            self._finish(job, now, raw)
+            self._finish(job, now, raw, said)
             return
         if sj is None:
             self._end_lost(job, now, f"Slurm no longer knows job {slurm_id}, and its run left no result")

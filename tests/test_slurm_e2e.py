@@ -12,7 +12,7 @@ import json
 import signal
 import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from test_workloads import train
 
 
 def slurm_daemon(cluster: Any, base: Path, origin: str, env: dict[str, str] | None = None,
-                 home: Path | None = None) -> DaemonProc:
+                 home: Path | None = None, planner: str = "") -> DaemonProc:
     """A daemon with executor.kind = "slurm" on the test cluster, 1-minute slots, over the alternating trace (odd
     hours cheap), its clock starting at ``origin``."""
     trace = base / "trace.csv"
@@ -46,6 +46,7 @@ shared_dir = "{base / 'shared'}"
 slot_minutes = 1
 horizon_hours = 3
 time_limit_s = 1.0
+{planner}
 [forecast]
 trace = "{trace}"
 """, env={"SLURM_CONF": cluster.env["SLURM_CONF"], **(env or {})})
@@ -215,3 +216,32 @@ def test_a_daemon_killed_mid_submit_submits_nothing_twice(slurm_cluster: Any, ba
             assert any("re-adopted Slurm job" in e["reason"] for e in job["events"]), job["events"]
     finally:
         again.stop()
+
+
+def test_an_elastic_job_pauses_at_its_segments_end_and_slurm_holds_it_for_the_next(slurm_cluster: Any,
+                                                                                   base: Path) -> None:
+    """The plan runs a preemptible job's first minute in the last cheap minute before a dear hour and the rest
+    later: at the segment's end gsched requeues it in Slurm, and Slurm's begin moves to its next segment."""
+    work = shared_workdir(base, "work")
+    d = slurm_daemon(slurm_cluster, base, "2024-01-01T01:59:20Z", planner="elastic_extend_minutes = 0").start()
+    try:
+        # 4 minutes of work, and 4 cheap minutes before its deadline: this one and 03:00-03:03
+        body = ('command = ["sleep", "600"]\nduration = "4m"\npreemptible = true\nresume_overhead_minutes = 0\n'
+                f'deadline = "2024-01-01T03:03:00Z"\nworkdir = "{work}"\n')
+        jid = d.submit(write_job(work, "elastic", body))
+        job = d.wait_state(jid, {"RUNNING"}, timeout_s=30)
+        assert job["pause_at"] == "2024-01-01T02:00:00Z" and job["segments"][1]["start"] == "2024-01-01T03:00:00Z", job
+        sid = job["slurm_job_id"]
+        job = wait_show(d, jid, lambda j: j["state"] in ("PREEMPTED", "PLANNED") and len(j["runs"]) == 1,
+                        timeout_s=60)
+        assert any(e["reason"].startswith("paused: its planned segment ended") for e in job["events"]), job
+        # A command's progress is unknown, so all its work is replanned: inside the deadline, not now
+        daemon_now = parse_rfc3339(json.loads(d.cli("status", "--json").stdout)["now"])
+        planned = parse_rfc3339(d.show(jid)["planned_start"])
+        assert planned - daemon_now > timedelta(minutes=10), (planned, daemon_now)
+        wall_planned = datetime.now(timezone.utc) + (planned - daemon_now)
+        sj = wait_slurm(slurm_cluster, sid, lambda j: j.state == "PENDING" and j.restarts == 1 and j.begin is not None
+                        and abs((j.begin - wall_planned).total_seconds()) < 60)
+        assert sj.job_id == sid  # the same Slurm job, requeued and held for the next cheap hour
+    finally:
+        d.stop()

@@ -26,6 +26,15 @@ def fake_path(tmp: Path) -> Path:
     return bin_dir
 
 
+def submitted(d: DaemonProc, job_id: int) -> int:
+    """The Slurm job id of a gsched job, once the daemon has submitted it."""
+    deadline = time.monotonic() + 30
+    while d.show(job_id)["slurm_job_id"] is None:
+        assert time.monotonic() < deadline, d.show(job_id)
+        time.sleep(0.2)
+    return int(d.show(job_id)["slurm_job_id"])
+
+
 def test_the_daemon_submits_follows_and_survives_a_fake_slurm(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     state = tmp_path / "slurm.json"
@@ -56,11 +65,8 @@ trace = "{alternating_trace(tmp_path / 'trace.csv')}"
     try:
         body = f'command = ["sh", "-c", "echo out-of-the-batch"]\nduration = "1m"\ngpus = 2\nworkdir = "{tmp_path}"\n'
         jid = d.submit(write_job(tmp_path, "one", body), "--now")
-        job = d.wait_state(jid, {"PLANNED"})
-        deadline = time.monotonic() + 30
-        while d.show(jid)["slurm_job_id"] is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        sid = d.show(jid)["slurm_job_id"]
+        d.wait_state(jid, {"PLANNED"})
+        sid = submitted(d, jid)
         argv = next(c for c in json.loads(state.read_text())["calls"] if c[0] == "sbatch")
         for flag in ("--parsable", "--gres=gpu:2", f"--job-name=gsched-{jid}-", "--begin=", "--time=", "--deadline=",
                      "--comment=gsched:gpus=2,", "--nodes=1", "--export=NONE"):
@@ -79,13 +85,19 @@ trace = "{alternating_trace(tmp_path / 'trace.csv')}"
         assert "out-of-the-batch" in d.cli("logs", str(jid)).stdout
         # Slurm ends one itself (its deadline passed while pending): gsched says so with Slurm's words
         other = d.submit(write_job(tmp_path, "two", body), "--now")
-        deadline = time.monotonic() + 30
-        while d.show(other)["slurm_job_id"] is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        slurm("end", str(d.show(other)["slurm_job_id"]), "DEADLINE", "DeadLine")
+        slurm("end", str(submitted(d, other)), "DEADLINE", "DeadLine")
         ended = d.wait_state(other, {"FAILED", "CANCELLED", "COMPLETED"})
         assert ended["state"] == "FAILED" and ended["reason"].startswith(
             f"Slurm ended job {ended['slurm_job_id']}: DEADLINE (DeadLine)"), ended
-        assert [j["job_state"] for j in slurm_jobs()] == ["COMPLETED", "DEADLINE"]
+        # Slurm's time limit stops a running one: it ends TIMEOUT with Slurm's reason, its energy measured
+        third = d.submit(write_job(tmp_path, "three", body.replace('"echo out-of-the-batch"', '"sleep 60"')),
+                         "--now")
+        slurm("start", str(submitted(d, third)))
+        d.wait_state(third, {"RUNNING"})
+        slurm("timeout", str(submitted(d, third)), "2")
+        timed = d.wait_state(third, {"TIMEOUT", "FAILED", "COMPLETED", "CANCELLED"})
+        assert timed["state"] == "TIMEOUT" and "TIMEOUT (TimeLimit)" in timed["reason"], timed
+        assert timed["energy_j"] > 0 and len(timed["runs"]) == 1, timed
+        assert [j["job_state"] for j in slurm_jobs()] == ["COMPLETED", "DEADLINE", "TIMEOUT"]
     finally:
         d.stop()

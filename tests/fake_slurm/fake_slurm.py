@@ -5,7 +5,8 @@ One script behind the names sbatch, squeue, sinfo, scontrol, scancel and runuser
 first on PATH). State is a JSON file ($FAKE_SLURM_STATE): jobs as `squeue --json` shows them, and every command
 line run. Nothing runs by itself: a test moves a job along with `fake_slurm.py start|finish ID`, which runs the
 batch script as it would run on a node (CUDA_VISIBLE_DEVICES and SLURM_* set), or `end ID STATE [REASON]`
-(Slurm ending it itself). After `fake_slurm.py fail squeue,sinfo` those commands exit 1 like a controller that
+(Slurm ending it itself), or `timeout ID [SECONDS]` (its batch script run, then TERMed at a time limit).
+After `fake_slurm.py fail squeue,sinfo` those commands exit 1 like a controller that
 does not answer (`fail ""` heals it).
 """
 
@@ -97,6 +98,15 @@ def command(name: str, argv: list[str], state: dict) -> None:
     elif name == "fake_slurm.py" and argv[0] == "end":
         job = find(state, argv[1])
         job.update(job_state=argv[2], state_reason=argv[3] if len(argv) > 3 else "None", end_time=now)
+    elif name == "fake_slurm.py" and argv[0] == "timeout":  # Slurm's time limit: TERM to the job, then TIMEOUT
+        job = find(state, argv[1])
+        with open(job["output"], "ab") as out:
+            batch = subprocess.Popen([job["script"]], env={**os.environ, "CUDA_VISIBLE_DEVICES": "0"}, stdout=out,
+                                     stderr=out, start_new_session=True)
+            time.sleep(float(argv[2]) if len(argv) > 2 else 2.0)
+            os.killpg(batch.pid, 15)
+            batch.wait(timeout=60)
+        job.update(job_state="TIMEOUT", state_reason="TimeLimit", end_time=int(time.time()), exit_code=15)
     elif name == "fake_slurm.py" and argv[0] in ("start", "finish"):
         job = find(state, argv[1])
         if argv[0] == "start":
