@@ -245,6 +245,10 @@ class Api:
         if spec.gpus_min > len(daemon.devices):
             raise InputError(f"{source}: gpus: needs {spec.gpus_min} devices, this daemon schedules on "
                              f"{len(daemon.devices)}")
+        try:
+            daemon.modes_of(spec, caller.uid)  # a command with steps and no duration needs its profile
+        except InputError as exc:
+            raise InputError(f"{source}: {exc}") from None
         if limits.max_gpus_per_user and caller.uid != 0 and spec.gpus_min > limits.max_gpus_per_user:
             raise LimitExceeded(f"{source}: gpus: needs {spec.gpus_min} devices, limits.max_gpus_per_user is "
                                 f"{limits.max_gpus_per_user}")

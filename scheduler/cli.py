@@ -337,7 +337,7 @@ def devices(as_json: bool = typer.Option(False, "--json", help="print JSON"),
 
 
 @app.command()
-def profile(file: Path = typer.Argument(..., help="job file of a workload"),
+def profile(file: Path = typer.Argument(..., help="job file of a workload, or of a command using scheduler.train"),
             steps: int = typer.Option(300, "--steps", help="training steps per calibration run"),
             as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Measure each candidate mode of a workload with short runs; the planner then plans it from the profiles."""
@@ -349,8 +349,9 @@ def profile(file: Path = typer.Argument(..., help="job file of a workload"),
     try:
         text = read_job_file(file)
         spec = parse_job(text, source=str(file), base_dir=file.resolve().parent, now=datetime.now(timezone.utc))
-        if spec.workload is None:
-            raise InputError(f"{file}: profile measures workloads; a command's speed is its own (give 'duration')")
+        if spec.workload is None and not spec.steps:
+            raise InputError(f"{file}: steps: profile measures workloads, and commands that train through "
+                             "scheduler.train and give their steps")
         if steps < 10:
             raise InputError("--steps: at least 10")
         with _client() as client:

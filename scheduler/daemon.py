@@ -431,7 +431,9 @@ class Daemon:
         seen: set[str] = set()
         for job in reversed(self.store.jobs([JobState.COMPLETED], newest=20)):
             spec = self.spec_of(job)
-            if spec.profile_key is None or spec.profile_key in seen or job.name.startswith("calibrate-"):
+            # Commands are calibrated on request only (gsched profile): an idle daemon runs only gsched's own code.
+            if (spec.workload is None or spec.profile_key is None or spec.profile_key in seen
+                    or job.name.startswith("calibrate-")):
                 continue
             seen.add(spec.profile_key)
             for mode in self.modes_of(spec, job.owner_uid).described:
@@ -500,9 +502,16 @@ class Daemon:
         capacity = [max(0, c) for c in capacity]
         pjobs, modes_of, previous = [], {}, {}
         profiles: dict[tuple[str, int], list[Profile]] = {}
+        planned_jobs: list[Job] = []  # the queued jobs the planner gets, in the order of pjobs
         for job in queued:
             spec = self.spec_of(job)
-            jm = self.modes_of(spec, job.owner_uid, profiles)
+            try:
+                jm = self.modes_of(spec, job.owner_uid, profiles)
+            except GschedError as exc:  # e.g. a command's profile is gone: this job waits, saying why
+                if job.plan_reason != str(exc):
+                    self.store.update(job.id or 0, plan_reason=str(exc))
+                continue
+            planned_jobs.append(job)
             indices = [jm.requested] if job.urgent else list(range(len(jm.modes)))
             if job.slurm_mode_json:  # handed to Slurm: replans move its start, not its mode
                 submitted = _mode_key(json.loads(job.slurm_mode_json))
@@ -566,7 +575,7 @@ class Daemon:
                 "state": JobState.PLANNED, "planned_start": start, "planned_end": end, "planned_gpus": mode.gpus,
                 "plan_json": json.dumps(plan),
                 "plan_reason": solution.late.get(pjob.id) or self._explain(costing, j, option, start, end,
-                                                                           queued[j].urgent),
+                                                                           planned_jobs[j].urgent),
             }
         self.store.save_plans(updates, at=now)
 

@@ -72,9 +72,11 @@ class JobSpec:
 
     @property
     def profile_key(self) -> str | None:
-        """What makes two workload runs comparable in speed: the workload and its arguments but the seed."""
+        """What makes two runs comparable in speed: the workload and its arguments but the seed; or a command
+        that gives its steps (a user's script through scheduler.train reports its steps per second as the
+        workloads do); None for other commands, whose speed gsched cannot measure."""
         if self.workload is None:
-            return None
+            return json.dumps({"command": list(self.command or ())}, sort_keys=True) if self.steps else None
         return json.dumps({"workload": self.workload, "args": {k: v for k, v in self.args.items() if k != "seed"}},
                           sort_keys=True)
 
@@ -104,12 +106,15 @@ def _toml(value: Any) -> str:
 
 def calibration_job(spec: JobSpec, prefix: str, gpus: int, precision: str, pruning: float | str,
                     steps: int) -> tuple[str, str]:
-    """(name of the mode, job file text) of a short run measuring one mode of a workload job: what
-    `gsched profile` submits, and the daemon when its devices are idle."""
-    assert spec.workload is not None
+    """(name of the mode, job file text) of a short run measuring one mode of a workload job, or of a command job
+    that trains through scheduler.train (it reads its steps from GSCHED_STEPS): what `gsched profile` submits,
+    and the daemon when its devices are idle."""
     mode = f"{gpus}x {precision}" + (f" pruned {pruning_label(pruning)}" if pruning else "")
-    job = {"name": f"{prefix}-{spec.name}-{mode.replace(' ', '-')}"[:64], "workload": spec.workload,
-           "steps": steps, "args": spec.args, "gpus": gpus, "max_delay": "1h", "workdir": spec.workdir,
+    program: dict[str, Any] = ({"workload": spec.workload, "args": spec.args} if spec.workload is not None else
+                               {"command": list(spec.command or ()), "env": spec.env,
+                                "duration": max(60.0, (spec.duration_s or 3600.0) * steps / (spec.steps or steps))})
+    job = {"name": f"{prefix}-{spec.name}-{mode.replace(' ', '-')}"[:64], **program,
+           "steps": steps, "gpus": gpus, "max_delay": "1h", "workdir": spec.workdir,
            "optimisations": {"precision": [precision], "pruning": [pruning], "compile": spec.optimisations.compile}}
     return mode, "\n".join(f"{k} = {_toml(v)}" for k, v in job.items()) + "\n"
 
@@ -248,8 +253,9 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
             else:
                 for i, part in enumerate(command):
                     r.text(f"command[{i}]", part)
-        if duration_s is None and "duration" not in data:
-            r.fail("duration", "required for a command: its expected run time, e.g. '20m'")
+        if duration_s is None and "duration" not in data and "steps" not in data:
+            r.fail("duration", "required for a command: its expected run time, e.g. '20m' (or, for a script "
+                               "training through scheduler.train that has a profile, its steps)")
 
     gpus = data.get("gpus", 1)
     gpus_min = gpus_max = 1

@@ -104,6 +104,7 @@ class Launcher:
             GSCHED_PRUNING=str(mode.get("pruning", 0.0)),
             GSCHED_COMPILE="1" if mode.get("compile") else "0",
             GSCHED_CHECKPOINT=str(self.work_dir(job_id) / "checkpoint.pt"),
+            GSCHED_STEPS=str(spec.steps or ""),
             CUDA_VISIBLE_DEVICES=uuids if devices and devices[0].kind == "gpu" else "",
         )
         env[TOKEN_VAR] = token

@@ -21,6 +21,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+from scheduler.errors import InputError
 from scheduler.jobfile import JobSpec, pruning_label
 from scheduler.planner.problem import Mode
 
@@ -39,9 +40,21 @@ class JobModes:
 
 def job_modes(spec: JobSpec, capacity: int, device_kind: str, nominal_w: float, steps_per_s: float | None,
               clock_speed: float = 1.0, profiles: list[Any] | None = None) -> JobModes:
-    if spec.duration_s is not None:
+    in_steps = bool(spec.steps) and (spec.command is None or bool(profiles))  # else a command's one-device hours
+    if spec.command is not None and in_steps:
+        # A script training through scheduler.train, measured before: its steps are the work, and a mode not yet
+        # measured scales from a measured one (the first one's rate, back to one device in fp32, uncapped).
+        first = (profiles or [])[0]
+        speedup = GPU_SPEEDUP.get(first.precision, 1.0) if device_kind == "gpu" else 1.0
+        cap = (first.power_limit_w / nominal_w) ** CAP_EXPONENT if first.power_limit_w else 1.0
+        work = float(spec.steps or 0)
+        base_rate = first.steps_per_s * 3600 / (first.gpus ** SCALING_EXPONENT * speedup * cap)
+    elif spec.duration_s is not None:
         work = spec.duration_s / 3600 * spec.gpus_min ** SCALING_EXPONENT
         base_rate = 1.0
+    elif spec.command is not None:
+        raise InputError("duration: required for this command until it has a profile (its steps alone say nothing "
+                         "of its speed): give 'duration', or run `gsched profile` on the job file first")
     else:
         assert spec.steps is not None and steps_per_s
         work, base_rate = float(spec.steps), steps_per_s * 3600
@@ -61,7 +74,7 @@ def job_modes(spec: JobSpec, capacity: int, device_kind: str, nominal_w: float, 
         measured = next((p for p in profiles or [] if p.gpus == n and p.precision == precision
                          and p.power_limit_w == (cap or 0) and p.pruning == pruning_label(pruning)
                          and p.compile == compiled), None)
-        if measured is not None and spec.steps:
+        if measured is not None and in_steps:
             rate, power_kw, source = measured.steps_per_s * 3600, measured.watts / 1000, "profile"
         # On an accelerated clock a real run spans `speed` times as much simulated time.
         modes.append(Mode(n, rate / clock_speed, power_kw, f"{n}x{device_kind} {precision}"
