@@ -261,6 +261,17 @@ class Store:
                 raise NotFound(f"no job {job_id}")
             s.add(JobEvent(job_id=job_id, at=at, state=job.state, reason=reason))
 
+    def record(self, job_id: int) -> tuple[Job, list[Measurement], list[JobEvent]]:
+        """A job with its runs and events, read together: a run that ends between reads cannot show the job in one
+        state and its events in another."""
+        with self.read() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            runs = list(s.exec(select(Measurement).where(Measurement.job_id == job_id).order_by(col(Measurement.id))))
+            events = list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))))
+        return job, runs, events
+
     def events(self, job_id: int) -> list[JobEvent]:
         with self.read() as s:
             return list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))).all())

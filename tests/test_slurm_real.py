@@ -56,11 +56,12 @@ def test_submit_move_find_requeue_cancel_on_a_real_slurm(slurm_cluster: SlurmClu
     assert held[0] == 1  # the foreign job; gsched's own pending one is not "held"
     slurm.move(job_id, datetime.now(timezone.utc))  # a replan moved it to now
     wait_for(slurm, job_id, {"RUNNING"})
+    ran = tmp_path / "ran.txt"
     deadline = time.monotonic() + 10
-    while not (tmp_path / "ran.txt").exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert (tmp_path / "ran.txt").read_text().split() == [user, "0,1"] or \
-        (tmp_path / "ran.txt").read_text().split()[0] == user
+    while not (ran.exists() and len(ran.read_text().split()) == 2) and time.monotonic() < deadline:
+        time.sleep(0.2)  # the shell creates the file before it writes the lines
+    seen_user, gpus = ran.read_text().split()
+    assert seen_user == user and len(gpus.split(",")) == 2 and "0" not in gpus.split(",")  # the foreign job has 0
     slurm.requeue(job_id, datetime.now(timezone.utc))
     wait_for(slurm, job_id, {"RUNNING", "PENDING"})
     slurm.cancel(job_id)
