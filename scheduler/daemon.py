@@ -54,6 +54,7 @@ from scheduler.userpath import acting_ids, owner_dir
 
 log = logging.getLogger("gsched.daemon")
 QUEUED = (JobState.PENDING, JobState.PLANNED, JobState.PREEMPTED)
+SUBMIT_RETRY_S = 30.0  # a job sbatch refused (no account, a partition limit) is offered to Slurm again after this
 
 
 def sd_notify(message: str) -> None:
@@ -83,6 +84,7 @@ class Daemon:
         self._slurm_gpus = len(devices)  # the partition's GPUs that can take jobs, from the last sinfo
         self._slurm_foreign: tuple[Any, ...] = ()
         self._requeued_at: dict[int, float] = {}  # job id -> time.monotonic() of a requeue gsched asked for
+        self._submit_retry_at: dict[int, float] = {}  # job id -> time.monotonic() before which no new sbatch
         self.devices, self.provider, self.launcher = devices, provider, launcher
         self.steps_per_s = steps_per_s
         self.power = power  # set only for a root daemon on GPUs with devices.power_limits = "auto"
@@ -891,6 +893,9 @@ class Daemon:
             assert job.id is not None
             try:
                 if job.slurm_job_id is None:
+                    if time.monotonic() < self._submit_retry_at.get(job.id, 0.0):
+                        continue  # Slurm refused it a moment ago: not again every tick
+                    self._submit_retry_at.pop(job.id, None)
                     self._slurm_submit(job, now)
                     continue
                 sj = by_id.get(job.slurm_job_id)
@@ -904,6 +909,8 @@ class Daemon:
                                                            f"{rfc3339(job.planned_start)}")
             except GschedError as exc:  # Slurm refused this one: say why on the job, go on with the others
                 log.error("job %s: %s", job.id, exc)
+                if job.slurm_job_id is None:
+                    self._submit_retry_at[job.id] = time.monotonic() + SUBMIT_RETRY_S
                 if job.plan_reason != f"Slurm: {exc}":
                     self.store.update(job.id, plan_reason=f"Slurm: {exc}")
 

@@ -99,5 +99,14 @@ trace = "{alternating_trace(tmp_path / 'trace.csv')}"
         assert timed["state"] == "TIMEOUT" and "TIMEOUT (TimeLimit)" in timed["reason"], timed
         assert timed["energy_j"] > 0 and len(timed["runs"]) == 1, timed
         assert [j["job_state"] for j in slurm_jobs()] == ["COMPLETED", "DEADLINE", "TIMEOUT"]
+        # sbatch refuses a job: the job says why and waits, and gsched does not retry it every tick
+        slurm("fail", "sbatch")
+        refused = d.submit(write_job(tmp_path, "four", body), "--now")
+        time.sleep(3)
+        job = d.show(refused)
+        assert job["state"] == "PLANNED" and job["slurm_job_id"] is None, job
+        assert job["reason"].startswith("Slurm: cannot submit to Slurm: ") and "Unable to contact" in job["reason"], job
+        tries = json.loads(state.read_text()).get("refused", 0)
+        assert d.show(refused)["slurm_job_id"] is None and tries <= 1, tries
     finally:
         d.stop()

@@ -59,6 +59,8 @@ def main() -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the daemon's commands and the test's moves run concurrently
         state = load()
         if name in state.get("fail", []):
+            state["refused"] = state.get("refused", 0) + (name == "sbatch")
+            save(state)
             sys.exit(f"{name}: error: Unable to contact slurm controller (connect failure)")
         command(name, argv, state)
         save(state)
