@@ -88,19 +88,6 @@ def whole_query(query: dict[str, str], key: str, default: int) -> int:
 PAUSED = ("paused", "preempted by", "requeued")  # how the reasons of runs that end in PREEMPTED begin
 
 
-def _totals(runs: list[Any]) -> dict[str, Any] | None:
-    """A job's sums over its runs, as Store.totals gives them (a sum of none is None)."""
-    if not runs:
-        return None
-
-    def total(values: list[float | None]) -> float | None:
-        known = [v for v in values if v is not None]
-        return sum(known) if known else None
-
-    return {"energy_j": total([r.energy_j for r in runs]), "cost_eur": total([r.cost_eur for r in runs]),
-            "co2_g": total([r.co2_g for r in runs]), "energy_source": runs[-1].energy_source}
-
-
 def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | None = None,
              private: bool = True) -> dict[str, Any]:
     """A job as the API shows it. ``private``: the caller is its owner or root and sees everything; others see
@@ -204,10 +191,10 @@ class Api:
 
     def show(self, caller: Caller, query: dict[str, str], body: Any, id_text: str) -> tuple[int, Any]:
         jid = job_id(id_text)
-        job, runs, events = self.store.record(jid)
+        job, runs, events, totals = self.store.record(jid)
         private = caller.uid in (0, job.owner_uid)
         metrics = json.loads(runs[-1].metrics_json) if runs else {}
-        data = job_json(job, _totals(runs), metrics, private)
+        data = job_json(job, totals, metrics, private)
         data["events"] = [{"at": e.at, "state": e.state.value, "reason": e.reason} for e in events]
         data["runs"] = [{"started_at": r.started_at, "finished_at": r.finished_at, "duration_s": r.duration_s,
                          "gpus": r.gpus, "mode": json.loads(r.mode_json) if r.mode_json else None, "steps": r.steps,

@@ -494,6 +494,10 @@ class Daemon:
             price, carbon = [1.0] * horizon, [1.0] * horizon
         capacity = [len(self.devices) - sum(len(d) for _g, d in self._lingering.values())] * horizon
         if self.slurm is not None:  # what Slurm has free: nodes up, less the GPUs of jobs gsched did not submit
+            try:
+                self._slurm_gpus = self.slurm.gpus()
+            except GschedError as exc:  # plan on the last count; the tick's squeue says whether Slurm is down
+                log.warning("slurm: %s; planning on the last GPU count (%d)", exc, self._slurm_gpus)
             held = foreign_gpus(self._slurm_jobs, self.clock.to_wall(grid0), slot / self.clock.speed, horizon)
             capacity = [min(len(self.devices), self._slurm_gpus) - h for h in held]
         for job in self.store.jobs([JobState.RUNNING]):
@@ -768,7 +772,6 @@ class Daemon:
         assert self.slurm is not None
         try:
             jobs = self.slurm.jobs()
-            self._slurm_gpus = self.slurm.gpus()
         except GschedError as exc:
             if self.slurm_error != str(exc):
                 log.error("slurm: %s; following the jobs again once it answers", exc)
@@ -1059,7 +1062,10 @@ def _mode_key(mode: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def _slurm_end_state(sj: SlurmJob) -> JobState:
-    return {"TIMEOUT": JobState.TIMEOUT, "CANCELLED": JobState.CANCELLED}.get(sj.state, JobState.FAILED)
+    """How a job Slurm ended ends in gsched when its run's result does not say otherwise: Slurm's state, except
+    that "COMPLETED" without a result is a failure."""
+    state = JobState(sj.gsched_state)
+    return JobState.FAILED if state == JobState.COMPLETED else state
 
 
 def _slurm_why(sj: SlurmJob) -> str:

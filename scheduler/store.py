@@ -261,16 +261,17 @@ class Store:
                 raise NotFound(f"no job {job_id}")
             s.add(JobEvent(job_id=job_id, at=at, state=job.state, reason=reason))
 
-    def record(self, job_id: int) -> tuple[Job, list[Measurement], list[JobEvent]]:
-        """A job with its runs and events, read together: a run that ends between reads cannot show the job in one
-        state and its events in another."""
+    def record(self, job_id: int) -> tuple[Job, list[Measurement], list[JobEvent], dict[str, Any] | None]:
+        """A job with its runs, events and totals, read together: a run that ends between reads cannot show the job
+        in one state and its events in another."""
         with self.read() as s:
             job = s.get(Job, job_id)
             if job is None:
                 raise NotFound(f"no job {job_id}")
             runs = list(s.exec(select(Measurement).where(Measurement.job_id == job_id).order_by(col(Measurement.id))))
             events = list(s.exec(select(JobEvent).where(JobEvent.job_id == job_id).order_by(col(JobEvent.id))))
-        return job, runs, events
+            totals = _totals(s, [job_id]).get(job_id)
+        return job, runs, events, totals
 
     def events(self, job_id: int) -> list[JobEvent]:
         with self.read() as s:
@@ -343,16 +344,8 @@ class Store:
         """energy_j, cost_eur, co2_g summed over each job's runs; energy_source of the last run."""
         if not job_ids:
             return {}
-        query = (select(Measurement.job_id, func.sum(Measurement.energy_j), func.sum(Measurement.cost_eur),
-                        func.sum(Measurement.co2_g), func.max(Measurement.id))
-                 .where(col(Measurement.job_id).in_(list(job_ids))).group_by(Measurement.job_id))
         with self.read() as s:
-            rows = s.exec(query).all()
-            last_ids = [row[4] for row in rows]
-            sources = dict(s.exec(select(Measurement.id, Measurement.energy_source)
-                                  .where(col(Measurement.id).in_(last_ids))).all())
-        return {row[0]: {"energy_j": row[1], "cost_eur": row[2], "co2_g": row[3], "energy_source": sources[row[4]]}
-                for row in rows}
+            return _totals(s, job_ids)
 
     # --- forecast cache -----------------------------------------------------------------------------------
 
@@ -401,3 +394,14 @@ class Store:
         with self.read() as s:
             return int(s.exec(select(func.count()).select_from(Job).where(
                 Job.owner_uid == owner_uid, col(Job.state).in_([JobState.PENDING, JobState.PLANNED, JobState.PREEMPTED]))).one())
+
+
+def _totals(s: Session, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    query = (select(Measurement.job_id, func.sum(Measurement.energy_j), func.sum(Measurement.cost_eur),
+                    func.sum(Measurement.co2_g), func.max(Measurement.id))
+             .where(col(Measurement.job_id).in_(list(job_ids))).group_by(Measurement.job_id))
+    rows = s.exec(query).all()
+    sources = dict(s.exec(select(Measurement.id, Measurement.energy_source)
+                          .where(col(Measurement.id).in_([row[4] for row in rows]))).all())
+    return {row[0]: {"energy_j": row[1], "cost_eur": row[2], "co2_g": row[3], "energy_source": sources[row[4]]}
+            for row in rows}

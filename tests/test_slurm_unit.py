@@ -82,3 +82,24 @@ def test_prolog_caps_the_jobs_gpus_from_its_comment_and_the_epilog_restores_them
     prolog({**env, "SLURM_JOB_COMMENT": "gsched:gpus=2,power_limit_w=50"}, nvml, tmp_path)
     assert gpus[1].limit_mw == 200_000
     assert epilog({"SLURM_JOB_ID": "7"}, nvml, tmp_path) == "nothing to restore"
+
+
+def test_a_slurm_runs_result_is_read_without_following_links_and_bounded(tmp_path: Path) -> None:
+    """The owner's runner writes out/: a planted link, a FIFO or a huge file never reaches the daemon as data."""
+    import os
+
+    from scheduler.executor.slurm import SlurmRuns
+
+    runs = SlurmRuns(tmp_path / "shared", "python3")
+    out = runs.run_dir(5) / "out"
+    out.mkdir(parents=True)
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"exit_code": 0, "energy_j": 1}')
+    (out / "result-tok-0.json").symlink_to(secret)
+    assert runs.read_result(5, "tok", 0)["error"].startswith("runner result unreadable")
+    os.mkfifo(out / "result-tok-1.json")
+    assert runs.read_result(5, "tok", 1) == {"exit_code": None, "error": "runner result is not a regular file"}
+    (out / "result-tok-2.json").write_text('{"exit_code": 0, "pad": "' + "x" * (2 << 20) + '"}')
+    assert runs.read_result(5, "tok", 2) == {"exit_code": None, "error": "runner result unreadable"}
+    (out / "result-tok-3.json").write_text('{"exit_code": 0}')
+    assert runs.read_result(5, "tok", 3) == {"exit_code": 0} and runs.read_result(5, "tok", 4) is None

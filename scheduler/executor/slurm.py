@@ -27,10 +27,11 @@ from scheduler.errors import GschedError
 
 NAME_PREFIX = "gsched-"
 _GPUS = re.compile(r"gpu(?::[^:,()]+)?[:=](\d+)")
-# Slurm's states -> gsched's (Slurm's own names); those not listed are still queued in Slurm.
+# Slurm's ended states -> gsched's (Slurm's own names); those not listed are still queued or running in Slurm. A
+# job Slurm preempted and requeues shows as PENDING again; one it preempted for good has ended.
 ENDED = {"COMPLETED": "COMPLETED", "FAILED": "FAILED", "CANCELLED": "CANCELLED", "TIMEOUT": "TIMEOUT",
          "DEADLINE": "FAILED", "NODE_FAIL": "FAILED", "OUT_OF_MEMORY": "FAILED", "BOOT_FAIL": "FAILED",
-         "PREEMPTED": "PREEMPTED"}
+         "PREEMPTED": "FAILED"}
 RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
 
 
@@ -214,9 +215,6 @@ class Slurm:
         if begin is not None:
             self.move(job_id, begin)
 
-    def find(self, gsched_id: int, token: str) -> SlurmJob | None:
-        """The Slurm job of one gsched run (by its name), if Slurm has it: how a restarted daemon re-adopts."""
-        return next((j for j in self.jobs() if j.gsched_id == (gsched_id, token)), None)
 
 
 # What a Slurm run's runner passes on from the job's environment to the workload.
