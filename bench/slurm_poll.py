@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from scheduler.executor.slurm import Slurm, parse_squeue  # noqa: E402
+from scheduler.executor.slurmctl import Slurm, parse_squeue  # noqa: E402
 from slurm_cluster import SlurmCluster, why_not_available  # noqa: E402
 
 

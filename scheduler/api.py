@@ -89,9 +89,10 @@ PAUSED = ("paused", "preempted by", "requeued")  # how the reasons of runs that 
 
 
 def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | None = None,
-             private: bool = True) -> dict[str, Any]:
-    """A job as the API shows it. ``private``: the caller is its owner or root and sees everything; others see
-    id, name, owner, state, devices, times, energy, cost, CO2 and reasons, not what the job runs or its output."""
+             private: bool = True, run: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A job as the API shows it; ``run``: its executor's public facts about the run (Slurm's job id). ``private``:
+    the caller is its owner or root and sees everything; others see id, name, owner, state, devices, times, energy,
+    cost, CO2 and reasons, not what the job runs or its output."""
     totals = totals or {}
     spec = json.loads(job.spec_json)
     queued = job.state in (JobState.PENDING, JobState.PLANNED, JobState.PREEMPTED)
@@ -125,8 +126,7 @@ def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | 
         "exit_code": job.exit_code,
         "reason": reason,
         "devices": json.loads(job.devices_json or "[]"),
-        "slurm_job_id": job.slurm_job_id,
-        "slurm_nodes": job.slurm_nodes,
+        **(run or {}),
         "energy_j": totals.get("energy_j"),
         "energy_source": totals.get("energy_source"),
         "cost_eur": totals.get("cost_eur"),
@@ -167,7 +167,7 @@ class Api:
         return 200, self.daemon.info()
 
     def devices(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
-        return 200, {"devices": [d.to_json() for d in self.daemon.devices]}
+        return 200, {"devices": [d.to_json() for d in self.daemon.executor.devices]}
 
     def forecast(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
         try:
@@ -187,14 +187,15 @@ class Api:
         jobs = self.store.jobs()
         totals = self.store.totals([j.id for j in jobs if j.id is not None and j.started_at is not None])
         return 200, {"now": self.daemon.clock.now(),
-                     "jobs": [job_json(j, totals.get(j.id), None, caller.uid in (0, j.owner_uid)) for j in jobs]}
+                     "jobs": [job_json(j, totals.get(j.id), None, caller.uid in (0, j.owner_uid),
+                                      self.daemon.executor.describe(j)) for j in jobs]}
 
     def show(self, caller: Caller, query: dict[str, str], body: Any, id_text: str) -> tuple[int, Any]:
         jid = job_id(id_text)
         job, runs, events, totals = self.store.record(jid)
         private = caller.uid in (0, job.owner_uid)
         metrics = json.loads(runs[-1].metrics_json) if runs else {}
-        data = job_json(job, totals, metrics, private)
+        data = job_json(job, totals, metrics, private, self.daemon.executor.describe(job))
         data["events"] = [{"at": e.at, "state": e.state.value, "reason": e.reason} for e in events]
         data["runs"] = [{"started_at": r.started_at, "finished_at": r.finished_at, "duration_s": r.duration_s,
                          "gpus": r.gpus, "mode": json.loads(r.mode_json) if r.mode_json else None, "steps": r.steps,
@@ -241,11 +242,11 @@ class Api:
         spec = parse_job(body["text"], source=source, base_dir=base_dir, now=daemon.clock.now(),
                          default_max_delay_s=parse_duration_s(daemon.config.default_max_delay),
                          resolve_dir=lambda path: owner_dir(uid, gid, path))
-        if spec.gpus_min > len(daemon.devices):
+        if spec.gpus_min > len(daemon.executor.devices):
             raise InputError(f"{source}: gpus: needs {spec.gpus_min} devices, this daemon schedules on "
-                             f"{len(daemon.devices)}")
+                             f"{len(daemon.executor.devices)}")
         try:
-            daemon.modes_of(spec, caller.uid)  # a command with steps and no duration needs its profile
+            daemon.profiles.modes_of(spec, caller.uid)  # a command with steps and no duration needs its profile
         except InputError as exc:
             raise InputError(f"{source}: {exc}") from None
         if limits.max_gpus_per_user and caller.uid != 0 and spec.gpus_min > limits.max_gpus_per_user:

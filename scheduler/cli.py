@@ -6,7 +6,6 @@ Exit codes: 0 ok; 1 other error; 2 bad input (job file, config, arguments); 3 no
 
 from __future__ import annotations
 
-import itertools
 import json
 import re
 import sys
@@ -345,6 +344,7 @@ def profile(file: Path = typer.Argument(..., help="job file of a workload, or of
 
     from scheduler.errors import InputError
     from scheduler.jobfile import calibration_job, parse_job, read_job_file
+    from scheduler.profiles import calibration_modes, mean_watts
 
     try:
         text = read_job_file(file)
@@ -355,10 +355,8 @@ def profile(file: Path = typer.Argument(..., help="job file of a workload, or of
         if steps < 10:
             raise InputError("--steps: at least 10")
         with _client() as client:
-            top = min(spec.gpus_max, len(client.devices()))
             runs = []
-            opts = spec.optimisations
-            for n, precision, pruning in itertools.product(range(spec.gpus_min, top + 1), opts.precision, opts.pruning):
+            for n, precision, pruning in calibration_modes(spec, len(client.devices())):
                 mode, derived = calibration_job(spec, "profile", n, precision, pruning, steps)
                 reply = client.submit(derived, f"{file} ({mode})", spec.workdir, urgent=True)
                 runs.append((n, precision, pruning, reply["id"]))
@@ -369,7 +367,7 @@ def profile(file: Path = typer.Argument(..., help="job file of a workload, or of
                     time.sleep(0.5)
                 run = job["runs"][-1] if job["runs"] else {}
                 metrics = run.get("metrics") or {}
-                watts = run["energy_j"] / run["duration_s"] if run.get("duration_s") else None
+                watts = mean_watts(run["energy_j"], run["duration_s"]) if run.get("duration_s") else None
                 rate = metrics.get("steps_per_s")
                 rows.append({"gpus": n, "precision": precision, "pruning": pruning, "job": job_id,
                              "state": job["state"], "steps_per_s": rate, "watts": watts,
@@ -425,7 +423,7 @@ def forecast(as_json: bool = typer.Option(False, "--json", help="print JSON"),
 
 
 @app.command("plan")
-def plan_cmd(problem: Path = typer.Option(..., "--problem", help="problem file (JSON), see README"),
+def plan_cmd(problem: Path = typer.Option(..., "--problem", help="problem file (JSON), see docs/planner.md"),
              output: Path = typer.Option(..., "--output", help="where to write the plan (JSON)"),
              time_limit: float = typer.Option(10.0, "--time-limit", help="seconds the planner may take"),
              compare: bool = typer.Option(False, "--compare", help="also evaluate run-now, lwa and carbonscaler"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("dispatch.after_intent", "dispatch.after_spawn", "slurm.after_intent", "slurm.after_submit")
+POINTS = ("launch.after_intent", "launch.after_start")  # around an executor's start (daemon.py)
 
 
 def crash_point(name: str) -> None:

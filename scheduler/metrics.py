@@ -37,9 +37,9 @@ class GschedCollector(Collector):
             jobs.add_metric([state.value], counts.get(state, 0))
         yield jobs
         running = store.jobs([JobState.RUNNING])
-        yield GaugeMetricFamily("gsched_devices", "Devices gsched schedules on.", value=len(daemon.devices))
+        yield GaugeMetricFamily("gsched_devices", "Devices gsched schedules on.", value=len(daemon.executor.devices))
         yield GaugeMetricFamily("gsched_devices_busy", "Devices held by running jobs.",
-                                value=min(len(daemon.devices), sum(j.gpus or 0 for j in running)))
+                                value=min(len(daemon.executor.devices), sum(j.gpus or 0 for j in running)))
         waits = [(first - submitted).total_seconds() for submitted, first in store.first_starts()]
         buckets = [(str(b), sum(w <= b for w in waits)) for b in WAIT_BUCKETS_S] + [("+Inf", len(waits))]
         yield HistogramMetricFamily("gsched_queue_wait_seconds",

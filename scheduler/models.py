@@ -75,20 +75,12 @@ class Job(SQLModel, table=True):
     finished_at: datetime | None = _time()  # type: ignore[assignment]
     gpus: int | None = None
     devices_json: str | None = None
-    runner_pid: int | None = None
-    runner_start_ticks: int | None = None
-    run_token: str | None = None  # the current run's id: its claim file, cgroup and GSCHED_RUN_TOKEN
+    # The current run's handle (executor/base.py): written by the executor before its run starts and kept until
+    # the run ends, so a restarted daemon recovers the run from it. Opaque to everything but the executor.
+    run_handle: str | None = None
     cancel_requested: bool = False
     preempt_requested: bool = False  # `gsched requeue`: checkpoint, then back to the queue
     preempt_reason: str | None = None  # why the running job is being checkpointed: a planned pause, a preemption
-    power_restore_json: str | None = None  # {gpu uuid: original power limit in mW} while a cap is set
-    # executor.kind = "slurm": the job's Slurm job (one per job; a requeue runs it again under the same id). The
-    # token is recorded before sbatch runs and names the Slurm job, so a restarted daemon finds it, never resubmits.
-    slurm_token: str | None = None
-    slurm_job_id: int | None = None
-    slurm_mode_json: str | None = None  # the mode it was submitted in; replans move its start, not its mode
-    slurm_restarts: int | None = None  # the running run's SLURM_RESTART_COUNT: which result file is its
-    slurm_nodes: str | None = None
     exit_code: int | None = None
     reason: str | None = None
 

@@ -135,3 +135,57 @@ def report(jobs: Sequence[FinishedJob], signals: Signals, devices: int) -> dict[
     return {"jobs": rows, "users": users, "total": totals(rows),
             "baseline": "run-now: the same measured energy, had each job run in its requested mode as soon as the "
                         "devices allowed after its submission (FIFO), priced on the same signals"}
+
+
+def from_store(store: Any, provider: Any, profiles: Any, since: datetime | None, until: datetime | None,
+               user: str | None) -> dict[str, Any]:
+    """`gsched report`: finished jobs (by their end) from the store, priced where they ran against run-now. One read
+    of the signals for the whole span; each window is priced from it."""
+    import bisect
+    import json
+
+    from scheduler.errors import InputError
+    from scheduler.models import TERMINAL
+    from scheduler.outcomes import spec_of
+    from scheduler.profiles import mode_key
+    from scheduler.timeutil import floor_to, parse_rfc3339
+
+    devices = len(profiles.devices)
+    jobs = [j for j in store.jobs(sorted(TERMINAL, key=lambda s: s.value))
+            if j.finished_at is not None and (since is None or j.finished_at >= since)
+            and (until is None or j.finished_at < until) and (user is None or j.owner_name == user)]
+    runs = store.runs_of([j.id for j in jobs if j.id is not None])
+    jobs = [j for j in jobs if runs.get(j.id or 0)]
+    if not jobs:
+        return report([], lambda a, b: (None, ""), devices)  # type: ignore[arg-type,return-value]
+    span_start = floor_to(min(j.submitted_at for j in jobs), timedelta(hours=1))
+    span_end = max(max(m.finished_at for m in runs[j.id or 0]) for j in jobs) + timedelta(hours=1)
+    if span_end - span_start > timedelta(days=400):
+        raise InputError("report: more than 400 days of jobs; narrow it with --since/--until")
+    forecast = provider.forecast(span_start, span_end)
+    points = provider.points(span_start, span_end)
+    starts = [parse_rfc3339(p["start"]) for p in points]  # consecutive steps, in order
+    trace = provider.name.startswith("trace:")
+
+    def signals(start: datetime, end: datetime) -> tuple[Any, str]:
+        if trace:
+            return forecast, "trace"
+        window = points[max(0, bisect.bisect_right(starts, start) - 1):bisect.bisect_left(starts, end)]
+        if any(p.get("estimated") for p in window):
+            return forecast, "estimated"
+        return forecast, "realised" if window and all(p.get("realised") for p in window) else "forecast"
+
+    finished = []
+    for job in jobs:
+        try:
+            spec = spec_of(job)
+        except Exception:  # an old record the model cannot read: the runs' own durations stand
+            ratios, requested_gpus = {}, None
+        else:
+            ratios, requested_gpus = profiles.rate_ratios(job, spec)
+        finished.append(FinishedJob(
+            job.id or 0, job.name, job.owner_name, job.state.value, job.submitted_at, job.finished_at,
+            tuple(Run(m.started_at, m.finished_at, m.energy_j, m.energy_source,
+                      ratios.get(mode_key(json.loads(m.mode_json)) if m.mode_json else None, 1.0))
+                  for m in runs[job.id or 0]), requested_gpus or job.gpus or job.gpus_min))
+    return report(finished, signals, devices)

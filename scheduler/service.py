@@ -77,14 +77,46 @@ def _clock(speed: float, origin: str, store: Any) -> Any:
     return clock
 
 
+def build_executor(config: Config, paths: Any, store: "Store", clock: Any) -> Any:
+    """The configured executor (executor.kind) with its collaborators."""
+    from scheduler.executor.launch import Launcher
+    from scheduler.executor.procs import cgroup_base
+
+    cgroups = cgroup_base() if config.daemon.cgroups == "auto" else None
+    launcher = Launcher(paths, config, cgroups)
+    if config.executor.kind == "slurm":
+        from scheduler.devices import Device
+        from scheduler.executor.slurm import SlurmExecutor
+        from scheduler.executor.slurmctl import Slurm, SlurmRuns
+
+        ctl = Slurm(config.executor.partition, config.executor.account)
+        gpus = ctl.gpus()  # a daemon that cannot see its partition says so at once
+        if not gpus:
+            raise ConfigError(f"{config.source}: executor.partition: Slurm partition {config.executor.partition!r} "
+                              "has no GPUs on nodes that are up (sinfo --json)")
+        devices = [Device(i, f"slurm:{config.executor.partition}:{i}", f"{config.executor.partition} GPU {i}", "gpu")
+                   for i in range(gpus)]
+        return SlurmExecutor(config, store, clock, devices, ctl, SlurmRuns(Path(config.executor.shared_dir),
+                                                                           sys.executable), launcher)
+    from scheduler.devices import discover
+    from scheduler.executor.local import LocalExecutor
+
+    devices = discover(config.devices)
+    power = None
+    if config.devices.power_limits == "auto" and os.geteuid() == 0 and devices and devices[0].kind == "gpu":
+        import pynvml  # on Slurm, the Prolog caps the allocated GPUs (slurm/)
+
+        from scheduler.executor.power import PowerLimiter
+
+        power = PowerLimiter(pynvml)
+    return LocalExecutor(config, paths, store, devices, launcher, power)
+
+
 def run_daemon(config: Config) -> None:
     from jobs import WORKLOADS
     from scheduler.api import Api
     from scheduler.apiserver import ApiServer
     from scheduler.daemon import Daemon, install_signal_handlers, sd_notify
-    from scheduler.devices import discover
-    from scheduler.executor.launch import Launcher
-    from scheduler.executor.procs import cgroup_base
     from scheduler.store import Store
 
     _setup_logging(config.daemon.log_level)
@@ -94,34 +126,11 @@ def run_daemon(config: Config) -> None:
     os.chmod(paths.home, 0o711)  # others may reach the socket inside, not list or read the state
     _raise_open_files()
     store = Store(paths.db, check=True)
-    slurm = None
-    if config.executor.kind == "slurm":
-        from scheduler.devices import Device
-        from scheduler.executor.slurm import Slurm, SlurmRuns
-
-        client = Slurm(config.executor.partition, config.executor.account)
-        gpus = client.gpus()  # a daemon that cannot see its partition says so at once
-        if not gpus:
-            raise ConfigError(f"{config.source}: executor.partition: Slurm partition {config.executor.partition!r} "
-                              "has no GPUs on nodes that are up (sinfo --json)")
-        devices = [Device(i, f"slurm:{config.executor.partition}:{i}", f"{config.executor.partition} GPU {i}", "gpu")
-                   for i in range(gpus)]
-        slurm = (client, SlurmRuns(Path(config.executor.shared_dir), sys.executable))
-    else:
-        devices = discover(config.devices)
     clock = _clock(config.daemon.clock_speed, config.daemon.clock_origin, store)
+    executor = build_executor(config, paths, store, clock)
     provider = forecast_provider(config, store, clock.now)
-    power = None
-    if (config.devices.power_limits == "auto" and os.geteuid() == 0 and devices and devices[0].kind == "gpu"
-            and slurm is None):  # on Slurm, the Prolog caps the allocated GPUs (slurm/)
-        import pynvml
-
-        from scheduler.executor.power import PowerLimiter
-
-        power = PowerLimiter(pynvml)
-    cgroups = cgroup_base() if config.daemon.cgroups == "auto" else None
-    daemon = Daemon(config, paths, store, clock, devices, provider, Launcher(paths, config, cgroups),
-                    {name: info.steps_per_s for name, info in WORKLOADS.items()}, power, slurm)
+    daemon = Daemon(config, paths, store, clock, executor, provider,
+                    {name: info.steps_per_s for name, info in WORKLOADS.items()})
     stop = threading.Event()
     install_signal_handlers(stop)
     server = ApiServer(paths.socket, Api(daemon), config.api)
@@ -138,10 +147,9 @@ def run_daemon(config: Config) -> None:
             log.error("metrics: cannot listen on %s: %s", config.metrics.listen, exc)
         else:
             log.info("metrics: Prometheus endpoint on http://%s/metrics", config.metrics.listen)
-    log.info("gsched daemon ready: %d %s device(s), socket %s, home %s, forecast %s, runs in %s%s", len(devices),
-             devices[0].kind if devices else "-", paths.socket, paths.home, provider.name,
-             f"Slurm partition {config.executor.partition}" if slurm else
-             f"cgroups under {cgroups}" if cgroups else "process groups (no writable cgroup v2)",
+    devices = executor.devices
+    log.info("gsched daemon ready: %d %s device(s), socket %s, home %s, forecast %s, runs %s%s", len(devices),
+             devices[0].kind if devices else "-", paths.socket, paths.home, provider.name, executor.where,
              f", clock x{clock.speed:g}" if clock.speed != 1 else "")
     sd_notify("READY=1\nSTATUS=scheduling")
     try:

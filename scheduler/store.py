@@ -27,7 +27,7 @@ from scheduler.models import (ALLOWED, TERMINAL, ForecastPoint, Job, JobEvent, J
                               Profile)
 from scheduler.timeutil import to_utc
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _SECOND = timedelta(seconds=1)
 BUSY_TIMEOUT_MS = 10_000
 
@@ -73,9 +73,35 @@ def _slurm_jobs(conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
 
 
+_V5_RUN_COLUMNS = ("runner_pid", "runner_start_ticks", "run_token", "power_restore_json", "slurm_token",
+                   "slurm_job_id", "slurm_mode_json", "slurm_restarts", "slurm_nodes")
+
+
+def _run_handles(conn: sa.Connection) -> None:
+    """v5 -> v6: one run handle per job (executor/base.py) instead of the local and Slurm executors' own columns. A
+    job running under the old schema keeps its run: its columns become the handle its executor recovers from."""
+    conn.exec_driver_sql("ALTER TABLE jobs ADD COLUMN run_handle VARCHAR")
+    rows = conn.exec_driver_sql(f"SELECT id, {', '.join(_V5_RUN_COLUMNS)} FROM jobs").fetchall()
+    for row in rows:
+        old = dict(zip(_V5_RUN_COLUMNS, row[1:]))
+        handle: dict[str, Any] | None = None
+        if old["slurm_token"]:
+            handle = {"token": old["slurm_token"], "slurm_job_id": old["slurm_job_id"],
+                      "mode": json.loads(old["slurm_mode_json"]) if old["slurm_mode_json"] else None,
+                      "restarts": old["slurm_restarts"], "nodes": old["slurm_nodes"]}
+        elif old["run_token"]:
+            handle = {"token": old["run_token"], "pid": old["runner_pid"], "start_ticks": old["runner_start_ticks"]}
+            if old["power_restore_json"]:
+                handle["power_restore"] = json.loads(old["power_restore_json"])
+        if handle is not None:
+            conn.exec_driver_sql("UPDATE jobs SET run_handle = ? WHERE id = ?", (json.dumps(handle), row[0]))
+    for column in _V5_RUN_COLUMNS:
+        conn.exec_driver_sql(f"ALTER TABLE jobs DROP COLUMN {column}")
+
+
 # from_version -> the step that brings a database to from_version + 1, inside the same transaction.
 MIGRATIONS: dict[int, Callable[[sa.Connection], None]] = {1: _rebuild_profiles, 2: _runs_and_owned_profiles,
-                                                          3: _elastic_runs, 4: _slurm_jobs}
+                                                          3: _elastic_runs, 4: _slurm_jobs, 5: _run_handles}
 FIX_HINT = ("stop the daemon, move the file aside (keep it for recovery, e.g. with sqlite3's .recover), then "
             "start again for an empty queue, or restore a backup")
 
@@ -252,6 +278,10 @@ class Store:
                 for key, value in fields.items():
                     setattr(job, key, value)
                 s.add(job)
+
+    def set_handle(self, job_id: int, handle: dict[str, Any] | None) -> Job:
+        """An executor records its run's handle (an intent before the run starts, then what it learned)."""
+        return self.update(job_id, run_handle=None if handle is None else json.dumps(handle))
 
     def note(self, job_id: int, *, at: datetime, reason: str) -> None:
         """An event without a state change (a re-adopted runner, say)."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -127,6 +128,7 @@ def test_daemon_caps_a_gpu_job_and_restores_the_limit_after(tmp_path: Path) -> N
     from scheduler.daemon import Daemon
     from scheduler.devices import Device
     from scheduler.executor.launch import Launcher
+    from scheduler.executor.local import LocalExecutor
     from scheduler.executor.power import PowerLimiter
     from scheduler.forecasts.trace import TraceProvider
     from scheduler.jobfile import parse_job
@@ -138,8 +140,8 @@ def test_daemon_caps_a_gpu_job_and_restores_the_limit_after(tmp_path: Path) -> N
     store = Store(paths.db)
     # Planned on carbon (always > 0): on price alone a negative-price hour would make the uncapped mode cheaper.
     config = Config(planner=PlannerSettings(objective="carbon"))
-    daemon = Daemon(config, paths, store, SystemClock(), devices, TraceProvider(), Launcher(paths, config),
-                    {}, PowerLimiter(FakeNvml(gpus)))
+    executor = LocalExecutor(config, paths, store, devices, Launcher(paths, config), PowerLimiter(FakeNvml(gpus)))
+    daemon = Daemon(config, paths, store, SystemClock(), executor, TraceProvider(), {})
     # A 15-minute window leaves only "now", and the planner still picks the cheaper capped mode.
     spec = parse_job('command = ["true"]\nduration = "10m"\nmax_delay = "15m"\n[optimisations]\npower_cap_w = [200]\n',
                      source="j.toml", base_dir=tmp_path, now=datetime.now(timezone.utc))
@@ -152,6 +154,6 @@ def test_daemon_caps_a_gpu_job_and_restores_the_limit_after(tmp_path: Path) -> N
         time.sleep(0.2)
         daemon.tick()
     done = store.get(job.id)
-    assert done.state.value == "COMPLETED" and done.power_restore_json is None
+    assert done.state.value == "COMPLETED" and "power_restore" not in json.loads(done.run_handle)
     assert gpus[0].limit_mw == 300_000 and gpus[0].set_calls == [200_000, 300_000]
     assert store.measurements(job.id)[0].energy_source == "estimate"

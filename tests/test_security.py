@@ -270,7 +270,7 @@ def test_a_flood_of_idle_connections_starves_nobody(home: Path, shared: Path, us
 
 # --- 6. a job runs exactly once across daemon crashes --------------------------------------------------------
 
-@pytest.mark.parametrize("point", ["dispatch.after_intent", "dispatch.after_spawn"])
+@pytest.mark.parametrize("point", ["launch.after_intent", "launch.after_start"])
 def test_a_crash_while_starting_a_job_never_runs_it_twice(home: Path, shared: Path, point: str) -> None:
     tries = int(os.environ.get("GSCHED_CRASH_TRIES", "5"))  # a longer soak: GSCHED_CRASH_TRIES=50
     counter = shared / "runs.txt"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.executor.slurm import Slurm, foreign_gpus, sbatch_argv
+from scheduler.executor.slurmctl import Slurm, foreign_gpus, sbatch_argv
 from slurm_cluster import SlurmCluster
 
 

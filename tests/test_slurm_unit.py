@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.executor.slurm import (SlurmError, foreign_gpus, gres_gpus, mode_comment, parse_squeue,
+from scheduler.executor.slurmctl import (SlurmError, foreign_gpus, gres_gpus, mode_comment, parse_squeue,
                                       partition_gpus, sbatch_argv)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
@@ -88,7 +88,7 @@ def test_a_slurm_runs_result_is_read_without_following_links_and_bounded(tmp_pat
     """The owner's runner writes out/: a planted link, a FIFO or a huge file never reaches the daemon as data."""
     import os
 
-    from scheduler.executor.slurm import SlurmRuns
+    from scheduler.executor.slurmctl import SlurmRuns
 
     runs = SlurmRuns(tmp_path / "shared", "python3")
     out = runs.run_dir(5) / "out"

@@ -97,12 +97,12 @@ def test_a_v1_database_is_migrated_with_its_profiles(tmp_path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.executescript((Path(__file__).parent / "fixtures" / "gsched-v1.sql").read_text())
     store = Store(path, check=True)
-    assert store.schema_version == SCHEMA_VERSION == 5
+    assert store.schema_version == SCHEMA_VERSION == 6
     key = '{"args":{},"workload":"jobs.linear"}'
     # Profiles from before owners existed are kept as root's: they plan nobody else's jobs.
     assert sorted((p.pruning, p.steps_per_s) for p in store.profiles(key, "cpu", 0)) == [("0", 1500.0), ("0.5", 1480.0)]
     assert store.profiles(key, "cpu", 1000) == []
-    assert all(j.run_token is None and j.preempt_reason is None and j.slurm_job_id is None for j in store.jobs())
+    assert all(j.run_handle is None and j.preempt_reason is None for j in store.jobs())
     assert all(m.gpus is None and m.steps is None for j in store.jobs() for m in store.measurements(j.id or 0))
     store.record_profile(Profile(key=key, device_kind="cpu", gpus=1, precision="fp32", pruning="2:4", compile=False,
                                  steps_per_s=1490.0, watts=10.0, energy_source="estimate", measured_at=NOW))
@@ -110,3 +110,40 @@ def test_a_v1_database_is_migrated_with_its_profiles(tmp_path: Path) -> None:
                                  steps_per_s=1470.0, watts=10.0, energy_source="estimate", measured_at=NOW))
     rows = {p.pruning: (p.steps_per_s, p.runs) for p in store.profiles(key, "cpu", 0)}
     assert rows == {"0": (1500.0, 1), "0.5": (1470.0, 2), "2:4": (1490.0, 1)}  # the migrated key still dedupes
+
+
+def test_a_v5_database_keeps_its_running_jobs_as_run_handles(tmp_path: Path) -> None:
+    """v5 kept the local and Slurm executors' runs in their own columns; v6 keeps one handle per run. A job running
+    when gsched is upgraded must be recovered from its handle, whichever executor ran it."""
+    import json
+
+    import scheduler.store as store_module
+
+    path = tmp_path / "g.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript((Path(__file__).parent / "fixtures" / "gsched-v1.sql").read_text())
+    engine = store_module._engine(path, "BEGIN IMMEDIATE")
+    with engine.begin() as conn:  # bring the v1 file to v5 with the migrations v5 had
+        for version in range(1, 5):
+            store_module.MIGRATIONS[version](conn)
+        conn.exec_driver_sql("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+        spec = '{"name": "j", "command": ["true"]}'
+        common = ("INSERT INTO jobs (name, owner_uid, owner_name, state, spec_json, gpus_min, gpus_max, urgent, "
+                  "deadline, submitted_at, cancel_requested, preempt_requested, ")
+        conn.exec_driver_sql(common + "run_token, runner_pid, runner_start_ticks, power_restore_json) VALUES ('local', "
+                             "1000, 'ann', 'RUNNING', ?, 1, 1, 0, '2026-06-02 12:00:00', '2026-06-01 12:00:00', 0, 0, "
+                             "'ab12', 4242, 99, '{\"GPU-a\": 300000}')", (spec,))
+        conn.exec_driver_sql(common + "slurm_token, slurm_job_id, slurm_mode_json, slurm_restarts, slurm_nodes) VALUES "
+                             "('slurm', 1000, 'ann', 'RUNNING', ?, 2, 2, 0, '2026-06-02 12:00:00', "
+                             "'2026-06-01 12:00:00', 0, 0, 'cd34', 17, '{\"gpus\": 2}', 1, 'node1')", (spec,))
+    engine.dispose()
+    store = Store(path, check=True)
+    assert store.schema_version == 6
+    local, slurm = store.jobs()
+    assert local.state == slurm.state == JobState.RUNNING
+    assert json.loads(local.run_handle or "") == {"token": "ab12", "pid": 4242, "start_ticks": 99,
+                                                  "power_restore": {"GPU-a": 300000}}
+    assert json.loads(slurm.run_handle or "") == {"token": "cd34", "slurm_job_id": 17, "mode": {"gpus": 2},
+                                                  "restarts": 1, "nodes": "node1"}
+    columns = {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(jobs)").fetchall()}
+    assert "runner_pid" not in columns and "slurm_job_id" not in columns and "run_handle" in columns

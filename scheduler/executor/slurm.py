@@ -1,296 +1,301 @@
-"""Slurm as gsched's executor: what its JSON says, and the commands gsched runs. Parsing and argv building are
-pure; the caller runs the commands (as the job's owner where Slurm authenticates the submitter).
+"""The Slurm executor: each planned job is one Slurm job, submitted as its owner with the planned start as
+``--begin``; replans move its start (scontrol update). Slurm's view, read once a tick (squeue), becomes
+observations; the run's result comes back through ``executor.shared_dir`` (slurmctl.SlurmRuns). Slurm down: no
+observations, the jobs stay as they are until it answers again.
 
-Facts used here (Slurm 22.05, ../shared/slurm/NOTES.md): ``squeue --json`` and ``sinfo --json`` are the portable
-interface (pyslurm does not build against 22.05); ``job_state`` and ``state_reason`` are strings, the begin time is
-``eligible_time`` and the end ``end_time`` (epoch seconds), ``tres_per_node`` reads ``gres:gpu:2``, and
-``exit_code`` is the raw wait status (768 = exit 3). gsched's jobs are named ``gsched-<id>-<token>``, so a restarted
-daemon finds what it submitted, and submits nothing twice.
+Its handle: the token that names the Slurm job (``gsched-<id>-<token>``, recorded before sbatch runs, so a
+restarted daemon finds the job, never submits it twice), the Slurm job id, the mode it was submitted in, the run
+number (SLURM_RESTART_COUNT) gsched last saw start, and the nodes. A Slurm job outlives the daemon and keeps its
+handle across requeues: Slurm runs the same job again.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
-import re
-import shlex
-import stat
-import subprocess
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+import logging
+import pwd
+import secrets
+import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from scheduler.errors import GschedError
+from scheduler.clock import Clock
+from scheduler.config import Config
+from scheduler.devices import Device
+from scheduler.errors import GschedError, StoreError
+from scheduler.executor.base import (Broken, Capabilities, CapacityChanged, Dropped, Ended, Handle, Intent,
+                                     LaunchDeferred, LaunchFailed, Lost, NeverStarted, Observation, Requeued,
+                                     Started, handle_of)
+from scheduler.executor.launch import Launcher
+from scheduler.executor.slurmctl import ENDED, RUNNING, Slurm, SlurmJob, SlurmRuns, foreign_gpus, sbatch_argv
+from scheduler.jobfile import JobSpec
+from scheduler.models import Job, JobState
+from scheduler.store import Store
+from scheduler.timeutil import rfc3339
+from scheduler.userpath import acting_ids
 
-NAME_PREFIX = "gsched-"
-_GPUS = re.compile(r"gpu(?::[^:,()]+)?[:=](\d+)")
-# Slurm's ended states -> gsched's (Slurm's own names); those not listed are still queued or running in Slurm. A
-# job Slurm preempted and requeues shows as PENDING again; one it preempted for good has ended.
-ENDED = {"COMPLETED": "COMPLETED", "FAILED": "FAILED", "CANCELLED": "CANCELLED", "TIMEOUT": "TIMEOUT",
-         "DEADLINE": "FAILED", "NODE_FAIL": "FAILED", "OUT_OF_MEMORY": "FAILED", "BOOT_FAIL": "FAILED",
-         "PREEMPTED": "FAILED"}
-RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
-
-
-class SlurmError(GschedError):
-    exit_code = 1
-
-
-@dataclass(frozen=True)
-class SlurmJob:
-    job_id: int
-    name: str
-    state: str  # Slurm's job_state
-    reason: str
-    gpus: int
-    begin: datetime | None
-    end: datetime | None  # when it ended, or is expected to (start + time limit)
-    start: datetime | None  # when it started (or is expected to)
-    restarts: int  # how often it was requeued: its run's SLURM_RESTART_COUNT
-    exit_code: int | None  # the process's exit code, from the raw wait status
-    signal: int | None
-    nodes: str
-    user: str
-    comment: str
-
-    @property
-    def gsched_id(self) -> tuple[int, str] | None:
-        """(gsched job id, run token) for a job gsched submitted, else None."""
-        match = re.fullmatch(r"gsched-(\d+)-([0-9a-f]+)", self.name)
-        return (int(match.group(1)), match.group(2)) if match else None
-
-    @property
-    def gsched_state(self) -> str:
-        """gsched's state for it: an ended state, RUNNING, or PLANNED while Slurm still holds it."""
-        if self.state in ENDED:
-            return ENDED[self.state]
-        return "RUNNING" if self.state in RUNNING else "PLANNED"
+log = logging.getLogger("gsched.executor.slurm")
+SUBMIT_RETRY_S = 30.0  # a job sbatch refused (no account, a partition limit) is offered to Slurm again after this
+WORDS_GRACE_S = 30.0  # a run Slurm stopped: how long Slurm may take to say why before gsched ends it
+RESULT_GRACE_S = 5.0  # a run Slurm has ended: how long its result may take to appear on the shared file system
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        return None
-    return datetime.fromtimestamp(value, tz=timezone.utc)
+def end_state(sj: SlurmJob) -> JobState:
+    """How a job Slurm ended ends in gsched when its run's result does not say otherwise: Slurm's state, except
+    that "COMPLETED" without a result is a failure."""
+    state = JobState(sj.gsched_state)
+    return JobState.FAILED if state == JobState.COMPLETED else state
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 31 else 0
+def slurm_why(sj: SlurmJob) -> str:
+    """Slurm's own words for how its job ended: DEADLINE, NODE_FAIL, TIMEOUT, cancelled by an admin."""
+    reason = "" if sj.reason in ("", "None") else f" ({sj.reason})"
+    return f"Slurm ended job {sj.job_id}: {sj.state}{reason}"
 
 
-def gres_gpus(text: str | None) -> int:
-    """GPUs in a gres/tres string: ``gres:gpu:2``, ``gpu:4``, ``gres/gpu=2``, ``gpu:a100:2(IDX:0-1)``."""
-    return sum(int(n) for n in _GPUS.findall(text or ""))
+class SlurmExecutor:
+    capabilities = Capabilities(holds_pending=True)
 
+    def __init__(self, config: Config, store: Store, clock: Clock, devices: list[Device], ctl: Slurm,
+                 runs: SlurmRuns, launcher: Launcher) -> None:
+        self.config, self.store, self.clock, self.devices = config, store, clock, devices
+        self.ctl, self.runs, self.launcher = ctl, runs, launcher
+        self.where = f"in Slurm partition {config.executor.partition}"
+        self.notify = lambda: None
+        self.error: str | None = None  # Slurm not answering: why
+        self._jobs: list[SlurmJob] = []  # the last squeue
+        self._gpus = len(devices)  # the partition's GPUs that can take jobs, from the last sinfo
+        self._foreign: tuple[Any, ...] = ()
+        self._stopped_at: dict[int, float] = {}  # job id -> time.monotonic() a run Slurm stopped itself was seen
+        self._over_at: dict[int, float] = {}  # job id -> time.monotonic() its run was first seen over without a result
+        self._retry_at: dict[int, float] = {}  # job id -> time.monotonic() before which no new sbatch
 
-def parse_squeue(data: Any) -> list[SlurmJob]:
-    """``squeue --json`` -> jobs; a malformed entry is skipped, a malformed document is an error."""
-    if not isinstance(data, dict) or not isinstance(data.get("jobs"), list):
-        raise SlurmError("squeue --json: no 'jobs' list in its output")
-    jobs = []
-    for raw in data["jobs"]:
-        if not isinstance(raw, dict) or not isinstance(raw.get("job_id"), int):
-            continue
-        status = raw.get("exit_code")
-        code = sig = None
-        if isinstance(status, int) and not isinstance(status, bool):
-            code, sig = (status >> 8) & 0xFF, (status & 0x7F) or None
-        jobs.append(SlurmJob(
-            job_id=raw["job_id"], name=str(raw.get("name") or ""), state=str(raw.get("job_state") or ""),
-            reason=str(raw.get("state_reason") or ""), gpus=gres_gpus(raw.get("tres_per_node")),
-            begin=_time(raw.get("eligible_time")), end=_time(raw.get("end_time")), start=_time(raw.get("start_time")),
-            restarts=_count(raw.get("restart_cnt")), exit_code=code, signal=sig,
-            nodes=str(raw.get("nodes") or ""), user=str(raw.get("user_name") or ""),
-            comment=str(raw.get("comment") or "")))
-    return jobs
+    # --- capacity and starts ---------------------------------------------------------------------------------
 
-
-def partition_gpus(data: Any, partition: str) -> int:
-    """GPUs on the partition's nodes that can take jobs, from ``sinfo --json``."""
-    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
-        raise SlurmError("sinfo --json: no 'nodes' list in its output")
-    total = 0
-    for node in data["nodes"]:
-        if not isinstance(node, dict) or partition not in (node.get("partitions") or []):
-            continue
-        state = str(node.get("state") or "").upper()
-        if any(bad in state for bad in ("DOWN", "DRAIN", "FAIL", "INVAL")):
-            continue
-        total += gres_gpus(node.get("gres"))
-    return total
-
-
-def foreign_gpus(jobs: Sequence[SlurmJob], start: datetime, slot: timedelta, slots: int) -> list[int]:
-    """Per planning slot, the GPUs held by running jobs gsched did not submit, until their expected end."""
-    held = [0] * slots
-    for job in jobs:
-        if job.gsched_id is not None or job.state not in RUNNING or not job.gpus:
-            continue
-        last = slots if job.end is None else min(slots, math.ceil((job.end - start) / slot))
-        for k in range(max(0, last)):
-            held[k] += job.gpus
-    return held
-
-
-def mode_comment(mode: dict[str, Any]) -> str:
-    """The mode as the Prolog reads it from the job's comment: ``gsched:gpus=2,precision=bf16,power_limit_w=250``."""
-    parts = [f"gpus={int(mode['gpus'])}", f"precision={mode['precision']}"]
-    if mode.get("power_limit_w"):
-        parts.append(f"power_limit_w={int(mode['power_limit_w'])}")
-    return "gsched:" + ",".join(parts)
-
-
-def sbatch_argv(job_id: int, token: str, owner: str, gpus: int, begin: datetime, time_limit: timedelta,
-                deadline: datetime | None, mode: dict[str, Any], preemptible: bool, grace_s: int, partition: str,
-                account: str, script: str, output: str, chdir: str = "/") -> list[str]:
-    """``runuser -u OWNER -- sbatch ...``: Slurm authenticates the owner (``--uid`` is not portable). One node (the
-    workload's DDP is torchrun --standalone); none of the root daemon's environment goes into the job."""
-    minutes = max(1, -(-int(time_limit.total_seconds()) // 60))
-    argv = ["runuser", "-u", owner, "--", "sbatch", "--parsable", f"--job-name={NAME_PREFIX}{job_id}-{token}",
-            f"--partition={partition}", "--nodes=1", f"--gres=gpu:{gpus}", f"--begin={_slurm_time(begin)}",
-            f"--time={minutes}", f"--comment={mode_comment(mode)}", f"--output={output}", "--open-mode=append",
-            f"--chdir={chdir}", "--export=NONE"]
-    if deadline is not None:
-        argv.append(f"--deadline={_slurm_time(deadline)}")
-    if account:
-        argv.append(f"--account={account}")
-    if preemptible:
-        argv += [f"--signal=B:TERM@{grace_s}", "--requeue"]
-    return [*argv, script]
-
-
-def _slurm_time(when: datetime) -> str:
-    """Slurm reads local wall time without a zone: give it the daemon host's local time."""
-    return when.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
-
-
-class Slurm:
-    """Runs Slurm's commands (each with a timeout and a status check) and parses what they print. ``env`` carries
-    SLURM_CONF where the cluster's config is not the default one (the tests' own cluster)."""
-
-    def __init__(self, partition: str, account: str = "", env: dict[str, str] | None = None,
-                 timeout_s: float = 30.0) -> None:
-        self.partition, self.account, self.env, self.timeout_s = partition, account, env, timeout_s
-
-    def _run(self, argv: list[str]) -> str:
+    def capacity(self, start: datetime, slot_s: float, slots: int) -> list[int]:
+        """The partition's GPUs on nodes that are up, less those of jobs gsched did not submit, slot by slot."""
         try:
-            done = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=self.timeout_s)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SlurmError(f"{argv[0]}: {exc}") from exc
-        if done.returncode != 0:
-            raise SlurmError(f"{' '.join(argv[:6])}: exit {done.returncode}: {done.stderr.strip()[:300]}")
-        return done.stdout
+            self._gpus = self.ctl.gpus()
+        except GschedError as exc:  # plan on the last count; the tick's squeue says whether Slurm is down
+            log.warning("slurm: %s; planning on the last GPU count (%d)", exc, self._gpus)
+        held = foreign_gpus(self._jobs, self.clock.to_wall(start), timedelta(seconds=slot_s / self.clock.speed),
+                            slots)
+        return [min(len(self.devices), self._gpus) - h for h in held]
 
-    def _json(self, argv: list[str]) -> Any:
-        text = self._run(argv)
+    def prepare(self, job: Job, spec: JobSpec, mode: dict[str, Any], now: datetime) -> Intent | None:
+        assert job.id is not None
+        if self.error is not None or time.monotonic() < self._retry_at.get(job.id, 0.0):
+            return None  # Slurm is down, or refused this job a moment ago: not again every tick
+        self._retry_at.pop(job.id, None)
         try:
-            return json.loads(text)
-        except ValueError as exc:
-            raise SlurmError(f"{argv[0]} --json: not JSON ({exc})") from exc
+            pwd.getpwuid(job.owner_uid)
+        except KeyError:
+            raise LaunchFailed(f"cannot submit to Slurm: uid {job.owner_uid} has no user name here") from None
+        handle = {"token": secrets.token_hex(8), "slurm_job_id": None, "mode": mode, "restarts": None, "nodes": None}
+        return Intent(handle, int(mode["gpus"]), [], "in Slurm")
 
-    def gpus(self) -> int:
-        return partition_gpus(self._json(["sinfo", "--json"]), self.partition)
+    def start(self, job: Job, spec: JobSpec, intent: Intent, now: datetime) -> Handle:
+        assert job.id is not None and job.planned_start is not None and job.plan_json is not None
+        plan, mode, token = json.loads(job.plan_json), intent.handle["mode"], intent.handle["token"]
+        settings = self.config.executor
+        try:
+            owner = pwd.getpwuid(job.owner_uid).pw_name
+            uid, gid = acting_ids(job.owner_uid, job.owner_uid)
+            runfile = self.launcher.runfile(job.id, spec, [], uid, gid, mode, token, int(mode["gpus"]))
+            script = self.runs.prepare(job.id, token, runfile, uid, gid)
+            if spec.time_limit_s:  # the runner ends it at its limit; Slurm's is a backstop after that
+                limit_s = spec.time_limit_s + self.config.daemon.kill_grace_s + 120
+            else:
+                limit_s = float(plan.get("work_s") or 3600) * (1 + settings.time_margin_pct / 100) + 600
+            deadline = None if plan.get("late") else self.clock.to_wall(job.deadline)
+            argv = sbatch_argv(job.id, token, owner, int(mode["gpus"]), self.clock.to_wall(job.planned_start),
+                               timedelta(seconds=limit_s / self.clock.speed), deadline, mode, spec.preemptible,
+                               settings.requeue_grace_s, settings.partition, settings.account, str(script),
+                               str(self.runs.log_path(job.id)), str(self.runs.run_dir(job.id) / "work"))
+            slurm_id = self.ctl.submit(argv)
+        except (GschedError, OSError, KeyError) as exc:
+            self._retry_at[job.id] = time.monotonic() + SUBMIT_RETRY_S
+            raise LaunchDeferred(f"cannot submit to Slurm: {exc}") from exc
+        self.store.note(job.id, at=now, reason=f"submitted to Slurm as job {slurm_id} (partition "
+                                               f"{settings.partition}, begins {rfc3339(job.planned_start)})")
+        log.info("job %s: submitted as Slurm job %s, begins %s", job.id, slurm_id, rfc3339(job.planned_start))
+        return {**intent.handle, "slurm_job_id": slurm_id}
 
-    def jobs(self) -> list[SlurmJob]:
-        return parse_squeue(self._json(["squeue", "--states=all", "--json"]))
+    def retime(self, job: Job, start: datetime, now: datetime) -> None:
+        sid = handle_of(job).get("slurm_job_id")
+        sj = next((j for j in self._jobs if j.job_id == sid), None)
+        if self.error is not None or sj is None or sj.state in RUNNING or sj.state in ENDED:
+            return
+        wall_now = self.clock.to_wall(now)
+        near = timedelta(seconds=min(30.0, self.config.planner.slot_minutes * 30 / self.clock.speed))
+        target = max(self.clock.to_wall(start), wall_now)
+        current = max(sj.begin or wall_now, wall_now)
+        if abs(target - current) > near:
+            self.ctl.move(sj.job_id, target)
+            self.store.note(job.id or 0, at=now, reason=f"Slurm job {sj.job_id} moved to begin at {rfc3339(start)}")
 
-    def submit(self, argv: list[str]) -> int:
-        """Run an ``sbatch_argv`` command line; returns the Slurm job id."""
-        out = self._run(argv).strip().split(";")[0]
-        if not out.isdigit():
-            raise SlurmError(f"sbatch --parsable printed {out[:80]!r}, not a job id")
-        return int(out)
+    # --- following runs ----------------------------------------------------------------------------------------
 
-    def move(self, job_id: int, begin: datetime) -> None:
-        self._run(["scontrol", "update", f"JobId={job_id}", f"StartTime={_slurm_time(begin)}"])
+    def poll(self, jobs: list[Job], now: datetime) -> list[Observation]:
+        try:
+            sjobs = self.ctl.jobs()
+        except GschedError as exc:
+            if self.error != str(exc):
+                log.error("slurm: %s; following the jobs again once it answers", exc)
+            self.error = str(exc)
+            return []
+        if self.error is not None:
+            log.info("slurm answers again")
+        self.error = None
+        self._jobs = sjobs
+        seen: list[Observation] = []
+        foreign = tuple(sorted((j.job_id, j.gpus, j.end) for j in sjobs
+                               if j.gsched_id is None and j.state in RUNNING and j.gpus))
+        if foreign != self._foreign:  # someone else's jobs took or freed GPUs: replan around them
+            self._foreign = foreign
+            seen.append(CapacityChanged())
+        by_id = {j.job_id: j for j in sjobs}
+        by_name = {j.gsched_id: j for j in sjobs if j.gsched_id is not None}
+        for job in jobs:
+            assert job.id is not None
+            handle = handle_of(job)
+            try:
+                if not handle.get("token"):
+                    if job.state == JobState.RUNNING:
+                        seen.append(Lost(job.id, "no Slurm job is recorded for this run"))
+                    continue
+                if handle.get("slurm_job_id") is None:
+                    # The daemon stopped between recording the intent and recording sbatch's answer. Submission runs
+                    # in the tick, so none is in flight now: Slurm has the job under its name, or never got it.
+                    found = by_name.get((job.id, handle["token"]))
+                    if found is None:
+                        seen.append(NeverStarted(job.id, "Slurm never got it"))
+                        continue
+                    handle = {**handle, "slurm_job_id": found.job_id}
+                    job = self.store.set_handle(job.id, handle)
+                    self.store.note(job.id or 0, at=now, reason=f"re-adopted Slurm job {found.job_id} after a restart")
+                seen.extend(self._follow(job, handle, by_id.get(handle["slurm_job_id"]), now))
+            except StoreError as exc:
+                log.error("job %s: cannot record its Slurm state yet: %s", job.id, exc)
+            except Exception as exc:  # one job's odd record or output must never stop the others
+                log.exception("job %s: following its Slurm job failed", job.id)
+                seen.append(Broken(job.id or 0, exc))
+        return seen
 
-    def cancel(self, job_id: int) -> None:
-        self._run(["scancel", str(job_id)])
+    def recover(self, jobs: list[Job], now: datetime) -> list[Observation]:
+        """Slurm runs on without the daemon: its jobs are followed from where Slurm has them."""
+        return self.poll(jobs, now)
 
-    def requeue(self, job_id: int, begin: datetime | None = None) -> None:
-        """Back to the queue; Slurm holds a requeued job about 2 minutes unless its start is set again."""
-        self._run(["scontrol", "requeue", str(job_id)])
-        if begin is not None:
-            self.move(job_id, begin)
+    def _follow(self, job: Job, handle: Handle, sj: SlurmJob | None, now: datetime) -> list[Observation]:
+        assert job.id is not None
+        sid, token = handle["slurm_job_id"], handle["token"]
+        seen: list[Observation] = []
+        if job.state != JobState.RUNNING:
+            # Runs are numbered by SLURM_RESTART_COUNT; "restarts" is the last one gsched saw start. A requeued job
+            # shows its old run (RUNNING, COMPLETING) until Slurm has requeued it: not a new run.
+            last = handle.get("restarts")
+            if sj is not None and last is not None and sj.restarts <= last:
+                if sj.state in ENDED:  # ended instead of going back to the queue
+                    return [self._dropped(job, sj, slurm_why(sj) + " instead of running again")]
+                return []
+            run = sj.restarts if sj is not None else (0 if last is None else last + 1)
+            raw = self.runs.read_result(job.id, token, run)
+            if raw is None and sj is not None and sj.state in ENDED:
+                return [self._dropped(job, sj, slurm_why(sj))]
+            if raw is None and sj is None:
+                return [self._dropped(job, sj, f"Slurm no longer knows job {sid}, and it left no result")]
+            # COMPLETING is a run's end (a requeued one's too), never a start
+            if raw is None and (sj is None or sj.state not in RUNNING or sj.state == "COMPLETING"):
+                return []  # still pending in Slurm
+            at = self.clock.from_wall(sj.start) if sj is not None and sj.start is not None else None
+            nodes = sj.nodes if sj is not None else ""
+            handle = {**handle, "restarts": run, "nodes": nodes or None}
+            seen.append(Started(job.id, at, sj.gpus if sj is not None and sj.gpus else None,
+                                f"by Slurm as job {sid}" + (f" on {nodes}" if nodes else ""), handle))
+        run = handle.get("restarts") or 0
+        raw = self.runs.read_result(job.id, token, run)
+        if raw is not None:
+            said = None
+            if isinstance(raw, dict) and raw.get("terminated") is True and not job.cancel_requested \
+                    and not job.preempt_requested and sj is not None:
+                # Stopped, and not by gsched: Slurm's time limit, deadline, a node failure or its own requeue.
+                # Slurm may still be recording why; give it a moment to say.
+                if sj.state not in ENDED and sj.state in RUNNING and sj.restarts <= run:
+                    if time.monotonic() - self._stopped_at.setdefault(job.id, time.monotonic()) < WORDS_GRACE_S:
+                        return seen
+                said = ((JobState.PREEMPTED, f"requeued by Slurm ({sj.reason or sj.state})")
+                        if sj.restarts > run or sj.state not in ENDED else (end_state(sj), slurm_why(sj)))
+            self._stopped_at.pop(job.id, None)
+            self._over_at.pop(job.id, None)
+            return [*seen, Ended(job.id, raw, said)]
+        if sj is None:
+            seen.append(Lost(job.id, f"Slurm no longer knows job {sid}, and its run left no result"))
+        elif sj.state in ENDED:
+            seen.append(Lost(job.id, slurm_why(sj) + "; its run left no result",
+                             None if job.cancel_requested else end_state(sj)))
+        elif sj.state not in RUNNING or sj.restarts > run:
+            # Requeued (by gsched or by Slurm, after a node failure) and its run wrote nothing. Slurm shows the job
+            # queued again only once the run's processes are gone, so only a shared file system's delay can still
+            # bring its result: wait that long, not a kill grace.
+            over = self._over_at.setdefault(job.id, time.monotonic())
+            if time.monotonic() - over < RESULT_GRACE_S:
+                return seen
+            self._over_at.pop(job.id, None)
+            self._stopped_at.pop(job.id, None)
+            why = (job.preempt_reason or "requeued") if job.preempt_requested else \
+                f"requeued by Slurm ({sj.reason or sj.state})"
+            seen.append(Requeued(job.id, f"{why}; its run left no result"))
+        return seen
 
+    @staticmethod
+    def _dropped(job: Job, sj: SlurmJob | None, reason: str) -> Dropped:
+        """A job Slurm ended (or lost) before gsched saw it run: an admin's scancel, DEADLINE while pending."""
+        state = JobState.CANCELLED if sj is not None and sj.state == "CANCELLED" else JobState.FAILED
+        return Dropped(job.id or 0, reason, state)
 
+    # --- requests ----------------------------------------------------------------------------------------------
 
-# What a Slurm run's runner passes on from the job's environment to the workload.
-INHERIT_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_RESTART_COUNT",
-               "SLURMD_NODENAME")
+    def stop(self, job: Job, requeue: bool) -> bool:
+        """scancel, or scontrol requeue for a checkpoint: Slurm signals the batch shell, the runner passes it on
+        and writes the result, and Slurm runs the same job again later."""
+        sid = handle_of(job).get("slurm_job_id")
+        if sid is None:
+            return False
+        if requeue:
+            self.ctl.requeue(sid)
+        else:
+            self.ctl.cancel(sid)
+        return True
 
+    def withdraw(self, job: Job) -> None:
+        sid = handle_of(job).get("slurm_job_id")
+        if sid is not None:
+            self.ctl.cancel(sid)  # before the record: a failed scancel leaves the job as it was
 
-class SlurmRuns:
-    """A gsched job's files on the shared file system, ``shared_dir/<job id>/``:
+    def reclaim(self, job: Job) -> None:
+        """gsched no longer follows this Slurm job: it must not run on unseen."""
+        sid = handle_of(job).get("slurm_job_id")
+        if sid is None:
+            return
+        try:
+            self.ctl.cancel(sid)
+        except GschedError as exc:
+            log.error("job %s: %s", job.id, exc)
 
-    - the run file and batch script, written by the daemon (root) and read-only to the job;
-    - ``out/`` (the owner's): the runner's ``result-<token>-<restart>.json`` and the job's log;
-    - ``work/`` (the owner's): the workload's checkpoint, read again on whichever node a requeued run lands.
+    def started(self, job: Job) -> bool:
+        return handle_of(job).get("slurm_job_id") is not None
 
-    The runner runs as the owner under Slurm, so what it reports is as trustworthy as the owner: it is parsed with
-    bounds (untrusted.parse_result) and read without following links, never trusted."""
+    def held_mode(self, job: Job) -> dict[str, Any] | None:
+        handle = handle_of(job)
+        return handle.get("mode") if handle.get("token") else None
 
-    def __init__(self, shared_dir: Path, python: str) -> None:
-        self.shared_dir, self.python = shared_dir, python
-
-    def run_dir(self, job_id: int) -> Path:
-        return self.shared_dir / str(job_id)
+    def describe(self, job: Job) -> dict[str, Any]:
+        handle = handle_of(job)
+        return {"slurm_job_id": handle.get("slurm_job_id"), "slurm_nodes": handle.get("nodes")}
 
     def log_path(self, job_id: int) -> Path:
-        return self.run_dir(job_id) / "out" / "job.log"
+        return self.runs.log_path(job_id)
 
-    def checkpoint(self, job_id: int) -> Path:
-        return self.run_dir(job_id) / "work" / "checkpoint.pt"
-
-    def prepare(self, job_id: int, token: str, runfile: dict[str, Any], owner_uid: int, owner_gid: int) -> Path:
-        """The run's directories, run file and batch script; returns the script."""
-        if not self.shared_dir.is_dir():
-            self.shared_dir.mkdir(parents=True)
-            self.shared_dir.chmod(0o755)  # the jobs' owners reach their run directories inside
-        run_dir = self.run_dir(job_id)
-        run_dir.mkdir(exist_ok=True)
-        if run_dir.is_symlink() or run_dir.stat().st_uid != os.geteuid():
-            raise SlurmError(f"{run_dir}: not a directory of the daemon's own")
-        run_dir.chmod(0o755)
-        for sub in ("out", "work"):
-            path = run_dir / sub
-            path.mkdir(exist_ok=True)
-            if os.geteuid() == 0:
-                os.lchown(path, owner_uid, owner_gid)
-            os.chmod(path, 0o700, follow_symlinks=False)
-        runfile = {**runfile, "slurm": True, "claim_path": None, "cgroup": None, "cpu_cores": [],
-                   "device_kind": "gpu", "device_uuids": [], "inherit_env": list(INHERIT_ENV),
-                   "result_path": str(run_dir / "out" / f"result-{token}-{{restart}}.json")}
-        runfile["env"]["GSCHED_CHECKPOINT"] = str(self.checkpoint(job_id))
-        path = run_dir / f"run-{token}.json"
-        path.write_text(json.dumps(runfile))
-        path.chmod(0o644)
-        script = run_dir / f"batch-{token}.sh"
-        script.write_text(f"#!/bin/sh\n# gsched job {job_id}: gsched's runner measures and runs the workload\n"
-                          f"exec {shlex.quote(self.python)} -m scheduler.executor.runner {shlex.quote(str(path))}\n")
-        script.chmod(0o755)
-        return script
-
-    def read_result(self, job_id: int, token: str, restart: int) -> Any:
-        """The raw result of one run (untrusted), None before there is one. The file is the owner's: it is opened
-        without following a link, and only a regular file of at most 1 MiB is read."""
-        path = self.run_dir(job_id) / "out" / f"result-{token}-{restart}.json"
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return {"exit_code": None, "error": f"runner result unreadable: {exc.strerror}"}
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return {"exit_code": None, "error": "runner result is not a regular file"}
-            data = os.read(fd, 1 << 20)
-        finally:
-            os.close(fd)
-        try:
-            return json.loads(data)
-        except (ValueError, RecursionError):
-            return {"exit_code": None, "error": "runner result unreadable"}
-
+    def close(self, running: list[Job]) -> None:
+        """Slurm runs its jobs on; the Epilog restores their power caps."""

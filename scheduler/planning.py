@@ -1,0 +1,205 @@
+"""The queue, the signals ahead and the devices free -> a planning problem -> each job's plan and the reason for it.
+
+The planner (planner/) is a pure function; this module feeds it from the store and the provider and writes its
+answer back, in one transaction, with a reason a user can read in `gsched status`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import datetime, timedelta
+from typing import Any
+
+from scheduler.config import Config
+from scheduler.errors import GschedError
+from scheduler.executor.untrusted import parse_metrics
+from scheduler.forecasts.base import Provider
+from scheduler.models import Job, JobState, Profile
+from scheduler.outcomes import spec_of
+from scheduler.planner.options import Costing
+from scheduler.planner.problem import PJob, Problem
+from scheduler.planner.solve import solve
+from scheduler.profiles import Profiles, mode_key
+from scheduler.store import Store
+from scheduler.timeutil import parse_rfc3339, rfc3339
+
+log = logging.getLogger("gsched.planning")
+
+
+def run_end(job: Job) -> datetime | None:
+    """When a running job's devices are planned to be free: its segment's end (elastic) or its planned end."""
+    if job.plan_json:
+        pause_at = json.loads(job.plan_json).get("pause_at")
+        if pause_at:
+            return parse_rfc3339(pause_at)
+    return job.planned_end
+
+
+def busy_per_slot(running: list[Job], now: datetime, grid0: datetime, slot: timedelta, slots: int) -> list[int]:
+    """Devices gsched's own running jobs hold in each slot, until their planned end."""
+    held = [0] * slots
+    for job in running:
+        end = run_end(job)
+        end = end if end and end > now else now
+        for k in range(min(slots, max(1, math.ceil((end - grid0) / slot)))):
+            held[k] += job.gpus or 0
+    return held
+
+
+def remaining_fraction(store: Store, job: Job) -> float:
+    """Of a requeued workload, the share of its steps still to run (from its runs' metrics)."""
+    if job.state != JobState.PREEMPTED:
+        return 1.0
+    spec = spec_of(job)
+    done = max((parse_metrics(json.loads(m.metrics_json), spec.steps).steps or 0
+                for m in store.measurements(job.id or 0)), default=0)
+    return max(0.05, 1 - done / spec.steps) if spec.steps else 1.0
+
+
+def previous_plan(plan: dict[str, Any], described: list[dict[str, Any]], grid0: datetime, slot: timedelta
+                  ) -> tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]] | None:
+    """A job's last plan on today's grid, for hysteresis: its segments still ahead, each in its mode (matched by
+    mode_key: a mode measured since is still the same mode)."""
+    modes = plan.get("segment_modes") or [plan["mode"]] * len(plan["segments"])
+    keys = [mode_key(d) for d in described]
+    if any(mode_key(m) not in keys for m in modes):
+        return None
+    segments, indices = [], []
+    for (a, b), m in zip(plan["segments"], modes):
+        start, end = round((parse_rfc3339(a) - grid0) / slot), round((parse_rfc3339(b) - grid0) / slot)
+        if end <= 0:
+            continue
+        segments.append((max(0, start), end))
+        indices.append(keys.index(mode_key(m)))
+    if not segments:
+        return None
+    return indices[0], tuple(segments), tuple(indices) if len(set(indices)) > 1 else ()
+
+
+class Planning:
+    def __init__(self, config: Config, store: Store, provider: Provider, profiles: Profiles) -> None:
+        self.config, self.store, self.provider, self.profiles = config, store, provider, profiles
+        self.forecast_error: str | None = None
+        self.last_plan: dict[str, Any] = {}  # the last replan's solve_s, jobs, gap_to_bound (for /metrics)
+        self.replans = 0
+
+    def signals(self, grid0: datetime, slot: timedelta, horizon: int) -> tuple[list[float], list[float]]:
+        try:
+            forecast = self.provider.forecast(grid0, grid0 + horizon * slot)
+            price, carbon = forecast.on_grid(grid0, int(slot.total_seconds()), horizon)
+            self.forecast_error = None
+            return list(price), list(carbon)
+        except GschedError as exc:
+            # Without signals every slot costs the same: jobs still run, as early as devices allow.
+            if self.forecast_error != str(exc):
+                log.error("forecast unavailable, planning without prices: %s", exc)
+            self.forecast_error = str(exc)
+            return [1.0] * horizon, [1.0] * horizon
+
+    def replan(self, now: datetime, grid0: datetime, queued: list[Job], capacity: list[int],
+               held_modes: dict[int, dict[str, Any]]) -> None:
+        """Plan the queued jobs on ``capacity`` (devices free per slot from grid0). ``held_modes``: jobs an executor
+        holds keep the mode they were handed over in; replans move their start only."""
+        settings = self.config.planner
+        slot = timedelta(minutes=settings.slot_minutes)
+        horizon = len(capacity)
+        price, carbon = self.signals(grid0, slot, horizon)
+        pjobs, modes_of, previous = [], {}, {}
+        profiles: dict[tuple[str, int], list[Profile]] = {}
+        planned_jobs: list[Job] = []  # the queued jobs the planner gets, in the order of pjobs
+        for job in queued:
+            assert job.id is not None
+            spec = spec_of(job)
+            try:
+                jm = self.profiles.modes_of(spec, job.owner_uid, profiles)
+            except GschedError as exc:  # e.g. a command's profile is gone: this job waits, saying why
+                if job.plan_reason != str(exc):
+                    self.store.update(job.id, plan_reason=str(exc))
+                continue
+            planned_jobs.append(job)
+            indices = [jm.requested] if job.urgent else list(range(len(jm.modes)))
+            held = held_modes.get(job.id)
+            if held is not None:
+                indices = [i for i, d in enumerate(jm.described) if mode_key(d) == mode_key(held)] or indices
+            modes = tuple(jm.modes[i] for i in indices)
+            described = [jm.described[i] for i in indices]
+            deadline_slot = max(0, min(horizon, math.floor((job.deadline - grid0) / slot)))
+            if job.urgent:  # --now: as soon as devices allow; any wait shows as lateness, so none is chosen
+                deadline_slot = min(deadline_slot,
+                                    max(1, math.ceil(jm.work / modes[0].rate / (slot / timedelta(hours=1)))))
+            work = jm.work * remaining_fraction(self.store, job)
+            elastic = settings.elastic and spec.preemptible and not job.urgent
+            overhead = spec.resume_overhead_minutes
+            pjobs.append(PJob(str(job.id), 0, deadline_slot, work, modes, 0 if job.urgent else jm.requested,
+                              preemptible=elastic,
+                              resume_overhead_minutes=(settings.resume_overhead_minutes if overhead is None
+                                                       else overhead) if elastic else 0.0))
+            modes_of[str(job.id)] = described
+            if job.plan_json:
+                kept = previous_plan(json.loads(job.plan_json), described, grid0, slot)
+                if kept is not None:
+                    previous[str(job.id)] = kept
+        problem = Problem(grid0, settings.slot_minutes, len(self.profiles.devices), settings.carbon_price_eur_per_t,
+                          tuple(price), tuple(carbon), tuple(pjobs), settings.objective,
+                          tuple(max(0, c) for c in capacity))
+        solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100)
+        log.info("planned %d job(s) in %.2f s (%s)", len(pjobs), solution.stats["solve_s"], solution.stats["method"])
+        self.replans += 1
+        self.last_plan = {"solve_s": solution.stats["solve_s"], "jobs": len(pjobs),
+                          "gap_to_bound": solution.stats.get("gap_to_bound")}
+        costing = Costing(problem)
+        updates: dict[int, dict[str, Any]] = {}
+        for j, pjob in enumerate(pjobs):
+            option = solution.options.get(pjob.id)
+            if option is None:
+                updates[int(pjob.id)] = {"state": JobState.PENDING, "planned_start": None, "planned_end": None,
+                                         "planned_gpus": None, "plan_json": None,
+                                         "plan_reason": solution.unplanned.get(pjob.id, "not planned")}
+                continue
+            mode = pjob.modes[option.mode]
+            seg_modes = [option.mode_at(i) for i in range(len(option.segments))]
+            start = max(now, grid0 + option.start * slot)
+            end = start + timedelta(hours=pjob.work / mode.rate)
+            plan: dict[str, Any] = {
+                "mode": modes_of[pjob.id][option.mode], "label": mode.label,
+                "segments": [[rfc3339(grid0 + a * slot), rfc3339(grid0 + b * slot)] for a, b in option.segments],
+                "segment_modes": [modes_of[pjob.id][m] for m in seg_modes],
+                "segment_labels": [pjob.modes[m].label for m in seg_modes]}
+            plan["work_s"] = pjob.work / mode.rate * 3600
+            if pjob.id in solution.late:
+                plan["late"] = True
+            if len(option.segments) > 1:
+                a0, b0 = option.segments[0]
+                tail_h = max(0.0, pjob.work - mode.rate * (b0 - a0) * problem.slot_h) / mode.rate
+                if tail_h * 60 <= settings.elastic_extend_minutes:  # a pause would cost more than it saves
+                    plan["segments"], plan["segment_modes"], plan["segment_labels"] = (
+                        plan["segments"][:1], plan["segment_modes"][:1], plan["segment_labels"][:1])
+                    plan["segments"][0][1] = rfc3339(end)
+                else:
+                    plan["pause_at"] = rfc3339(grid0 + b0 * slot)
+                    end = grid0 + option.end * slot
+            updates[int(pjob.id)] = {
+                "state": JobState.PLANNED, "planned_start": start, "planned_end": end, "planned_gpus": mode.gpus,
+                "plan_json": json.dumps(plan),
+                "plan_reason": solution.late.get(pjob.id) or explain(costing, j, option, start, end,
+                                                                     planned_jobs[j].urgent),
+            }
+        self.store.save_plans(updates, at=now)
+
+
+def explain(costing: Costing, j: int, option: Any, start: datetime, end: datetime, urgent: bool) -> str:
+    job = costing.problem.jobs[j]
+    label = job.modes[option.mode].label
+    unit = "less CO2" if costing.problem.objective == "carbon" else "cheaper"
+    if option.start == 0:
+        if urgent:
+            return f"runs now (--now) on {label}"
+        return f"runs now on {label}: no cheaper window before its deadline"
+    starts, costs, _n = costing.rigid_costs(job, option.mode, costing.horizon)
+    now_cost = float(costs[0]) if len(starts) and starts[0] == 0 else None
+    window = f"{start:%H:%M}-{end:%H:%M} UTC"
+    if now_cost and now_cost > 0 and option.cost < now_cost:
+        return f"waits for {window} on {label}, {100 * (now_cost - option.cost) / now_cost:.0f}% {unit} than now"
+    return f"waits for {window} on {label}: devices are busy until then"
