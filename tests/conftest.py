@@ -112,6 +112,18 @@ class DaemonProc:
             time.sleep(0.2)
         raise AssertionError(f"job {job_id} never reached {states}: {job}\n{self.stderr_path.read_text()}")
 
+    def until(self, job_id: int, ok: Any, timeout_s: float = 60) -> dict[str, Any]:
+        """Poll `gsched show` until ``ok(job)``; on a timeout, say where the job got to and what the daemon logged."""
+        deadline = time.monotonic() + timeout_s
+        job: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            job = self.show(job_id)
+            if ok(job):
+                return job
+            time.sleep(0.25)
+        raise AssertionError(f"job {job_id} never got there: {json.dumps(job, default=str)[:3000]}\n"
+                             f"{self.stderr_path.read_text()[-3000:]}")
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

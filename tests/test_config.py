@@ -50,7 +50,7 @@ def test_paths_follow_gsched_home_then_systemd_then_user() -> None:
 def test_readme_provider_example_parses_and_covers_every_kind() -> None:
     from scheduler.config import PROVIDER_KINDS
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "forecasts.md").read_text()
     block = text[text.index("[forecast]\ncurrency"):]
-    config = parse_config(block[: block.index("```")], "README.md")
+    config = parse_config(block[: block.index("```")], "docs/forecasts.md")
     assert sorted(p.kind for p in config.forecast.providers) == sorted(PROVIDER_KINDS)

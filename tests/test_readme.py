@@ -1,5 +1,5 @@
-"""The README cannot drift from the CLI: every gsched command it shows (in sh blocks and in inline code) runs here,
-placeholders filled in, against a real daemon; and the Makefile targets it names exist."""
+"""The README and docs/ cannot drift from the CLI: every gsched command they show (in sh blocks and in inline code)
+runs here, placeholders filled in, against a real daemon; and the Makefile targets the README names exist."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from conftest import ROOT, cli, write_job
 from test_elastic import alternating_trace, trace_daemon
 
 README = ROOT / "README.md"
+DOCS = sorted((ROOT / "docs").glob("*.md"))
 USAGE_ERRORS = ("No such option", "Usage:", "Missing argument", "Traceback", "Got unexpected extra argument")
 
 
 def readme_commands() -> list[str]:
-    text = README.read_text()
+    text = "\n".join(path.read_text() for path in [README, *DOCS])
     found = []
     for block in re.findall(r"```sh\n(.*?)```", text, re.S):
         for line in block.splitlines():

@@ -1,6 +1,7 @@
 """The daemon's Slurm executor against a fake of Slurm's commands (tests/fake_slurm/), for machines where no real
-Slurm can run: what it submits, how it follows states the fake is moved through, a Slurm that stops answering,
-and a job Slurm ends itself. The real thing: test_slurm_e2e.py."""
+Slurm can run, for what only a fake can stage: the sbatch line, a Slurm that stops answering, a job Slurm ends
+itself (DEADLINE, its time limit) and a refused sbatch. The cases every executor shares are in
+test_executor_contract.py; the real thing: test_slurm_e2e.py."""
 
 from __future__ import annotations
 
@@ -64,37 +65,39 @@ trace = "{alternating_trace(tmp_path / 'trace.csv')}"
 """, env=env).start()
     try:
         body = f'command = ["sh", "-c", "echo out-of-the-batch"]\nduration = "1m"\ngpus = 2\nworkdir = "{tmp_path}"\n'
-        jid = d.submit(write_job(tmp_path, "one", body), "--now")
-        d.wait_state(jid, {"PLANNED"})
+        jid = d.submit(write_job(tmp_path, "one", body.replace("out-of-the-batch", "out-of-the-batch; sleep 2")),
+                       "--now")
         sid = submitted(d, jid)
         argv = next(c for c in json.loads(state.read_text())["calls"] if c[0] == "sbatch")
         for flag in ("--parsable", "--gres=gpu:2", f"--job-name=gsched-{jid}-", "--begin=", "--time=", "--deadline=",
                      "--comment=gsched:gpus=2,", "--nodes=1", "--export=NONE"):
             assert any(a.startswith(flag) for a in argv), (flag, argv)
         assert not any(a.startswith("--requeue") for a in argv)  # not preemptible
-        # Slurm stops answering: the job stays as it was, the daemon keeps serving
+        d.wait_state(jid, {"RUNNING"})
+        # Slurm stops answering while it runs: the job stays as it is until Slurm answers, the daemon keeps serving
         slurm("fail", "squeue,sinfo")
-        slurm("start", str(sid))
-        time.sleep(1.5)
-        assert d.show(jid)["state"] == "PLANNED"
+        time.sleep(3)  # its run ends meanwhile
+        assert d.show(jid)["state"] == "RUNNING"
         slurm("fail", "")
-        assert d.wait_state(jid, {"RUNNING"})["slurm_nodes"] == "node1"
-        slurm("finish", str(sid))
-        job = d.wait_state(jid, {"COMPLETED", "FAILED"})
+        job = d.wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED"})
         assert job["state"] == "COMPLETED" and job["energy_j"] > 0 and job["gpus"] == 2, job
+        assert job["slurm_job_id"] == sid and job["slurm_nodes"] == "node1", job
         assert "out-of-the-batch" in d.cli("logs", str(jid)).stdout
         # Slurm ends one itself (its deadline passed while pending): gsched says so with Slurm's words
+        slurm("hold", "1")  # held back from starting while the test ends it
         other = d.submit(write_job(tmp_path, "two", body), "--now")
-        slurm("end", str(submitted(d, other)), "DEADLINE", "DeadLine")
+        other_sid = submitted(d, other)
+        slurm("end", str(other_sid), "DEADLINE", "DeadLine")
+        slurm("hold", "0")
         ended = d.wait_state(other, {"FAILED", "CANCELLED", "COMPLETED"})
         assert ended["state"] == "FAILED" and ended["reason"].startswith(
-            f"Slurm ended job {ended['slurm_job_id']}: DEADLINE (DeadLine)"), ended
+            f"Slurm ended job {other_sid}: DEADLINE (DeadLine)"), ended
         # Slurm's time limit stops a running one: it ends TIMEOUT with Slurm's reason, its energy measured
         third = d.submit(write_job(tmp_path, "three", body.replace('"echo out-of-the-batch"', '"sleep 60"')),
                          "--now")
-        slurm("start", str(submitted(d, third)))
         d.wait_state(third, {"RUNNING"})
-        slurm("timeout", str(submitted(d, third)), "2")
+        time.sleep(1)
+        slurm("expire", str(submitted(d, third)))
         timed = d.wait_state(third, {"TIMEOUT", "FAILED", "COMPLETED", "CANCELLED"})
         assert timed["state"] == "TIMEOUT" and "TIMEOUT (TimeLimit)" in timed["reason"], timed
         assert timed["energy_j"] > 0 and len(timed["runs"]) == 1, timed
@@ -105,7 +108,7 @@ trace = "{alternating_trace(tmp_path / 'trace.csv')}"
         time.sleep(3)
         job = d.show(refused)
         assert job["state"] == "PLANNED" and job["slurm_job_id"] is None, job
-        assert job["reason"].startswith("Slurm: cannot submit to Slurm: ") and "Unable to contact" in job["reason"], job
+        assert job["reason"].startswith("cannot submit to Slurm: ") and "Unable to contact" in job["reason"], job
         tries = json.loads(state.read_text()).get("refused", 0)
         assert d.show(refused)["slurm_job_id"] is None and tries <= 1, tries
     finally:

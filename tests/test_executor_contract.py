@@ -1,0 +1,378 @@
+"""One contract, every executor: each case runs against the local executor, the fake Slurm (tests/fake_slurm/,
+which runs jobs by itself as slurmctld does) and a real Slurm (tests/slurm_cluster.py; skipped where none can run).
+
+Every case drives a real daemon process through the real CLI and asserts what a user sees (states, reasons,
+energy, the job's own output), never how an executor does it. Where executors differ, the difference is a
+capability of the backend (``holds``: the executor holds a planned job before its start, as Slurm does with
+--begin), not a second copy of the case. Clocks run at speed 1, shifted into a synthetic trace's cheap or dear
+hours (odd hours cheap), because Slurm's clock is the wall clock."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ROOT, DaemonProc, make_home, write_job
+from test_elastic import alternating_trace, steps_add_up
+from test_security import runner_pid
+from test_workloads import train
+
+FAKE = ROOT / "tests" / "fake_slurm" / "fake_slurm.py"
+CHEAP = "2024-01-01T01:10:00Z"  # inside a cheap hour: a job runs at once
+BEFORE_CHEAP = "2024-01-01T00:59:48Z"  # a cheap hour begins 12 s later
+DEAR = "2024-01-01T00:30:00Z"  # the next cheap hour is 30 minutes away
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
+
+
+@dataclass
+class Backend:
+    kind: str  # "local", "fake-slurm", "slurm"
+    devices: int
+    base: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cluster: Any = None
+    homes: list[Path] = field(default_factory=list)
+
+    @property
+    def holds(self) -> bool:
+        """The executor holds a planned job from its plan on and starts it itself."""
+        return self.kind != "local"
+
+    def daemon(self, origin: str, home: Path | None = None, env: dict[str, str] | None = None,
+               planner: str = "") -> DaemonProc:
+        if home is None:
+            home = make_home()
+            self.homes.append(home)
+        trace = self.base / "trace.csv"
+        if not trace.exists():
+            alternating_trace(trace)
+        if self.kind == "local":
+            executor = f"[devices]\ngpus = \"none\"\ncpu_devices = {self.devices}\n"
+        else:
+            executor = f'[executor]\nkind = "slurm"\npartition = "gpu"\nshared_dir = "{self.base / "shared"}"\n'
+        return DaemonProc(home, f"""
+[daemon]
+tick_s = 0.3
+kill_grace_s = 4.0
+calibrate_when_idle = false
+clock_origin = "{origin}"
+{executor}
+[planner]
+slot_minutes = 1
+horizon_hours = 3
+time_limit_s = 1.0
+{planner}
+[forecast]
+trace = "{trace}"
+""", env={**self.env, **(env or {})})
+
+    def workdir(self, name: str) -> Path:
+        path = self.base / name
+        path.mkdir()
+        path.chmod(0o777)
+        return path
+
+    def _slurm(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(argv), env={**os.environ, **self.env}, capture_output=True, text=True, timeout=60)
+
+    def held_state(self, job: dict[str, Any]) -> str | None:
+        """The executor's own state of a job it holds (Slurm's job_state), None where nothing is held."""
+        if not self.holds or job.get("slurm_job_id") is None:
+            return None
+        out = self._slurm("squeue", "--states=all", "--json")
+        assert out.returncode == 0, out.stderr
+        found = [j for j in json.loads(out.stdout)["jobs"] if j["job_id"] == job["slurm_job_id"]]
+        return found[0]["job_state"] if found else None
+
+    def kill_underneath(self, d: DaemonProc, job: dict[str, Any]) -> None:
+        """The run ends behind the daemon's back: its runner killed, or an administrator's scancel."""
+        if self.kind == "local":
+            os.killpg(runner_pid(d.home, job["id"]), signal.SIGKILL)
+        else:
+            done = self._slurm("scancel", str(job["slurm_job_id"]))
+            assert done.returncode == 0, done.stderr
+
+    def clean(self) -> None:
+        if self.kind == "slurm":
+            self.cluster.run("scancel", "--full", "--user=root")
+        elif self.kind == "fake-slurm":
+            for job in json.loads((self.base / "slurm.json").read_text() or "{}").get("jobs", []):
+                if job.get("pgid"):
+                    try:
+                        os.killpg(job["pgid"], signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+        for home in self.homes:
+            for run in (home / "runs").glob("*/run-*.json"):
+                subprocess.run(["pkill", "-KILL", "-f", str(run)], check=False)
+
+
+@pytest.fixture(params=["local", "fake-slurm", "slurm"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    base = Path(tempfile.mkdtemp(prefix=f"gsched-contract-{request.param}-"))
+    base.chmod(0o755)
+    if request.param == "local":
+        b = Backend("local", 2, base)
+    elif request.param == "fake-slurm":
+        bin_dir = base / "bin"
+        bin_dir.mkdir()
+        for name in ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "runuser"):
+            (bin_dir / name).symlink_to(FAKE)
+        b = Backend("fake-slurm", 2, base, {"PATH": f"{bin_dir}:{os.environ['PATH']}",
+                                             "FAKE_SLURM_STATE": str(base / "slurm.json"), "FAKE_SLURM_GPUS": "2"})
+    else:
+        cluster = request.getfixturevalue("slurm_cluster")  # skips, saying why, where no Slurm can run
+        b = Backend("slurm", cluster.gpus, base, {"SLURM_CONF": cluster.env["SLURM_CONF"]}, cluster)
+    try:
+        yield b
+    finally:
+        b.clean()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def ended(d: DaemonProc, job_id: int, timeout_s: float = 90) -> dict[str, Any]:
+    return d.until(job_id, lambda j: j["state"] in ENDED, timeout_s)
+
+
+def events(job: dict[str, Any], state: str) -> list[str]:
+    return [e["reason"] for e in job["events"] if e["state"] == state]
+
+
+def job_text(work: Path, body: str) -> str:
+    return body + f'workdir = "{work}"\n'
+
+
+def test_a_job_completes_with_its_energy_cost_and_log(backend: Backend) -> None:
+    work = backend.workdir("w")
+    d = backend.daemon(CHEAP).start()
+    try:
+        jid = d.submit(write_job(work, "hello", job_text(
+            work, 'command = ["sh", "-c", "echo said-hello; sleep 1"]\nduration = "1m"\n')), "--now")
+        job = ended(d, jid)
+        assert job["state"] == "COMPLETED", job
+        assert job["energy_j"] > 0 and job["energy_source"] and job["cost_eur"] > 0 and job["co2_g"] > 0, job
+        assert len(job["runs"]) == 1 and job["runs"][0]["gpus"] == 1, job
+        assert "said-hello" in d.cli("logs", str(jid), check=True).stdout
+    finally:
+        d.stop()
+
+
+def test_cancel_while_queued_and_while_running(backend: Backend) -> None:
+    work = backend.workdir("w")
+    d = backend.daemon(DEAR).start()
+    try:
+        later = d.submit(write_job(work, "later", job_text(
+            work, 'command = ["sh", "-c", "echo ran > later-ran"]\nduration = "1m"\nmax_delay = "3h"\n')))
+        queued = d.until(later, lambda j: j["state"] == "PLANNED" and (not backend.holds or j["slurm_job_id"]))
+        assert queued["planned_start"].startswith("2024-01-01T01:00"), queued  # it waits for the cheap hour
+        ticker = d.submit(write_job(work, "ticker", job_text(
+            work, 'command = ["sh", "-c", "while true; do echo x >> ticks; sleep 0.2; done"]\nduration = "10m"\n')),
+            "--now")
+        d.wait_state(ticker, {"RUNNING"})
+        d.until(ticker, lambda j: (work / "ticks").exists())
+        assert d.cli("cancel", str(later)).returncode == 0
+        assert d.show(later)["state"] == "CANCELLED"
+        if backend.holds:  # what the executor held is gone with it
+            assert backend.held_state(queued) == "CANCELLED"
+        assert d.cli("cancel", str(ticker)).returncode == 0
+        stopped = ended(d, ticker, 60)
+        assert stopped["state"] == "CANCELLED" and stopped["reason"] == "cancelled by user", stopped
+        size = (work / "ticks").stat().st_size
+        time.sleep(1.5)
+        assert (work / "ticks").stat().st_size == size  # its processes are gone, not only its record
+        assert not (work / "later-ran").exists()
+    finally:
+        d.stop()
+
+
+def test_a_job_past_its_time_limit_ends_timeout_with_its_energy(backend: Backend) -> None:
+    work = backend.workdir("w")
+    d = backend.daemon(CHEAP).start()
+    try:
+        jid = d.submit(write_job(work, "slow", job_text(
+            work, 'command = ["sleep", "120"]\nduration = "1m"\ntime_limit = "4s"\n')), "--now")
+        job = ended(d, jid)
+        assert job["state"] == "TIMEOUT" and "time_limit" in job["reason"], job
+        assert job["energy_j"] > 0 and len(job["runs"]) == 1, job
+    finally:
+        d.stop()
+
+
+def test_requeue_resumes_from_the_checkpoint_to_the_identical_loss(backend: Backend) -> None:
+    work = backend.workdir("w")
+    d = backend.daemon(CHEAP).start()
+    try:
+        jid = d.submit(write_job(work, "resumed", job_text(
+            work, 'workload = "jobs.linear"\nsteps = 6000\nargs = { seed = 3 }\npreemptible = true\ngpus = 1\n')),
+            "--now")
+        d.wait_state(jid, {"RUNNING"})
+        time.sleep(3)  # some steps done
+        requeued = d.cli("requeue", str(jid))
+        assert requeued.returncode == 0, requeued.stderr
+        d.until(jid, lambda j: events(j, "PREEMPTED"))
+        job = ended(d, jid, 150)
+        assert job["state"] == "COMPLETED" and len(job["runs"]) == 2, (job, d.stderr_path.read_text()[-3000:])
+        steps_add_up(job, 6000)  # the second run went on from the first one's checkpoint
+        assert job["metrics"]["loss"] == train("-m", "jobs.linear", "--steps", "6000", "--seed", "3")["loss"]
+    finally:
+        d.stop()
+
+
+def test_an_elastic_job_pauses_at_its_segments_end_and_waits_for_its_next(backend: Backend) -> None:
+    """The plan runs a preemptible job's first minute in the last cheap minute before a dear hour and the rest in
+    the next cheap hour: at the segment's end it is checkpointed, and it waits (held by an executor that holds
+    work) for its next segment. Its resume is the requeue path above; the next cheap hour is an hour away."""
+    work = backend.workdir("w")
+    d = backend.daemon("2024-01-01T01:59:46Z", planner="elastic_extend_minutes = 0").start()
+    try:
+        jid = d.submit(write_job(work, "elastic", job_text(
+            work, 'command = ["sleep", "600"]\nduration = "4m"\npreemptible = true\nresume_overhead_minutes = 0\n'
+                  'deadline = "2024-01-01T03:03:00Z"\n')))
+        job = d.wait_state(jid, {"RUNNING"}, timeout_s=30)
+        assert job["pause_at"] == "2024-01-01T02:00:00Z" and job["segments"][1]["start"] == "2024-01-01T03:00:00Z", job
+        job = d.until(jid, lambda j: j["state"] == "PLANNED" and len(j["runs"]) == 1, 60)
+        assert any(r.startswith("paused: its planned segment ended") for r in events(job, "PREEMPTED")), job
+        assert job["planned_start"] >= "2024-01-01T02:10:00Z", job  # a command's work is all replanned, not now
+        if backend.holds:  # the same held job waits for its next segment
+            assert backend.held_state(job) == "PENDING", job
+    finally:
+        d.cli("cancel", str(jid))
+        d.stop()
+
+
+def test_an_urgent_job_preempts_a_running_preemptible_one(backend: Backend) -> None:
+    work = backend.workdir("w")
+    d = backend.daemon(CHEAP, planner="elastic = true").start()
+    try:
+        victim = d.submit(write_job(work, "victim", job_text(
+            work, f'command = ["sleep", "600"]\nduration = "10m"\npreemptible = true\ngpus = {backend.devices}\n')))
+        d.wait_state(victim, {"RUNNING"}, timeout_s=60)
+        urgent = d.submit(write_job(work, "urgent", job_text(
+            work, 'command = ["sh", "-c", "echo urgent-ran; sleep 1"]\nduration = "1m"\n')), "--now")
+        job = ended(d, urgent, 120)
+        assert job["state"] == "COMPLETED", (job, d.stderr_path.read_text()[-3000:])
+        assert any(r.startswith("preempting job(s)") for r in events(job, "PLANNED") + events(job, "PENDING")), job
+        preempted = d.show(victim)
+        assert any(r.startswith(f"preempted by job {urgent} (--now)") for r in events(preempted, "PREEMPTED")), \
+            (preempted["events"], d.stderr_path.read_text()[-3000:])
+        assert preempted["state"] in ("PLANNED", "PREEMPTED", "RUNNING"), preempted
+    finally:
+        d.cli("cancel", str(victim))
+        d.stop()
+
+
+def test_a_running_job_survives_a_daemon_sigkill_and_completes_with_its_energy(backend: Backend) -> None:
+    work = backend.workdir("w")
+    home = make_home()
+    backend.homes.append(home)
+    d = backend.daemon(CHEAP, home=home).start()
+    jid = d.submit(write_job(work, "long", job_text(
+        work, 'command = ["sh", "-c", "echo ran >> runs; sleep 8"]\nduration = "1m"\n')), "--now")
+    d.wait_state(jid, {"RUNNING"})
+    d.stop(signal.SIGKILL)
+    again = backend.daemon(CHEAP, home=home).start()
+    try:
+        time.sleep(1.5)  # a restart that lost the run would have ended it by now
+        assert again.show(jid)["state"] == "RUNNING", again.show(jid)
+        job = ended(again, jid)
+        assert job["state"] == "COMPLETED", (job, again.stderr_path.read_text()[-3000:])
+        assert job["energy_j"] > 0 and len(job["runs"]) == 1, job
+        assert (work / "runs").read_text() == "ran\n"
+    finally:
+        again.stop()
+
+
+def test_a_planned_job_survives_a_daemon_sigkill_and_starts_at_its_time(backend: Backend) -> None:
+    """Killed while the job waits for its window (held by the executor where it holds work): it starts there."""
+    work = backend.workdir("w")
+    home = make_home()
+    backend.homes.append(home)
+    d = backend.daemon(BEFORE_CHEAP, home=home).start()
+    jid = d.submit(write_job(work, "waits", job_text(
+        work, 'command = ["sh", "-c", "echo ran >> runs; sleep 1"]\nduration = "1m"\nmax_delay = "2h"\n')))
+    job = d.until(jid, lambda j: j["state"] == "PLANNED" and (not backend.holds or j["slurm_job_id"]))
+    assert job["planned_start"] == "2024-01-01T01:00:00Z", job
+    d.stop(signal.SIGKILL)
+    again = backend.daemon(BEFORE_CHEAP, home=home).start()
+    try:
+        job = ended(again, jid)
+        assert job["state"] == "COMPLETED", (job, again.stderr_path.read_text()[-3000:])
+        assert job["started_at"] >= "2024-01-01T00:59:55Z", job  # at its window, not at the restart
+        assert (work / "runs").read_text() == "ran\n"
+    finally:
+        again.stop()
+
+
+def test_a_checkpoint_asked_for_before_a_daemon_sigkill_still_pauses_and_resumes(backend: Backend) -> None:
+    """The daemon asks a running job to checkpoint (gsched requeue) and is SIGKILLed before it sees the result: the
+    restarted daemon records the pause from the run's result and resumes the job from its checkpoint."""
+    work = backend.workdir("w")
+    home = make_home()
+    backend.homes.append(home)
+    d = backend.daemon(CHEAP, home=home).start()
+    jid = d.submit(write_job(work, "paused", job_text(
+        work, 'workload = "jobs.linear"\nsteps = 6000\nargs = { seed = 5 }\npreemptible = true\ngpus = 1\n')),
+        "--now")
+    d.wait_state(jid, {"RUNNING"})
+    time.sleep(3)  # some steps done
+    assert d.cli("requeue", str(jid)).returncode == 0
+    d.stop(signal.SIGKILL)
+    again = backend.daemon(CHEAP, home=home).start()
+    try:
+        job = ended(again, jid, 150)
+        assert job["state"] == "COMPLETED" and len(job["runs"]) == 2, (job, again.stderr_path.read_text()[-3000:])
+        assert events(job, "PREEMPTED"), job
+        steps_add_up(job, 6000)
+    finally:
+        again.stop()
+
+
+@pytest.mark.parametrize("fault", ["launch.after_intent", "launch.after_start"])
+def test_a_daemon_killed_at_each_point_of_a_start_runs_the_job_exactly_once(backend: Backend, fault: str) -> None:
+    work = backend.workdir("w")
+    home = make_home()
+    backend.homes.append(home)
+    d = backend.daemon(CHEAP, home=home, env={"GSCHED_FAULT": fault}).start()
+    jid = d.submit(write_job(work, "once", job_text(
+        work, 'command = ["sh", "-c", "echo ran >> runs; sleep 1"]\nduration = "1m"\n')), "--now")
+    assert d.proc is not None
+    d.proc.wait(timeout=60)  # it killed itself at the fault
+    assert d.proc.returncode == -signal.SIGKILL
+    again = backend.daemon(CHEAP, home=home).start()
+    try:
+        job = ended(again, jid)
+        assert job["state"] == "COMPLETED", (job, again.stderr_path.read_text()[-3000:])
+        time.sleep(2)  # a second start, if there were one, would have run by now
+        assert (work / "runs").read_text() == "ran\n"
+    finally:
+        again.stop()
+
+
+def test_a_run_lost_underneath_the_daemon_ends_with_a_reason(backend: Backend) -> None:
+    work = backend.workdir("w")
+    d = backend.daemon(CHEAP).start()
+    try:
+        jid = d.submit(write_job(work, "lost", job_text(work, 'command = ["sleep", "300"]\nduration = "10m"\n')),
+                       "--now")
+        job = d.wait_state(jid, {"RUNNING"})
+        time.sleep(1)
+        backend.kill_underneath(d, job)
+        job = ended(d, jid)
+        assert job["state"] in ("FAILED", "CANCELLED") and job["reason"], job
+        assert "cancelled by user" not in job["reason"], job
+        other = d.submit(write_job(work, "after", job_text(work, 'command = ["true"]\nduration = "1m"\n')), "--now")
+        assert ended(d, other)["state"] == "COMPLETED"  # the daemon goes on
+    finally:
+        d.stop()
+
