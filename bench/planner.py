@@ -1,7 +1,7 @@
 """Planner benchmark on real grid data: savings against run-now, Let's Wait Awhile and a CarbonScaler-style
 greedy, the gap to the LP lower bound, and solve time.
 
-    .venv/bin/python bench/planner.py                 # the README's table (about 3 minutes on 2 cores)
+    .venv/bin/python bench/planner.py                 # docs/benchmarks.md's table (about 3 minutes on 2 cores)
     .venv/bin/python bench/planner.py --jobs 500 --work-scale 0.3 --windows DE-LU:2023-06-05 --time-limit 60
     .venv/bin/python bench/planner.py --windows ES:2023-04-03 US-CAL-CISO:2024-05-06 DE-LU:2023-01-09 \
         --time-limit 300 [--milp-only]             # the yardsticks: the planner, or the MILP alone, for 300 s

@@ -1,7 +1,7 @@
 """Planner sweep under load: solve time, objective against a long run and the LP bound, and deadlines against
 FIFO (run-now) and EDF, per cell of load x pool x jobs x preemptible share x week x seed.
 
-    .venv/bin/python bench/planner_sweep.py                     # the README's sweep (see --help for the grid)
+    .venv/bin/python bench/planner_sweep.py                     # docs/benchmarks.md's sweep (see --help for the grid)
     .venv/bin/python bench/planner_sweep.py --jobs 2000 --pools 64 --loads 0.85 --time-limit 30
     .venv/bin/python bench/planner_sweep.py --jobs 150 500 --yardstick 300   # also a 300 s run per row
 

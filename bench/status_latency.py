@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/status_latency.py [--jobs 200] [--runs 20]
 
-Prints the median and 90th percentile of the whole command (process start to exit), the figure the
-README quotes.
+Prints the median and 90th percentile of the whole command (process start to exit), the figure
+docs/benchmarks.md quotes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
    energy counter, marginal over N vs 2N steps so start-up cancels out.
 3. One bf16 run of it with 2:4 pruning: the forward-pass speed-up of torch's semi-structured sparse kernels.
 4. DDP with nccl on one GPU (torchrun, one process) on the linear workload.
-Prints a Markdown block (date, device, figures) for the README's measurements section; exit 2 without a GPU.
+Prints a Markdown block (date, device, figures) for docs/benchmarks.md's measurements section; exit 2 without a GPU.
 """
 
 from __future__ import annotations
