@@ -22,7 +22,7 @@ import os
 import pwd
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -30,16 +30,17 @@ from typing import Any, Callable
 from scheduler.daemon import Daemon
 from scheduler.errors import (Conflict, InputError, LimitExceeded, NotFound,
                               PermissionDenied)
-from scheduler.jobfile import parse_job
+from scheduler.environment import exported, from_request, job_path
+from scheduler.jobfile import JobSpec, parse_job
 from scheduler.models import TERMINAL, Job, JobState
 from scheduler.timeutil import parse_duration_s, parse_rfc3339
-from scheduler.userpath import acting_ids, owner_dir
+from scheduler.userpath import acting_ids, owner_dir, owner_which
 
 log = logging.getLogger("gsched.api")
 LOG_CHUNK = 1 << 20
 MAX_JOB_ID = 2**63 - 1
-SUBMIT_KEYS = {"text": str, "source": str, "base_dir": str, "urgent": bool}
-PRIVATE = ("command", "args", "env", "workdir")  # for the owner and root only, like Slurm's PrivateData
+SUBMIT_KEYS = {"text": str, "source": str, "base_dir": str, "urgent": bool, "environment": dict}
+PRIVATE = ("command", "args", "env", "environment", "workdir")  # owner and root only, like Slurm's PrivateData
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,10 @@ def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | 
         "command": spec.get("command") if private else None,
         "args": spec.get("args") if private else None,
         "workdir": spec.get("workdir") if private else None,
+        # which program `command` runs and the PATH it was found on (the submitter's, as exported)
+        "command_path": spec.get("command_path") if private else None,
+        "job_path": job_path(spec.get("environment") or {}, spec.get("env") or {}) if private and spec.get("command")
+        else None,
         "private_withheld": not private,
     }
 
@@ -242,6 +247,7 @@ class Api:
         spec = parse_job(body["text"], source=source, base_dir=base_dir, now=daemon.clock.now(),
                          default_max_delay_s=parse_duration_s(daemon.config.default_max_delay),
                          resolve_dir=lambda path: owner_dir(uid, gid, path))
+        spec = self._in_environment(spec, from_request(body.get("environment")), uid, gid, caller, source)
         if spec.gpus_min > len(daemon.executor.devices):
             raise InputError(f"{source}: gpus: needs {spec.gpus_min} devices, this daemon schedules on "
                              f"{len(daemon.executor.devices)}")
@@ -262,6 +268,25 @@ class Api:
         if caller.uid not in (0, job.owner_uid):
             raise PermissionDenied(f"job {job.id} belongs to {job.owner_name}: only its owner or root may {action}")
         return job
+
+    @staticmethod
+    def _in_environment(spec: JobSpec, environment: dict[str, str], uid: int, gid: int, caller: Caller,
+                        source: str) -> JobSpec:
+        """The submitter's environment as the job file's ``export`` keeps it, and command[0] found on the job's
+        PATH as its owner would find it: a command that is not there is refused now, naming the PATH searched."""
+        environment = exported(environment, spec.export)
+        command_path = None
+        if spec.command and "/" not in spec.command[0]:
+            path = job_path(environment, spec.env)
+            try:
+                command_path = owner_which(uid, gid, spec.command[0], path, spec.workdir)
+            except ValueError as exc:
+                raise InputError(f"{source}: command: {exc}") from None
+            if command_path is None:
+                raise InputError(f"{source}: command: {spec.command[0][:200]!r} is not on the job's PATH as "
+                                 f"{caller.name} sees it ({path[:1000]}); give its full path, or submit from a "
+                                 "shell where it is on PATH (the job file's export decides what is kept)")
+        return replace(spec, environment=environment, command_path=command_path)
 
     def cancel(self, caller: Caller, query: dict[str, str], body: Any, job_id: str) -> tuple[int, Any]:
         job = self._owned(caller, job_id, "cancel it")

@@ -175,8 +175,10 @@ def show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(False, 
     if as_json:
         _print_json(job)
         return
-    skip = {"events", "runs", "spec", "mode", "metrics", "private_withheld", "segments"}
+    skip = {"events", "runs", "spec", "mode", "metrics", "private_withheld", "segments", "command_path"}
     for key, value in job.items():
+        if key == "command" and value and job.get("command_path"):  # the program it runs: python3 -> /venv/...
+            value = f"{' '.join(value)}  ({value[0]} -> {job['command_path']})"
         if key not in skip:
             print(f"{key:>14}: {'-' if value is None else _safe(value)}")
     print(f"{'mode':>14}: {json.dumps(job['mode'])}")

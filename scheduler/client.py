@@ -64,7 +64,11 @@ class Client:
         return self._request("GET", f"/v1/jobs/{job_id}").json()
 
     def submit(self, text: str, source: str, base_dir: str, urgent: bool = False) -> dict[str, Any]:
-        body = {"text": text, "source": source, "base_dir": base_dir, "urgent": urgent}
+        from scheduler.environment import client_environment
+
+        # The job runs in the submitter's environment (what its job file's export keeps), as sbatch and pueue do.
+        body = {"text": text, "source": source, "base_dir": base_dir, "urgent": urgent,
+                "environment": client_environment()}
         return self._request("POST", "/v1/jobs", json=body).json()
 
     def cancel(self, job_id: int) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from scheduler.timeutil import parse_duration_s, parse_rfc3339, rfc3339
 PRECISIONS = ("fp32", "bf16", "fp16")
 _TOP_KEYS = {
     "name", "workload", "args", "command", "steps", "duration", "gpus", "deadline", "max_delay",
-    "preemptible", "optimisations", "env", "workdir", "time_limit", "resume_overhead_minutes",
+    "preemptible", "optimisations", "env", "export", "workdir", "time_limit", "resume_overhead_minutes",
 }
 _OPT_KEYS = {"precision", "pruning", "compile", "power_cap_w"}
 
@@ -52,6 +52,12 @@ class JobSpec:
     preemptible: bool = False
     optimisations: Optimisations = field(default_factory=Optimisations)
     env: dict[str, str] = field(default_factory=dict)
+    # What of the submitter's environment the job keeps, as sbatch --export: "all", "none", or variable names.
+    export: str | tuple[str, ...] = "all"
+    # Set at submit (api.py): the submitter's environment as ``export`` keeps it, and where command[0] was found
+    # on the job's PATH as its owner. The owner's private data: shown to the owner and root only.
+    environment: dict[str, str] = field(default_factory=dict)
+    command_path: str | None = None
     time_limit_s: float | None = None
     resume_overhead_minutes: float | None = None  # None: the config's planner.resume_overhead_minutes
 
@@ -68,6 +74,8 @@ class JobSpec:
                                                  for k, v in data["optimisations"].items()})
         if data.get("command") is not None:
             data["command"] = tuple(data["command"])
+        if isinstance(data.get("export"), list):
+            data["export"] = tuple(data["export"])
         return cls(**data)
 
     @property
@@ -126,6 +134,10 @@ MAX_PATH = 4096
 MAX_ENV_BYTES = 64 * 1024
 MAX_ARG = 4096
 MAX_OVERHEAD_MINUTES = 1440
+
+
+def _valid_env_name(name: str) -> bool:
+    return bool(name) and "=" not in name and "\0" not in name and len(name) <= 256
 
 
 class _Reader:
@@ -317,12 +329,27 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
     for key, value in env.items():
         if not isinstance(value, str):
             r.fail(f"env.{key}", f"must be a string, got {type(value).__name__} {_show(value)}")
-        elif not key or "=" in key or "\0" in key or len(key) > 256:
+        elif not _valid_env_name(key):
             r.fail(f"env.{key[:40]}", "is not a valid environment variable name")
         else:
             r.text(f"env.{key}", value, MAX_ENV_BYTES)
     if sum(len(k) + len(v) for k, v in env.items() if isinstance(v, str)) > MAX_ENV_BYTES:
         r.fail("env", f"is larger than {MAX_ENV_BYTES // 1024} KiB")
+    export_raw = r.typed("export", (str, list), '"all", "none" or a list of variable names')
+    export: str | tuple[str, ...] = "all"
+    if isinstance(export_raw, str):
+        if export_raw not in ("all", "none"):
+            r.fail("export", f'must be "all", "none" or a list of variable names, got {_show(export_raw)}')
+        else:
+            export = export_raw
+    elif isinstance(export_raw, list):
+        bad = [n for n in export_raw if not isinstance(n, str) or not _valid_env_name(n)]
+        if bad:
+            r.fail("export", f"{_show(bad[0])} is not an environment variable name")
+        elif len(export_raw) > 1024:
+            r.fail("export", "names more than 1024 variables")
+        else:
+            export = tuple(export_raw)
 
     workdir = base_dir
     workdir_raw = r.typed("workdir", (str,), "a directory path") or "."
@@ -338,7 +365,7 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
     return JobSpec(
         name=name, deadline=deadline, gpus_min=gpus_min, gpus_max=gpus_max, workdir=str(workdir),
         workload=workload, args=args, command=tuple(command) if command is not None else None, steps=steps,
-        duration_s=duration_s, preemptible=preemptible, optimisations=optimisations, env=env,
+        duration_s=duration_s, preemptible=preemptible, optimisations=optimisations, env=env, export=export,
         time_limit_s=time_limit_s, resume_overhead_minutes=float(overhead) if overhead is not None else None,
     )
 

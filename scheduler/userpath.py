@@ -14,6 +14,7 @@ import pwd
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 CHECK_TIMEOUT_S = 10.0
 
@@ -37,6 +38,20 @@ print(json.dumps(out))
 """
 
 
+# `command -v` as the owner: the first executable regular file named NAME in PATH's directories.
+_WHICH = """\
+import json, os, sys
+name, path = sys.argv[1], sys.argv[2]
+found = None
+for d in path.split(os.pathsep):
+    candidate = os.path.join(d or ".", name)
+    if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        found = candidate if os.path.isabs(candidate) else os.path.abspath(candidate)
+        break
+print(json.dumps({"path": found}))
+"""
+
+
 def primary_gid(uid: int, fallback: int) -> int:
     try:
         return pwd.getpwuid(uid).pw_gid
@@ -51,6 +66,36 @@ def acting_ids(owner_uid: int, fallback_gid: int) -> tuple[int, int]:
     return os.geteuid(), os.getegid()
 
 
+def _as_owner(uid: int, gid: int, script: str, args: list[str], what: str, cwd: str = "/") -> dict[str, Any]:
+    """Run one of the stdlib-only checks above as ``uid``:``gid`` (no supplementary groups, as the job will run)."""
+    ids: dict[str, Any] = {"user": uid, "group": gid, "extra_groups": []} if uid != os.geteuid() else {}
+    try:
+        done = subprocess.run([sys.executable, "-I", "-S", "-c", script, *args], capture_output=True, text=True,
+                              timeout=CHECK_TIMEOUT_S, cwd=cwd, env={"LANG": "C.UTF-8"}, **ids)
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"{what}: checking it as uid {uid} took over {CHECK_TIMEOUT_S:g} s") from None
+    except OSError as exc:
+        raise ValueError(f"cannot check {what} as uid {uid}: {exc}") from None
+    try:
+        out = json.loads(done.stdout)
+    except ValueError:
+        raise ValueError(f"cannot check {what} as uid {uid}: {done.stderr.strip()[-200:]}") from None
+    return out if isinstance(out, dict) else {}
+
+
+def owner_which(uid: int, gid: int, name: str, path: str, cwd: str) -> str | None:
+    """Where ``name`` (a command without a slash) is found on ``path`` as the owner would find it, or None."""
+    if "\0" in name or "\0" in path:
+        raise ValueError("must not contain a NUL character")
+    if uid == os.geteuid():  # the daemon's own user: no rights to drop
+        import shutil
+
+        local = shutil.which(name, path=path)
+        return os.path.join(cwd, local) if local and not os.path.isabs(local) else local
+    found = _as_owner(uid, gid, _WHICH, [name, path], name[:200], cwd)["path"]
+    return found if isinstance(found, str) else None
+
+
 def owner_dir(uid: int, gid: int, path: Path) -> Path:
     """``path`` resolved as ``uid``:``gid`` would see it; ValueError naming the reason otherwise."""
     text = str(path)
@@ -62,18 +107,7 @@ def owner_dir(uid: int, gid: int, path: Path) -> Path:
         from scheduler.jobfile import local_dir
 
         return local_dir(path)
-    ids = {"user": uid, "group": gid, "extra_groups": []}
-    try:
-        done = subprocess.run([sys.executable, "-I", "-S", "-c", _CHECK, text], capture_output=True, text=True,
-                              timeout=CHECK_TIMEOUT_S, cwd="/", env={"LANG": "C.UTF-8"}, **ids)
-    except subprocess.TimeoutExpired:
-        raise ValueError(f"{text[:200]}: checking it as uid {uid} took over {CHECK_TIMEOUT_S:g} s") from None
-    except OSError as exc:
-        raise ValueError(f"cannot check it as uid {uid}: {exc}") from None
-    try:
-        out = json.loads(done.stdout)
-    except ValueError:
-        raise ValueError(f"cannot check it as uid {uid}: {done.stderr.strip()[-200:]}") from None
+    out = _as_owner(uid, gid, _CHECK, [text], text[:200])
     if "error" in out:
         raise ValueError(str(out["error"]))
     return Path(out["path"])

@@ -42,8 +42,8 @@ def cli(*args: str, home: Path | None = None, env: dict[str, str] | None = None,
     full_env.update(env or {})
     argv = [sys.executable, "-m", "scheduler.cli", *args]
     if user is not None:
-        argv = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in full_env.items()
-                                                          if k in ("GSCHED_HOME", "PATH", "GSCHED_CONFIG")), *argv]
+        kept = ("GSCHED_HOME", "PATH", "GSCHED_CONFIG", *(env or {}))  # runuser starts from a clean environment
+        argv = ["runuser", "-u", user, "--", "env", *(f"{k}={v}" for k, v in full_env.items() if k in kept), *argv]
     result = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     if check and result.returncode != 0:
         raise AssertionError(f"gsched {' '.join(args)} exited {result.returncode}: {result.stderr}")
@@ -51,8 +51,11 @@ def cli(*args: str, home: Path | None = None, env: dict[str, str] | None = None,
 
 
 class DaemonProc:
-    def __init__(self, home: Path, config_text: str = TEST_CONFIG, env: dict[str, str] | None = None) -> None:
+    def __init__(self, home: Path, config_text: str = TEST_CONFIG, env: dict[str, str] | None = None,
+                 program: list[str] | None = None) -> None:
         self.home = home
+        # how it is started: this interpreter by default; the installed `gsched` for a test of the service's way
+        self.program = program or [sys.executable, "-m", "scheduler.cli"]
         self.config = home.parent / f"{home.name}-config.toml"
         self.config.write_text(config_text)
         self.env = env or {}
@@ -66,7 +69,7 @@ class DaemonProc:
     def start(self, wait: bool = True, user: str | None = None) -> "DaemonProc":
         env = {k: v for k, v in os.environ.items() if not k.startswith("GSCHED_")}
         env.update(GSCHED_HOME=str(self.home), GSCHED_CONFIG=str(self.config), **self.env)
-        argv = [sys.executable, "-m", "scheduler.cli", "daemon"]
+        argv = [*self.program, "daemon"]
         if user is not None:
             argv = ["runuser", "-u", user, "--", "env", f"GSCHED_HOME={self.home}", f"GSCHED_CONFIG={self.config}",
                     *argv]

@@ -168,6 +168,42 @@ def test_a_job_completes_with_its_energy_cost_and_log(backend: Backend) -> None:
         d.stop()
 
 
+def test_a_command_job_runs_in_its_submitters_environment_as_its_export_says(backend: Backend) -> None:
+    """sbatch's --export: all (the default), none (the service's environment), or a list; the job file's env table
+    on top; gsched's own variables win; what the job runs with is nobody else's to read."""
+    work = backend.workdir("w")
+    d = backend.daemon(CHEAP).start()
+    shell = {"MY_TEST_MARK": "mark-4242", "PATH": f"/opt/mark/bin:{os.environ['PATH']}",
+             "CUDA_VISIBLE_DEVICES": "99", "OMP_NUM_THREADS": "64"}
+    show = ('command = ["sh", "-c", "echo \\"${MY_TEST_MARK:-unset}|$PATH|${CUDA_VISIBLE_DEVICES}|'
+            '$OMP_NUM_THREADS\\" > seen-$GSCHED_JOB_ID"]\n')
+    try:
+        ids = {}
+        for name, extra in (("all", ""), ("none", 'export = "none"\n'), ("path", 'export = ["PATH"]\n'),
+                            ("table", 'env = { MY_TEST_MARK = "from-the-file" }\n')):
+            path = write_job(work, name, job_text(work, show + 'duration = "1m"\n' + extra))
+            done = d.cli("submit", str(path), "--parsable", "--now", env=shell)
+            assert done.returncode == 0, done.stderr
+            ids[name] = int(done.stdout)
+        seen = {}
+        for name, jid in ids.items():
+            assert ended(d, jid)["state"] == "COMPLETED", d.show(jid)
+            seen[name] = (work / f"seen-{jid}").read_text().strip().split("|")
+        assert seen["all"][0] == "mark-4242" and seen["all"][1].startswith("/opt/mark/bin:"), seen
+        assert seen["none"][0] == "unset" and "/opt/mark/bin" not in seen["none"][1], seen
+        assert seen["path"][0] == "unset" and seen["path"][1].startswith("/opt/mark/bin:"), seen
+        assert seen["table"][0] == "from-the-file", seen
+        for values in seen.values():  # gsched's device settings, never the shell's
+            assert values[2] != "99", seen
+            if backend.kind == "local":
+                assert values[3] != "64", seen
+        if backend.holds:  # the run files that carry the environment to the nodes are the owner's alone
+            for runfile in (backend.base / "shared").glob("*/run-*.json"):
+                assert runfile.stat().st_mode & 0o077 == 0, runfile
+    finally:
+        d.stop()
+
+
 def test_cancel_while_queued_and_while_running(backend: Backend) -> None:
     work = backend.workdir("w")
     d = backend.daemon(DEAR).start()

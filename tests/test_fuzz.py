@@ -100,10 +100,11 @@ def test_what_a_run_hands_back_is_always_bounded(raw: Any, max_steps: int | None
     json.dumps(metrics.data, allow_nan=False)  # storable as strict JSON
 
 
+environments = st.dictionaries(st.text(max_size=12), st.one_of(st.text(max_size=40), json_values), max_size=6)
 api_bodies = st.one_of(
     json_values,
-    st.dictionaries(st.sampled_from(["text", "source", "base_dir", "urgent", "extra"]),
-                    st.one_of(job_files, json_values), max_size=4),
+    st.dictionaries(st.sampled_from(["text", "source", "base_dir", "urgent", "environment", "extra"]),
+                    st.one_of(job_files, json_values, environments), max_size=5),
 )
 
 

@@ -396,7 +396,9 @@ def test_a_full_disk_ends_the_job_with_a_reason_and_the_daemon_keeps_answering(s
 def test_terminal_escapes_are_shown_escaped(root_daemon: DaemonProc, shared: Path, users: tuple[str, str]) -> None:
     b, c = users
     evil = "\x1b]0;pwned\x07\x1b[2J"
-    job_id = root_daemon.submit(job(shared, "escapes", f'command = [{json.dumps(evil)}]\nduration = "5s"\n', b),
+    # a path, so that it is not looked up at submit: the escapes reach the reason when it fails to start
+    job_id = root_daemon.submit(job(shared, "escapes", f'command = [{json.dumps("/nonexistent/" + evil)}]\n'
+                                                       'duration = "5s"\n', b),
                                 "--now", user=b)
     root_daemon.wait_state(job_id, {"FAILED"})
     for who in (None, b, c):

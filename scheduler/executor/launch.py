@@ -16,6 +16,7 @@ from typing import Any
 
 from scheduler.config import Config, Paths
 from scheduler.devices import Device, core_of
+from scheduler.environment import SERVICE_PATH
 from scheduler.executor.procs import TOKEN_VAR, RunGroup, alive, proc_start_ticks
 from scheduler.jobfile import JobSpec
 
@@ -81,15 +82,18 @@ class Launcher:
             home, user = account.pw_dir, account.pw_name
         except KeyError:
             home, user = "/", str(owner_uid)
+        # The service's baseline, then the submitter's environment (as the job file's export keeps it), then the
+        # job file's env table; gsched's own variables below always win.
         env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "PATH": os.environ.get("PATH", SERVICE_PATH),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOME": home,
             "USER": user,
             "LOGNAME": user,
-            "PYTHONUNBUFFERED": "1",
         }
+        env.update(spec.environment)
         env.update(spec.env)
+        env["PYTHONUNBUFFERED"] = "1"
         if spec.workload is not None:
             for key in UNSAFE_FOR_WORKLOADS:
                 env.pop(key, None)
@@ -108,9 +112,9 @@ class Launcher:
             CUDA_VISIBLE_DEVICES=uuids if devices and devices[0].kind == "gpu" else "",
         )
         env[TOKEN_VAR] = token
-        if devices and devices[0].kind == "cpu":
-            env.setdefault("OMP_NUM_THREADS", "1" if spec.workload and len(devices) > 1 else str(len(devices)))
-            env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # DDP between processes on this host
+        if devices and devices[0].kind == "cpu":  # the devices gsched gave the run, whatever the submitter's shell says
+            env["OMP_NUM_THREADS"] = "1" if spec.workload and len(devices) > 1 else str(len(devices))
+            env["GLOO_SOCKET_IFNAME"] = "lo"  # DDP between processes on this host
         return env
 
     def runfile(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int,

@@ -48,7 +48,7 @@ os.set_inheritable(fd, False)
 try:
     os.execvp(argv[0], argv)
 except FileNotFoundError:
-    fail(127, "command not found: %s" % argv[0])
+    fail(127, "command not found: %s (searched PATH=%s)" % (argv[0], os.environ.get("PATH", "")[:1000]))
 except OSError as exc:
     fail(126, "cannot execute %s: %s" % (argv[0], exc.strerror))
 """

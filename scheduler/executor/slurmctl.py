@@ -264,9 +264,15 @@ class SlurmRuns:
                    "device_kind": "gpu", "device_uuids": [], "inherit_env": list(INHERIT_ENV),
                    "result_path": str(run_dir / "out" / f"result-{token}-{{restart}}.json")}
         runfile["env"]["GSCHED_CHECKPOINT"] = str(self.checkpoint(job_id))
+        # The run file holds the job's environment (the submitter's, private): the owner's runner reads it on the
+        # node, nobody else may.
         path = run_dir / f"run-{token}.json"
-        path.write_text(json.dumps(runfile))
-        path.chmod(0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(runfile))
+        os.chmod(path, 0o600)
+        if os.geteuid() == 0:
+            os.chown(path, owner_uid, owner_gid)
         script = run_dir / f"batch-{token}.sh"
         script.write_text(f"#!/bin/sh\n# gsched job {job_id}: gsched's runner measures and runs the workload\n"
                           f"exec {shlex.quote(self.python)} -m scheduler.executor.runner {shlex.quote(str(path))}\n")
