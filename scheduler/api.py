@@ -40,7 +40,6 @@ log = logging.getLogger("gsched.api")
 LOG_CHUNK = 1 << 20
 MAX_JOB_ID = 2**63 - 1
 SUBMIT_KEYS = {"text": str, "source": str, "base_dir": str, "urgent": bool, "environment": dict}
-PRIVATE = ("command", "args", "env", "environment", "workdir")  # owner and root only, like Slurm's PrivateData
 
 
 @dataclass(frozen=True)

@@ -17,38 +17,16 @@ from typing import Any
 
 import pytest
 
-from conftest import DaemonProc, cli, make_home, write_job
+from conftest import DaemonProc, cli, write_job
 from scheduler.executor.slurmctl import Slurm, SlurmJob
 from scheduler.timeutil import parse_rfc3339
-from test_elastic import alternating_trace
+from test_executor_contract import Backend
 
 
-def slurm_daemon(cluster: Any, base: Path, origin: str, env: dict[str, str] | None = None,
-                 home: Path | None = None, planner: str = "") -> DaemonProc:
+def slurm_daemon(cluster: Any, base: Path, origin: str) -> DaemonProc:
     """A daemon with executor.kind = "slurm" on the test cluster, 1-minute slots, over the alternating trace (odd
-    hours cheap), its clock starting at ``origin``."""
-    trace = base / "trace.csv"
-    if not trace.exists():
-        alternating_trace(trace)
-    d = DaemonProc(home or make_home(), f"""
-[daemon]
-tick_s = 0.5
-kill_grace_s = 5.0
-calibrate_when_idle = false
-clock_origin = "{origin}"
-[executor]
-kind = "slurm"
-partition = "gpu"
-shared_dir = "{base / 'shared'}"
-[planner]
-slot_minutes = 1
-horizon_hours = 3
-time_limit_s = 1.0
-{planner}
-[forecast]
-trace = "{trace}"
-""", env={"SLURM_CONF": cluster.env["SLURM_CONF"], **(env or {})})
-    return d
+    hours cheap), its clock starting at ``origin``: the contract suite's, for the real Slurm."""
+    return Backend("slurm", cluster.gpus, base, {"SLURM_CONF": cluster.env["SLURM_CONF"]}, cluster).daemon(origin)
 
 
 @pytest.fixture()

@@ -41,8 +41,6 @@ class Capabilities:
     # over once planned, moves its start on replans (retime) and learns of its start from an observation. Without
     # it the daemon starts a job when its planned start is due, and the job is RUNNING from that moment.
     holds_pending: bool
-    # A run survives the daemon: after a restart ``recover`` re-attaches to it.
-    readopts_running: bool = True
 
 
 @dataclass(frozen=True)
