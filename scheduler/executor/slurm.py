@@ -65,6 +65,7 @@ class SlurmExecutor:
         self.notify = lambda: None
         self.error: str | None = None  # Slurm not answering: why
         self._jobs: list[SlurmJob] = []  # the last squeue
+        self._by_id: dict[Any, SlurmJob] = {}  # the same, by Slurm job id (each tick retimes every held job)
         self._gpus = len(devices)  # the partition's GPUs that can take jobs, from the last sinfo
         self._foreign: tuple[Any, ...] = ()
         self._stopped_at: dict[int, float] = {}  # job id -> time.monotonic() a run Slurm stopped itself was seen
@@ -123,8 +124,7 @@ class SlurmExecutor:
         return {**intent.handle, "slurm_job_id": slurm_id}
 
     def retime(self, job: Job, start: datetime, now: datetime) -> None:
-        sid = handle_of(job).get("slurm_job_id")
-        sj = next((j for j in self._jobs if j.job_id == sid), None)
+        sj = self._by_id.get(handle_of(job).get("slurm_job_id"))
         if self.error is not None or sj is None or sj.state in RUNNING or sj.state in ENDED:
             return
         wall_now = self.clock.to_wall(now)
@@ -149,13 +149,13 @@ class SlurmExecutor:
             log.info("slurm answers again")
         self.error = None
         self._jobs = sjobs
+        self._by_id = {j.job_id: j for j in sjobs}
         seen: list[Observation] = []
         foreign = tuple(sorted((j.job_id, j.gpus, j.end) for j in sjobs
                                if j.gsched_id is None and j.state in RUNNING and j.gpus))
         if foreign != self._foreign:  # someone else's jobs took or freed GPUs: replan around them
             self._foreign = foreign
             seen.append(CapacityChanged())
-        by_id = {j.job_id: j for j in sjobs}
         by_name = {j.gsched_id: j for j in sjobs if j.gsched_id is not None}
         for job in jobs:
             assert job.id is not None
@@ -175,7 +175,7 @@ class SlurmExecutor:
                     handle = {**handle, "slurm_job_id": found.job_id}
                     job = self.store.set_handle(job.id, handle)
                     self.store.note(job.id or 0, at=now, reason=f"re-adopted Slurm job {found.job_id} after a restart")
-                seen.extend(self._follow(job, handle, by_id.get(handle["slurm_job_id"]), now))
+                seen.extend(self._follow(job, handle, self._by_id.get(handle["slurm_job_id"]), now))
             except StoreError as exc:
                 log.error("job %s: cannot record its Slurm state yet: %s", job.id, exc)
             except Exception as exc:  # one job's odd record or output must never stop the others
