@@ -105,6 +105,7 @@ class Planning:
         settings = self.config.planner
         slot = timedelta(minutes=settings.slot_minutes)
         horizon = len(capacity)
+        slot_h = slot / timedelta(hours=1)
         price, carbon = self.signals(grid0, slot, horizon)
         pjobs, modes_of, previous = [], {}, {}
         profiles: dict[tuple[str, int], list[Profile]] = {}
@@ -127,8 +128,8 @@ class Planning:
             described = [jm.described[i] for i in indices]
             deadline_slot = max(0, min(horizon, math.floor((job.deadline - grid0) / slot)))
             if job.urgent:  # --now: as soon as devices allow; any wait shows as lateness, so none is chosen
-                deadline_slot = min(deadline_slot,
-                                    max(1, math.ceil(jm.work / modes[0].rate / (slot / timedelta(hours=1)))))
+                deadline_slot = min(deadline_slot, max(1, math.ceil(((now - grid0) / slot) - 1e-9
+                                                                    + jm.work / modes[0].rate / slot_h)))
             work = jm.work * remaining_fraction(self.store, job)
             elastic = settings.elastic and spec.preemptible and not job.urgent
             overhead = spec.resume_overhead_minutes
@@ -143,7 +144,8 @@ class Planning:
                     previous[str(job.id)] = kept
         problem = Problem(grid0, settings.slot_minutes, len(self.profiles.devices), settings.carbon_price_eur_per_t,
                           tuple(price), tuple(carbon), tuple(pjobs), settings.objective,
-                          tuple(max(0, c) for c in capacity))
+                          tuple(max(0, c) for c in capacity),
+                          slot0_elapsed_minutes=max(0.0, min(now - grid0, slot) / timedelta(minutes=1)))
         solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100)
         log.info("planned %d job(s) in %.2f s (%s)", len(pjobs), solution.stats["solve_s"], solution.stats["method"])
         self.replans += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -132,17 +133,22 @@ def test_preemptible_job_pauses_through_an_expensive_spell_when_it_pays() -> Non
 
 
 def brute_force_rigid(p: Problem) -> float:
-    costing = Costing(p)
+    """Every start and mode, each run as short as the evaluator lets it finish: no planner code involved."""
     choices = []
     for job in p.jobs:
         options = []
         for m in range(len(job.modes)):
-            starts, costs, n = costing.rigid_costs(job, m, job.deadline_slot)
-            options += [(m, int(s), n) for s in starts]
+            for s in range(job.release_slot, job.deadline_slot):
+                for e in range(s + 1, job.deadline_slot + 1):
+                    alone = Problem(p.start, p.slot_minutes, p.gpus, 0.0, p.price_eur_per_mwh, p.carbon_g_per_kwh,
+                                    (job,), slot0_elapsed_minutes=p.slot0_elapsed_minutes)
+                    if evaluate(alone, {job.id: [Segment(s, e, m)]}).jobs[job.id].finished:
+                        options.append((m, s, e))
+                        break
         choices.append(options)
     best = float("inf")
     for combo in itertools.product(*choices):
-        plan = {job.id: [Segment(s, s + n, m)] for job, (m, s, n) in zip(p.jobs, combo)}
+        plan = {job.id: [Segment(s, e, m)] for job, (m, s, e) in zip(p.jobs, combo)}
         e = evaluate(p, plan)
         if e.valid:
             best = min(best, e.objective)
@@ -162,6 +168,8 @@ def test_matches_brute_force_on_small_rigid_problems(seed: int) -> None:
         release = rnd.randrange(0, 3)
         jobs.append(PJob(f"j{i}", release, rnd.randrange(release + 3, horizon + 1), rnd.uniform(0.5, 2.5), modes))
     p = problem(prices, jobs, gpus=2, slot_minutes=60)
+    if seed % 2:  # planned mid-slot: slot 0 is partly past, and a run from it may need one more slot
+        p = dataclasses.replace(p, slot0_elapsed_minutes=25.0)
     expected = brute_force_rigid(p)
     s = solve(p, 5)
     if expected == float("inf"):
@@ -292,8 +300,10 @@ def problems(draw: st.DrawFn) -> Problem:
         release = draw(st.integers(0, horizon - 1))
         jobs.append(PJob(f"j{i}", release, draw(st.integers(release + 1, horizon + 2)), draw(st.floats(0.1, 4.0)),
                          modes, 0, draw(st.booleans()), draw(st.sampled_from([0.0, 5.0, 20.0]))))
-    return Problem(START, draw(st.sampled_from([15, 30, 60])), gpus, draw(st.sampled_from([0.0, 100.0])),
-                   tuple(prices), tuple(carbon), tuple(jobs), draw(st.sampled_from(["cost", "carbon"])))
+    slot_minutes = draw(st.sampled_from([15, 30, 60]))
+    return Problem(START, slot_minutes, gpus, draw(st.sampled_from([0.0, 100.0])),
+                   tuple(prices), tuple(carbon), tuple(jobs), draw(st.sampled_from(["cost", "carbon"])),
+                   slot0_elapsed_minutes=slot_minutes * draw(st.sampled_from([0.0, 0.0, 0.4, 0.95])))
 
 
 @settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -419,3 +429,52 @@ def test_the_deadline_fallback_never_raises_the_number_of_late_jobs() -> None:
 
     assert not later((2, 494), (8, 231))  # fewer late jobs, more late slots: kept (was replaced by the queue's 8)
     assert later((3, 10), (2, 900)) and later((2, 12), (2, 11)) and not later((2, 11), (2, 11))
+
+
+# --- the daemon's planning step: a plan made mid-slot --------------------------------------------------------
+
+
+def test_a_plan_made_mid_slot_never_needs_more_devices_than_exist(tmp_path: Path) -> None:
+    """Two devices; a running job holds one until 5 minutes into the next slot's grid; the plan is made 10 minutes
+    into a 15-minute slot. The job that runs now ends 10 minutes later than a run from the slot's start would: the
+    2-device jobs after it must wait for it, at every instant of the plan."""
+    from datetime import timedelta
+
+    from scheduler.config import Config
+    from scheduler.devices import Device
+    from scheduler.forecasts.trace import TraceProvider
+    from scheduler.jobfile import parse_job
+    from scheduler.models import JobState
+    from scheduler.planning import Planning, busy_per_slot, run_end
+    from scheduler.profiles import Profiles
+    from scheduler.store import Store
+
+    store = Store(tmp_path / "g.db")
+    config = Config()
+    devices = [Device(i, f"GPU-{i}", "fake GPU", "gpu") for i in range(2)]
+    planning = Planning(config, store, TraceProvider(), Profiles(config, store, devices, {}, 1.0))
+    slot = timedelta(minutes=15)
+    grid0 = datetime(2026, 6, 3, 12, tzinfo=timezone.utc)
+    now = grid0 + timedelta(minutes=10)
+
+    def add(text: str, name: str, urgent: bool = False) -> int:
+        spec = parse_job(f'name = "{name}"\ncommand = ["true"]\n' + text, source=f"{name}.toml", base_dir=tmp_path,
+                         now=now)
+        job = store.add_job(spec, owner_uid=1000, owner_name="u", urgent=urgent, now=now)
+        assert job.id is not None
+        return job.id
+
+    running = add('duration = "30m"\n', "running")
+    store.update(running, state=JobState.RUNNING, gpus=1, planned_start=now - timedelta(minutes=25),
+                 planned_end=now + timedelta(minutes=5))
+    add('duration = "15m"\n', "now", urgent=True)  # runs 12:10-12:25: slots 0 and 1
+    for k in range(2):
+        add('duration = "15m"\nmax_delay = "50m"\ngpus = 2\n', f"wide{k}")  # due 13:00: slots 2 and 3 are left
+    held = busy_per_slot(store.jobs([JobState.RUNNING]), now, grid0, slot, 4 * 48)
+    planning.replan(now, grid0, store.jobs([JobState.PENDING]), [2 - h for h in held], {})
+    spans = [(now, run_end(j) or now, j.gpus or 0) for j in store.jobs([JobState.RUNNING])]
+    planned = store.jobs([JobState.PLANNED])
+    assert len(planned) == 3 and not any(json.loads(j.plan_json or "{}").get("late") for j in planned)
+    spans += [(j.planned_start, j.planned_end, j.planned_gpus or 0) for j in planned]
+    for at in sorted({s for s, _e, _g in spans}):
+        assert sum(g for s, e, g in spans if s <= at < e) <= 2, (at, spans)

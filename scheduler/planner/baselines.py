@@ -25,15 +25,14 @@ def _fifo(problem: Problem) -> list[int]:
 
 
 def _contiguous(costing: Costing, job: PJob, mode: int, free: np.ndarray, cheapest: bool) -> tuple[int, int] | None:
-    g = job.modes[mode].gpus
     for end in ((job.deadline_slot, costing.horizon) if cheapest else (costing.horizon,)):
         starts, costs, n = costing.rigid_costs(job, mode, end)
         if not len(starts):
             continue
-        ok = np.lib.stride_tricks.sliding_window_view(free, n).min(axis=1)[starts] >= g
+        ok = costing.fits(job, mode, starts, n, free)
         if ok.any():
             s = int(starts[ok][np.argmin(costs[ok])] if cheapest and end == job.deadline_slot else starts[ok][0])
-            return s, s + n
+            return s, costing.run_end(job, mode, s, n)
     return None
 
 

@@ -60,6 +60,11 @@ class Costing:
         self.prefix = np.concatenate([[0.0], np.cumsum(self.w)])
         self.horizon = problem.horizon_slots
         self.capacity = np.asarray(problem.free(), dtype=np.int64)
+        self.elapsed_h = problem.slot0_elapsed_minutes / 60 if self.horizon else 0.0
+        self.len_h = np.full(self.horizon, self.slot_h)  # each slot's usable hours: slot 0 may be partly past
+        if self.horizon:
+            self.len_h[0] -= self.elapsed_h
+        self._first: dict[tuple[str, int], tuple[int, float]] = {}
         # A late slot must cost more than any plan of on-time jobs can save: 100x the dearest conceivable job.
         top_kw = max((m.power_kw for job in problem.jobs for m in job.modes), default=0.0)
         self.late_penalty = 100 * (1 + top_kw * float(np.abs(self.w).sum()) * self.slot_h)
@@ -68,13 +73,36 @@ class Costing:
         self.tiebreak = 1e-7 * (1 + top_kw * float(np.abs(self.w).max(initial=0.0)) * self.slot_h)
 
     def slots_needed(self, job: PJob, mode: int) -> tuple[int, float]:
-        """(whole slots, fraction of the last slot used) for one contiguous run."""
+        """(whole slots, fraction of the last slot used) for one contiguous run that starts after slot 0."""
         slots_f = job.work / job.modes[mode].rate / self.slot_h
         n = max(1, math.ceil(slots_f - EPS))
         return n, slots_f - (n - 1)
 
+    def first_run(self, job: PJob, mode: int) -> tuple[int, float]:
+        """(slots, cost) of the run that starts now, in slot 0: when the daemon plans mid-slot, that run ends the
+        elapsed part of a slot later than one from a slot's start, and may need one slot more."""
+        key = (job.id, mode)
+        if key not in self._first:
+            run_h, kw = job.work / job.modes[mode].rate, job.modes[mode].power_kw
+            first_h = min(run_h, self.len_h[0])
+            n = 1 + max(0, math.ceil((run_h - first_h) / self.slot_h - EPS))
+            if n > self.horizon:
+                self._first[key] = (n, math.inf)
+                return self._first[key]
+            full = max(0, n - 2)
+            tail_h = max(0.0, run_h - first_h - full * self.slot_h)
+            cost = kw * (first_h * self.w[0] + self.slot_h * (self.prefix[1 + full] - self.prefix[1])
+                         + (tail_h * self.w[min(n - 1, self.horizon - 1)] if n > 1 else 0.0))
+            self._first[key] = (n, cost)
+        return self._first[key]
+
+    def run_end(self, job: PJob, mode: int, start: int, n: int) -> int:
+        """The end of a run of ``n`` slots (as rigid_costs counts them) from ``start``."""
+        return self.first_run(job, mode)[0] if start == 0 else start + n
+
     def rigid_costs(self, job: PJob, mode: int, last_end: int) -> tuple[np.ndarray, np.ndarray, int]:
-        """(starts, costs, n) of every contiguous run from the job's release ending by ``last_end``."""
+        """(starts, costs, n) of every contiguous run from the job's release ending by ``last_end``: each runs
+        [s, s + n) but a run from slot 0, which ends at ``run_end`` (see first_run)."""
         n, frac = self.slots_needed(job, mode)
         first, last = job.release_slot, min(last_end, self.horizon) - n
         if last < first:
@@ -82,7 +110,21 @@ class Costing:
         starts = np.arange(first, last + 1)
         full = self.prefix[starts + n - 1] - self.prefix[starts]
         costs = job.modes[mode].power_kw * self.slot_h * (full + frac * self.w[starts + n - 1])
+        if first == 0 and self.elapsed_h > 0:
+            n0, cost0 = self.first_run(job, mode)
+            if n0 > min(last_end, self.horizon):
+                return starts[1:], costs[1:], n
+            costs[0] = cost0
         return starts, costs, n
+
+    def fits(self, job: PJob, mode: int, starts: np.ndarray, n: int, free: np.ndarray) -> np.ndarray:
+        """Which runs of rigid_costs' ``starts`` find the mode's GPUs free throughout."""
+        g = job.modes[mode].gpus
+        ok = _window_min(free, n)[starts] >= g
+        if len(starts) and starts[0] == 0 and self.elapsed_h > 0:
+            n0 = self.first_run(job, mode)[0]
+            ok[0] = bool(free[:n0].min() >= g)
+        return ok
 
     def simulate(self, job: PJob, mode: int, segments: tuple[tuple[int, int], ...], seg_modes: tuple[int, ...] = ()
                  ) -> tuple[float, bool]:
@@ -95,10 +137,10 @@ class Costing:
             for t in range(a, b):
                 if remaining <= EPS:
                     return cost, True
-                idle_h = min(overhead_h, self.slot_h)
+                powered_h = float(self.len_h[t])
+                idle_h = min(overhead_h, powered_h)
                 overhead_h -= idle_h
-                progress_h = self.slot_h - idle_h
-                powered_h = self.slot_h
+                progress_h = powered_h - idle_h
                 if m.rate * progress_h >= remaining - EPS:
                     powered_h = idle_h + remaining / m.rate
                     remaining = 0.0
@@ -126,7 +168,8 @@ class Costing:
         for _ in range(50):
             chosen = np.sort(order[:k])
             runs = 1 + int(np.count_nonzero(np.diff(chosen) != 1))
-            needed = max(n, math.ceil((job.work / job.modes[mode].rate + (runs - 1) * overhead_h) / self.slot_h - EPS))
+            lost_h = (runs - 1) * overhead_h + (self.elapsed_h if chosen[0] == 0 else 0.0)
+            needed = max(n, math.ceil((job.work / job.modes[mode].rate + lost_h) / self.slot_h - EPS))
             if needed <= k:
                 break
             if needed > len(order):
@@ -180,6 +223,7 @@ class Costing:
                 step_mode[i, k], step_work[i, k], step_cost[i, k] = m, dw, dc
         scale = np.where((w > 0) & (extra == 0), w, 1.0)[:, None]
         marginal = step_cost * scale / np.where(step_work > 0, step_work, 1.0)
+        step_work = step_work * (self.len_h[slots] / self.slot_h)[:, None]  # a partly elapsed slot 0 gives less
         valid = step_mode >= 0
         ii, kk = np.nonzero(valid)
         order = np.lexsort((kk, ii, marginal[ii, kk]))
@@ -228,11 +272,11 @@ class Costing:
                 if mode.gpus > free[t]:
                     continue
                 rows = [0, slot_row0 + i, start_row0 + i * n_modes + m]
-                vals = [mode.rate * self.slot_h, 1.0, 1.0]
+                vals = [mode.rate * self.len_h[t], 1.0, 1.0]
                 if i + 1 < n:
                     rows.append(start_row0 + (i + 1) * n_modes + m)
                     vals.append(-1.0)
-                cost.append(mode.power_kw * self.slot_h * self.w[t])
+                cost.append(mode.power_kw * self.len_h[t] * self.w[t])
                 index += rows
                 value += vals
                 starts.append(len(index))
@@ -275,6 +319,11 @@ class Costing:
         if len(set(seg_modes)) < 2:
             return Option(j, seg_modes[0], segments, total)
         return Option(j, seg_modes[0], segments, total, seg_modes=seg_modes)
+
+
+def _window_min(free: np.ndarray, n: int) -> np.ndarray:
+    """min(free[s:s+n]) for every start s."""
+    return np.lib.stride_tricks.sliding_window_view(free, n).min(axis=1)
 
 
 def _hull(rates: np.ndarray, costs: np.ndarray, fits: np.ndarray) -> list[tuple[int, float, float]]:
@@ -323,9 +372,9 @@ def _trim_elastic(costing: Costing, job: PJob, segments: tuple[tuple[int, int], 
         rate = job.modes[m].rate
         overhead_h = job.resume_overhead_minutes / 60 if i else 0.0
         for t in range(a, b):
-            idle_h = min(overhead_h, costing.slot_h)
+            idle_h = min(overhead_h, costing.len_h[t])
             overhead_h -= idle_h
-            remaining -= rate * (costing.slot_h - idle_h)
+            remaining -= rate * (costing.len_h[t] - idle_h)
             if remaining <= EPS:
                 out.append((a, t + 1))
                 return tuple(out), seg_modes[:len(out)]
@@ -348,9 +397,9 @@ def _trim(costing: Costing, job: PJob, mode: int, segments: tuple[tuple[int, int
     for i, (a, b) in enumerate(segments):
         overhead_h = job.resume_overhead_minutes / 60 if i else 0.0
         for t in range(a, b):
-            idle_h = min(overhead_h, costing.slot_h)
+            idle_h = min(overhead_h, costing.len_h[t])
             overhead_h -= idle_h
-            remaining -= m.rate * (costing.slot_h - idle_h)
+            remaining -= m.rate * (costing.len_h[t] - idle_h)
             if remaining <= EPS:
                 out.append((a, t + 1))
                 return tuple(out)

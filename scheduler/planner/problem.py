@@ -9,7 +9,8 @@ gsched's own optional extras):
 Plan file:
     {"jobs": [{"id", "segments": [{"start_slot", "end_slot", "mode"}]}]}
 
-Semantics: work accrues at rate x hours; each segment after a job's first starts with
+Semantics: work accrues at rate x hours; slot 0 lacks ``slot0_elapsed_minutes`` (an optional extra: the time of
+the current slot already past); each segment after a job's first starts with
 resume_overhead_minutes of powered time without progress; a job draws power until its work is done,
 even inside a slot; energy = power_kw x hours used, priced per slot.
 """
@@ -58,6 +59,8 @@ class Problem:
     jobs: tuple[PJob, ...]
     objective: str = "cost"
     capacity: tuple[int, ...] = ()  # free GPUs per slot; empty = gpus everywhere
+    # Minutes of slot 0 already past when planning (the daemon plans mid-slot): slot 0 is that much shorter.
+    slot0_elapsed_minutes: float = 0.0
 
     @property
     def horizon_slots(self) -> int:
@@ -66,6 +69,13 @@ class Problem:
     @property
     def slot_h(self) -> float:
         return self.slot_minutes / 60
+
+    def slot_start_h(self, t: int) -> float:
+        """When slot ``t``'s usable time begins, in hours from ``start``."""
+        return self.slot0_elapsed_minutes / 60 if t == 0 else t * self.slot_h
+
+    def slot_len_h(self, t: int) -> float:
+        return self.slot_h - self.slot0_elapsed_minutes / 60 if t == 0 else self.slot_h
 
     def free(self) -> list[int]:
         return list(self.capacity) if self.capacity else [self.gpus] * self.horizon_slots
@@ -126,7 +136,6 @@ def lateness(problem: Problem, evaluation: Evaluation) -> tuple[int, float]:
 def evaluate(problem: Problem, plan: Plan) -> Evaluation:
     """Check every constraint of the contract and price the plan exactly."""
     errors: list[str] = []
-    slot_h = problem.slot_h
     weights = problem.weights()
     eur = [p / 1000 + problem.carbon_price_eur_per_t * c / 1e6
            for p, c in zip(problem.price_eur_per_mwh, problem.carbon_g_per_kwh)]
@@ -168,16 +177,16 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
                 used[t] += mode.gpus
                 if remaining <= EPS:
                     continue
-                powered_h = slot_h
+                powered_h = problem.slot_len_h(t)
                 # The resume overhead burns powered time at the segment's start.
-                idle_h = min(overhead_h, slot_h)
+                idle_h = min(overhead_h, powered_h)
                 overhead_h -= idle_h
-                progress_h = slot_h - idle_h
+                progress_h = powered_h - idle_h
                 if mode.rate * progress_h >= remaining - EPS:
                     progress_h = remaining / mode.rate
                     powered_h = idle_h + progress_h
                     remaining = 0.0
-                    out.finish_h = t * slot_h + powered_h
+                    out.finish_h = problem.slot_start_h(t) + powered_h
                 else:
                     remaining -= mode.rate * progress_h
                 kwh = mode.power_kw * powered_h
@@ -266,12 +275,15 @@ def problem_from_json(data: Any, source: str = "problem") -> Problem:
     capacity = tuple(int(c) for c in data.get("capacity", ()))
     if capacity and len(capacity) != horizon:
         raise InputError(f"{source}.capacity: need {horizon} values")
+    elapsed = data.get("slot0_elapsed_minutes", 0.0)
+    if not isinstance(elapsed, (int, float)) or isinstance(elapsed, bool) or not 0 <= elapsed < slot_minutes:
+        raise InputError(f"{source}.slot0_elapsed_minutes: must be a number in [0, slot_minutes)")
     try:
         start = parse_rfc3339(_need(data, "start", str, source))
     except ValueError as exc:
         raise InputError(f"{source}.start: {exc}") from None
     return Problem(start, slot_minutes, gpus, float(_need(data, "carbon_price_eur_per_t", num, source)),
-                   tuple(price), tuple(carbon), tuple(jobs), objective, capacity)
+                   tuple(price), tuple(carbon), tuple(jobs), objective, capacity, float(elapsed))
 
 
 def problem_to_json(problem: Problem) -> dict[str, Any]:
@@ -289,6 +301,8 @@ def problem_to_json(problem: Problem) -> dict[str, Any]:
     }
     if problem.capacity:
         data["capacity"] = list(problem.capacity)
+    if problem.slot0_elapsed_minutes:
+        data["slot0_elapsed_minutes"] = problem.slot0_elapsed_minutes
     return data
 
 

@@ -73,9 +73,10 @@ def relax(costing: Costing, time_limit_s: float, max_nnz: float = float("inf")) 
             extra_rows += len(slots)
             for m, mode in enumerate(job.modes):
                 k = len(slots)
-                costs.append(mode.power_kw * slot_h * costing.w[slots])
+                length_h = costing.len_h[slots]  # slot 0 may be partly past
+                costs.append(mode.power_kw * length_h * costing.w[slots])
                 idx = np.column_stack([np.full(k, j), cap_row0 + slots, slot_row]).ravel()
-                val = np.tile([mode.rate * slot_h, float(mode.gpus), 1.0], k)
+                val = np.column_stack([mode.rate * length_h, np.full(k, float(mode.gpus)), np.ones(k)]).ravel()
                 index.append(idx)
                 value.append(val)
                 starts_ptr.append(count * 0 + 3 * np.arange(1, k + 1) + (starts_ptr[-1][-1]))
@@ -91,6 +92,18 @@ def relax(costing: Costing, time_limit_s: float, max_nnz: float = float("inf")) 
                 k = len(s_arr)
                 if not k:
                     continue
+                n0 = costing.run_end(job, m, 0, n)
+                if s_arr[0] == 0 and n0 != n:  # a run from a partly elapsed slot 0 spans n0 slots: its own column
+                    rows0 = cap_row0 + np.arange(n0)
+                    costs.append(c_arr[:1] + costing.late_penalty * max(0, n0 - job.deadline_slot))
+                    index.append(np.concatenate([[j], rows0]))
+                    value.append(np.concatenate([[1.0], np.full(n0, float(job.modes[m].gpus))]))
+                    starts_ptr.append(np.array([starts_ptr[-1][-1] + n0 + 1]))
+                    rigid_blocks.append((j, m, s_arr[:1], n, c_arr[:1], count))  # consumers end it at run_end
+                    count += 1
+                    s_arr, c_arr, k = s_arr[1:], c_arr[1:], k - 1
+                    if not k:
+                        continue
                 # Past the deadline (only when it cannot be met): the planner's price per late slot.
                 costs.append(c_arr + costing.late_penalty * np.maximum(0, s_arr + n - job.deadline_slot))
                 rows = cap_row0 + s_arr[:, None] + np.arange(n)[None, :]

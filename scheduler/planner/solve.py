@@ -74,11 +74,6 @@ def _first_min(costs: np.ndarray) -> int:
     return int(np.flatnonzero(costs <= low + TIE * max(1.0, abs(low)))[0])
 
 
-def _window_min(free: np.ndarray, n: int) -> np.ndarray:
-    """min(free[s:s+n]) for every start s."""
-    return np.lib.stride_tricks.sliding_window_view(free, n).min(axis=1)
-
-
 class Planner:
     def __init__(self, problem: Problem, previous: Previous | None = None, hysteresis: float = 0.0) -> None:
         self.problem = problem
@@ -146,11 +141,12 @@ class Planner:
         starts, costs, n = self.costing.rigid_costs(job, m, self.costing.horizon)
         if not len(starts):
             return None
-        ok = np.flatnonzero(_window_min(free, n)[starts] >= job.modes[m].gpus)
+        ok = np.flatnonzero(self.costing.fits(job, m, starts, n, free))
         if not len(ok):
             return None
         s = int(starts[ok[0]])
-        return Option(j, m, ((s, s + n),), float(costs[ok[0]]), late=s + n > job.deadline_slot)
+        e = self.costing.run_end(job, m, s, n)
+        return Option(j, m, ((s, e),), float(costs[ok[0]]), late=e > job.deadline_slot)
 
     def queue_plan(self, order: list[int]) -> dict[int, Option]:
         """A plain queue: each job in ``order``, in its requested mode, as early as the GPUs allow."""
@@ -185,7 +181,7 @@ class Planner:
         for m, mode in enumerate(job.modes):
             starts, costs, n = costing.rigid_costs(job, m, job.deadline_slot)
             if len(starts):
-                ok = _window_min(free, n)[starts] >= mode.gpus
+                ok = costing.fits(job, m, starts, n, free)
                 if ok.any():
                     keys = costs[ok]
                     if priced:
@@ -193,7 +189,8 @@ class Planner:
                     i = _first_min(keys)
                     if _better(float(keys[i]), best_key):
                         s = int(starts[ok][i])
-                        best, best_key = Option(j, m, ((s, s + n),), float(costs[ok][i])), float(keys[i])
+                        best = Option(j, m, ((s, costing.run_end(job, m, s, n)),), float(costs[ok][i]))
+                        best_key = float(keys[i])
             if job.preemptible:
                 key = None
                 if priced and mode.power_kw > 0:
@@ -224,11 +221,12 @@ class Planner:
             starts, costs, n = costing.rigid_costs(job, m, costing.horizon)
             if not len(starts):
                 continue
-            ok = np.flatnonzero(_window_min(free, n)[starts] >= mode.gpus)
+            ok = np.flatnonzero(costing.fits(job, m, starts, n, free))
             if not len(ok):
                 continue
             s = int(starts[ok[0]])
-            cand = Option(j, m, ((s, s + n),), float(costs[ok[0]]), late=s + n > job.deadline_slot)
+            e = costing.run_end(job, m, s, n)
+            cand = Option(j, m, ((s, e),), float(costs[ok[0]]), late=e > job.deadline_slot)
             if best is None or (cand.end, cand.cost) < (best.end, best.cost):
                 best = cand
         return best
@@ -255,8 +253,9 @@ class Planner:
         for j, m, starts, n, costs, _rc, x in getattr(relaxation, "rigid", None) or []:
             for i in np.flatnonzero(x > 1e-6):
                 s = int(starts[i])
-                if s + n <= self.jobs[j].deadline_slot:
-                    out.append((float(x[i]), Option(j, m, ((s, s + n),), float(costs[i]))))
+                e = self.costing.run_end(self.jobs[j], m, s, n)
+                if e <= self.jobs[j].deadline_slot:
+                    out.append((float(x[i]), Option(j, m, ((s, e),), float(costs[i]))))
         out.sort(key=lambda item: -item[0])
         return out
 
@@ -345,11 +344,12 @@ class Planner:
             per_job_rc: dict[int, list[tuple[float, Option]]] = {}
             limit = slack + TIE * max(1.0, abs(slack))
             for j, m, starts, n, costs, rc, _x in rigid:
-                deadline = self.jobs[j].deadline_slot
+                job = self.jobs[j]
+                ends = [costing.run_end(job, m, int(starts[i]), n) for i in range(len(starts))]
                 ok = np.flatnonzero(rc <= limit)
                 per_job_rc.setdefault(j, []).extend(
-                    (float(rc[i]), Option(j, m, ((int(starts[i]), int(starts[i]) + n),), float(costs[i]),
-                                          late=int(starts[i]) + n > deadline)) for i in ok)
+                    (float(rc[i]), Option(j, m, ((int(starts[i]), ends[i]),), float(costs[i]),
+                                          late=ends[i] > job.deadline_slot)) for i in ok)
             total = sum(len(v) for v in per_job_rc.values())
             truncated = total > max_columns
             keep = total if not truncated else max(4, max_columns // max(1, len(per_job_rc)))
@@ -368,7 +368,8 @@ class Planner:
                     if len(starts):
                         for i in np.argsort(costs, kind="stable")[:keep_n]:
                             s = int(starts[i])
-                            per_job[j][(m, ((s, s + n),), ())] = Option(j, m, ((s, s + n),), float(costs[i]))
+                            run = ((s, costing.run_end(job, m, s, n)),)
+                            per_job[j][(m, run, ())] = Option(j, m, run, float(costs[i]))
         preemptible_x = getattr(relaxation, "preemptible_x", {}) or {}
         per_mode = max(2, max_columns // max(1, 4 * sum(len(job.modes) for job in self.jobs)))
         for j, job in enumerate(self.jobs):
@@ -384,7 +385,8 @@ class Planner:
                     keys = costs + mode.gpus * (self.lam_prefix[starts + n] - self.lam_prefix[starts])
                     for i in np.argsort(keys, kind="stable")[:per_mode]:
                         s = int(starts[i])
-                        per_job[j][(m, ((s, s + n),), ())] = Option(j, m, ((s, s + n),), float(costs[i]))
+                        run = ((s, costing.run_end(job, m, s, n)),)
+                        per_job[j][(m, run, ())] = Option(j, m, run, float(costs[i]))
                 keys = [None]
                 if mode.power_kw > 0:
                     keys.append(costing.w + self.lam * mode.gpus / (mode.power_kw * costing.slot_h))
