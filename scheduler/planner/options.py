@@ -118,13 +118,27 @@ class Costing:
         return starts, costs, n
 
     def fits(self, job: PJob, mode: int, starts: np.ndarray, n: int, free: np.ndarray) -> np.ndarray:
-        """Which runs of rigid_costs' ``starts`` find the mode's GPUs free throughout."""
+        """Which runs of rigid_costs' ``starts`` (consecutive) find the mode's GPUs free throughout."""
+        if not len(starts):
+            return np.zeros(0, dtype=bool)
         g = job.modes[mode].gpus
-        ok = _window_min(free, n)[starts] >= g
-        if len(starts) and starts[0] == 0 and self.elapsed_h > 0:
-            n0 = self.first_run(job, mode)[0]
-            ok[0] = bool(free[:n0].min() >= g)
+        lo = int(starts[0])
+        ok = _window_all(free[lo:int(starts[-1]) + n] >= g, n)
+        if lo == 0 and self.elapsed_h > 0:
+            ok[0] = bool(free[:self.first_run(job, mode)[0]].min() >= g)
         return ok
+
+    def first_fit(self, job: PJob, mode: int, starts: np.ndarray, n: int, free: np.ndarray) -> int | None:
+        """The index in ``starts`` of the earliest run that fits, looking a growing stretch ahead at a time (a plain
+        queue places thousands of jobs on a horizon of thousands of slots: a whole-horizon scan each is slow)."""
+        done, step = 0, max(64, 4 * n)
+        while done < len(starts):
+            part = starts[done:done + step]
+            ok = np.flatnonzero(self.fits(job, mode, part, n, free))
+            if len(ok):
+                return done + int(ok[0])
+            done, step = done + len(part), 4 * step
+        return None
 
     def simulate(self, job: PJob, mode: int, segments: tuple[tuple[int, int], ...], seg_modes: tuple[int, ...] = ()
                  ) -> tuple[float, bool]:
@@ -321,9 +335,10 @@ class Costing:
         return Option(j, seg_modes[0], segments, total, seg_modes=seg_modes)
 
 
-def _window_min(free: np.ndarray, n: int) -> np.ndarray:
-    """min(free[s:s+n]) for every start s."""
-    return np.lib.stride_tricks.sliding_window_view(free, n).min(axis=1)
+def _window_all(ok: np.ndarray, n: int) -> np.ndarray:
+    """all(ok[s:s+n]) for every start s, in linear time."""
+    bad = np.concatenate([[0], np.cumsum(~ok)])
+    return bad[n:] - bad[:-n] == 0
 
 
 def _hull(rates: np.ndarray, costs: np.ndarray, fits: np.ndarray) -> list[tuple[int, float, float]]:

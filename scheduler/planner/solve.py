@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scheduler.planner.highs import SOLVE_NNZ_PER_S, column_lp, new_highs
+from scheduler.planner.lagrange import lagrangian
 from scheduler.planner.options import Costing, Option, _mode_runs, _runs
 from scheduler.planner.problem import Plan, Problem, Segment
 
@@ -47,6 +48,7 @@ TIE = 1e-9
 # Measured on the benchmark's 150-job weeks (bench/planner.py): the neighbourhood search gains more from the
 # time than the whole MILP does, and window MILPs capped at 1 s beat longer ones.
 LNS_SHARE, LNS_STEP_S = 0.7, 1.0
+LAGRANGE_SHARE = 0.15  # of the limit, for the prices and bound of a problem too big for the LP
 EXACT_ELASTIC_JOBS = 8  # up to this many jobs, each preemptible one also gets its exact mode-per-slot option
 # job id -> (mode, segments, one mode per segment or () for ``mode`` throughout)
 Previous = dict[str, tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]]]
@@ -141,12 +143,33 @@ class Planner:
         starts, costs, n = self.costing.rigid_costs(job, m, self.costing.horizon)
         if not len(starts):
             return None
-        ok = np.flatnonzero(self.costing.fits(job, m, starts, n, free))
-        if not len(ok):
+        i = self.costing.first_fit(job, m, starts, n, free)
+        if i is None:
             return None
-        s = int(starts[ok[0]])
+        s = int(starts[i])
         e = self.costing.run_end(job, m, s, n)
-        return Option(j, m, ((s, e),), float(costs[ok[0]]), late=e > job.deadline_slot)
+        return Option(j, m, ((s, e),), float(costs[i]), late=e > job.deadline_slot)
+
+    def repaired(self, deadline_s: float) -> dict[int, Option]:
+        """The previous plan on today's problem: each job's last option where it still fits (earliest first), the
+        jobs new since then or pushed out placed as the greedy would (as a queue would, past ``deadline_s``)."""
+        free = self.costing.capacity.copy()
+        chosen: dict[int, Option] = {}
+        for j, option in sorted(self.previous.items(), key=lambda item: (item[1].start, item[0])):
+            if self._fits(option, free):
+                chosen[j] = option
+                self._take(option, free)
+        for j in self.order():
+            if j in chosen:
+                continue
+            if time.monotonic() > deadline_s:
+                option = self.queue_option(j, free) or self.earliest_option(j, free)
+            else:
+                option = self.best_option(j, free, priced=True) or self.earliest_option(j, free)
+            if option is not None:
+                chosen[j] = option
+                self._take(option, free)
+        return chosen
 
     def queue_plan(self, order: list[int]) -> dict[int, Option]:
         """A plain queue: each job in ``order``, in its requested mode, as early as the GPUs allow."""
@@ -221,12 +244,12 @@ class Planner:
             starts, costs, n = costing.rigid_costs(job, m, costing.horizon)
             if not len(starts):
                 continue
-            ok = np.flatnonzero(costing.fits(job, m, starts, n, free))
-            if not len(ok):
+            i = costing.first_fit(job, m, starts, n, free)
+            if i is None:
                 continue
-            s = int(starts[ok[0]])
+            s = int(starts[i])
             e = costing.run_end(job, m, s, n)
-            cand = Option(j, m, ((s, e),), float(costs[ok[0]]), late=e > job.deadline_slot)
+            cand = Option(j, m, ((s, e),), float(costs[i]), late=e > job.deadline_slot)
             if best is None or (cand.end, cand.cost) < (best.end, best.cost):
                 best = cand
         return best
@@ -513,25 +536,33 @@ class Planner:
         t0 = time.monotonic()
         deadline = t0 + time_limit_s
         stats: dict[str, float | str] = {"method": "greedy"}
-        relaxation = None
+        relaxation: object | None = None
+        # The plain queues first (they are the deadline guarantee) and the previous plan repaired to the present:
+        # each replan starts from what the last one found, so replans add up.
+        queues = {"fifo": self.fifo(), "edf": self.edf()}
+        fallback_name = min(queues, key=lambda name: self.lateness(queues[name]))
+        fallback = queues[fallback_name]
+        starts = dict(queues)
         if use_milp and self.jobs:
             try:
                 from scheduler.planner.relax import relax
 
                 relaxation = relax(self.costing, 0.4 * time_limit_s, max_nnz=0.4 * time_limit_s * SOLVE_NNZ_PER_S)
-                if relaxation is None:
-                    stats["lp_status"] = "skipped: too large to solve in the time"
             except ImportError:
                 log.warning("highspy is not installed: planning with the greedy alone")
                 use_milp = False
+            if use_milp and relaxation is None:  # too large for the LP in its share: prices from the Lagrangian
+                # Polyak's steps aim at a plan's cost: an on-time queue plan's, if any (late penalties are no aim)
+                whole = [plan for plan in queues.values() if self.lateness(plan)[0] == 0]
+                upper = min(sum(self.true_cost(o) for o in plan.values()) for plan in whole) if whole else None
+                relaxation = lagrangian(self.costing, time.monotonic() + LAGRANGE_SHARE * time_limit_s, upper)
         if relaxation is not None:
-            self.lam = relaxation.capacity_price
+            self.lam = relaxation.capacity_price  # type: ignore[attr-defined]
             self.lam_prefix = np.concatenate([[0.0], np.cumsum(self.lam)])
-            stats["lp_status"], stats["lp_s"] = relaxation.status, time.monotonic() - t0
-        queues = {"fifo": self.fifo(), "edf": self.edf()}
-        fallback_name = min(queues, key=lambda name: self.lateness(queues[name]))
-        fallback = queues[fallback_name]
-        starts = {"greedy": self.greedy(t0 + 0.9 * time_limit_s, relaxation, t0 + 0.6 * time_limit_s), **queues}
+            stats["lp_status"], stats["lp_s"] = relaxation.status, time.monotonic() - t0  # type: ignore[attr-defined]
+        if self.previous:
+            starts["previous"] = self.repaired(t0 + 0.3 * time_limit_s)
+        starts["greedy"] = self.greedy(t0 + 0.9 * time_limit_s, relaxation, t0 + 0.6 * time_limit_s)
         name = min(starts, key=lambda k: self.rank(starts[k]))
         chosen = dict(starts[name])
         if name != "greedy":  # a queue plan, moved job by job to cheaper options that keep it as timely
@@ -544,7 +575,8 @@ class Planner:
             self.exact_elastic(chosen, t0 + 0.7 * time_limit_s)
         greedy_obj = sum(self.price(o) for o in chosen.values())
         stats["greedy_objective"], stats["greedy_s"] = greedy_obj, time.monotonic() - t0
-        bound = relaxation.bound if relaxation is not None and math.isfinite(relaxation.bound) else None
+        bound = getattr(relaxation, "bound", None)
+        bound = bound if bound is not None and math.isfinite(bound) else None
         if use_milp and len(chosen) > 1:
             # Start with a small candidate set; while the MILP proves optimality over a set the budget cut,
             # double the set and solve again from the best plan so far. It gets 30% of the time left; a
