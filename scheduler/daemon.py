@@ -164,7 +164,7 @@ class Daemon:
             for pause in segment_pauses(self.store.jobs([JobState.RUNNING]), now, self.executor.started):
                 self._checkpoint(pause, now)
         queued = self.store.jobs(QUEUED)
-        if queued and (self._dirty.is_set() or grid0 != self._planned_grid):
+        if queued and (self._dirty.is_set() or grid0 != self._planned_grid or self._may_improve(now, queued)):
             self._dirty.clear()
             self._planned_grid = grid0
             horizon = settings.horizon_hours * 60 // settings.slot_minutes
@@ -180,6 +180,14 @@ class Daemon:
         self._dispatch(now, queued)
         if self.config.daemon.calibrate_when_idle:
             self._calibrate_when_idle(now, busy=bool(queued) or bool(self.store.jobs([JobState.RUNNING])))
+
+    def _may_improve(self, now: datetime, queued: list[Job]) -> bool:
+        """Replan once more from the last plan while that still improves it, unless a planned start is near enough
+        for the replan to delay it."""
+        if not self.planning.improving:
+            return False
+        near = now + timedelta(seconds=self.config.planner.time_limit_s + 2 * self.config.daemon.tick_s)
+        return not any(j.planned_start is not None and j.planned_start <= near for j in queued)
 
     # --- checkpoints: elastic segments, priority preemption, requeue ------------------------------------------
 

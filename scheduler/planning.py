@@ -26,6 +26,8 @@ from scheduler.store import Store
 from scheduler.timeutil import parse_rfc3339, rfc3339
 
 log = logging.getLogger("gsched.planning")
+STALE_REPLANS = 2  # a replan's search starts where the last one's ended: one that found nothing may be followed by one
+# that does, two in a row rarely are
 
 
 def run_end(job: Job) -> datetime | None:
@@ -84,6 +86,10 @@ class Planning:
         self.forecast_error: str | None = None
         self.last_plan: dict[str, Any] = {}  # the last replan's solve_s, jobs, gap_to_bound (for /metrics)
         self.replans = 0
+        # The last replan beat the plan before it (repaired to the present) and did not prove itself optimal: another
+        # replan from it may find more, so the daemon replans again while nothing is due (anytime across replans).
+        self.improving = False
+        self._stale = 0  # replans in a row that did not improve: two end the run of extra replans
 
     def signals(self, grid0: datetime, slot: timedelta, horizon: int) -> tuple[list[float], list[float]]:
         try:
@@ -151,6 +157,8 @@ class Planning:
         self.replans += 1
         self.last_plan = {"solve_s": solution.stats["solve_s"], "jobs": len(pjobs),
                           "gap_to_bound": solution.stats.get("gap_to_bound")}
+        self._stale = 0 if improving(solution.stats) else self._stale + 1
+        self.improving = self._stale < STALE_REPLANS
         costing = Costing(problem)
         updates: dict[int, dict[str, Any]] = {}
         for j, pjob in enumerate(pjobs):
@@ -189,6 +197,21 @@ class Planning:
                                                                      planned_jobs[j].urgent),
             }
         self.store.save_plans(updates, at=now)
+
+
+def improving(stats: dict[str, Any]) -> bool:
+    """Did a replan beat its start from the previous plan (fewer late jobs, then fewer late slots, then more than
+    0.1% cheaper), or have none, without reaching its bound?"""
+    gap = stats.get("gap_to_bound")
+    if gap is not None and gap <= 1e-6:
+        return False
+    if stats.get("previous_objective") is None:
+        return True
+    before = (stats["previous_late_jobs"], stats["previous_late_slots"])
+    after = (stats["late_jobs"], stats["late_slots"])
+    if after != before:
+        return after < before
+    return stats["objective_priced"] < stats["previous_objective"] - 1e-3 * abs(stats["previous_objective"])
 
 
 def explain(costing: Costing, j: int, option: Any, start: datetime, end: datetime, urgent: bool) -> str:

@@ -331,6 +331,43 @@ def test_every_plan_keeps_every_rule_or_says_why(p: Problem) -> None:
                 assert e.objective <= other.objective + 1e-7 * max(1.0, abs(other.objective)), name
 
 
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(problems())
+def test_the_lagrangian_bound_is_a_bound_and_no_better_than_the_lp(p: Problem) -> None:
+    from scheduler.planner.lagrange import lagrangian
+
+    costing = Costing(p)
+    relaxation = lagrangian(costing, math.inf, max_steps=60)
+    s = solve(p, 2)
+    if relaxation is None or not math.isfinite(relaxation.bound) or s.late or s.unplanned:
+        return
+    assert (relaxation.capacity_price >= 0).all()
+    lp, status = lp_bound(costing)
+    e = evaluate(p, s.plan)
+    assert relaxation.bound <= e.objective + 1e-7 * max(1.0, abs(e.objective))
+    if status == "Optimal":  # the LP's dual is the best Lagrangian; the steps and the preemptible floor only lose
+        assert relaxation.bound <= lp + 1e-7 * max(1.0, abs(lp))
+
+
+def test_replans_from_the_previous_plan_never_get_worse() -> None:
+    """Each replan starts from the last plan: on the same problem, a chain of replans keeps its deadlines and only
+    gets cheaper (no hysteresis, so the prices are the costs)."""
+    from scheduler.planner.synthetic import heavy_problem
+
+    price, carbon = embedded_week()
+    p = heavy_problem(250, 16, 0.8, 0.5, 7, START, price, carbon)
+    previous = None
+    last: tuple[int, float] | None = None
+    for _ in range(3):
+        s = solve(p, 1.0, previous)
+        e = evaluate(p, s.plan)
+        now = (len(s.late) + len(s.unplanned), e.objective)
+        if last is not None:
+            assert now[0] <= last[0] and (now[0] < last[0] or now[1] <= last[1] * (1 + 1e-9)), (now, last, s.stats)
+            assert s.stats["start"] == "previous" or now < last
+        last, previous = now, {job_id: (o.mode, o.segments, o.seg_modes) for job_id, o in s.options.items()}
+
+
 # --- the offline contract -------------------------------------------------------------------------------------
 
 
@@ -344,6 +381,12 @@ def test_problem_file_round_trips_and_bad_files_name_the_field(tmp_path: Path) -
     data = problem_to_json(p)
     data["signals"]["price_eur_per_mwh"] = [1.0]
     with pytest.raises(InputError, match="horizon_slots=2"):
+        problem_from_json(data)
+    mid = dataclasses.replace(p, slot0_elapsed_minutes=20.0)
+    assert problem_from_json(json.loads(json.dumps(problem_to_json(mid)))) == mid
+    data = problem_to_json(mid)
+    data["slot0_elapsed_minutes"] = 60
+    with pytest.raises(InputError, match=r"slot0_elapsed_minutes: must be a number in \[0, slot_minutes\)"):
         problem_from_json(data)
 
 

@@ -18,7 +18,7 @@ mode, which no plan beats, however it splits them.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,17 +31,24 @@ class Lagrangian:
     capacity_price: np.ndarray  # >= 0 per slot
     steps: int
     status: str = "Lagrangian"
+    # (share of the steps, job, mode, start, end, cost) of every run some step picked, on time, most picked first:
+    # the averaged steps approximate the LP's solution, and the greedy places these first, as it rounds the LP's
+    rounding: list[tuple[float, int, int, int, int, float]] = field(default_factory=list)
 
 
 class Runs:
     """Every (job, mode, start) run in flat arrays, grouped by job."""
 
     def __init__(self, costing: Costing) -> None:
-        starts, ends, gpus, costs, owner = [], [], [], [], []
-        self.first: list[int] = []
+        starts: list[np.ndarray] = []
+        ends: list[np.ndarray] = []
+        gpus: list[np.ndarray] = []
+        costs: list[np.ndarray] = []
+        owner: list[np.ndarray] = []
+        modes: list[np.ndarray] = []
+        real: list[np.ndarray] = []
         horizon = costing.horizon
         for j, job in enumerate(costing.problem.jobs):
-            self.first.append(sum(len(s) for s in starts))
             for end in (job.deadline_slot, horizon):  # a job that cannot be on time: over the horizon, penalised
                 blocks = [(m, *costing.rigid_costs(job, m, end)) for m in range(len(job.modes))]
                 if any(len(b[1]) for b in blocks):
@@ -50,19 +57,21 @@ class Runs:
                 if not len(s):
                     continue
                 e = s + n
-                if s[0] == 0:
-                    e = e.copy()
+                if s[0] == 0:  # a run from a partly elapsed slot 0 may end a slot later
                     e[0] = costing.run_end(job, m, 0, n)
                 starts.append(s)
                 ends.append(e)
                 gpus.append(np.full(len(s), job.modes[m].gpus))
                 costs.append(c + costing.late_penalty * np.maximum(0, e - job.deadline_slot))
+                real.append(np.where(e > job.deadline_slot, np.inf, c))  # inf: late
                 owner.append(np.full(len(s), j))
+                modes.append(np.full(len(s), m))
         self.count = sum(len(s) for s in starts)
         cat = (lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts  # noqa: E731
                else np.zeros(0, dtype=dtype))
         self.start, self.end = cat(starts, np.int64), cat(ends, np.int64)
         self.gpus, self.cost, self.job = cat(gpus, float), cat(costs, float), cat(owner, np.int64)
+        self.mode, self.real = cat(modes, np.int64), cat(real, float)
         # jobs with at least one run, and where their runs begin in the flat arrays
         self.jobs = np.unique(self.job)
         self.offsets = np.searchsorted(self.job, self.jobs)
@@ -103,6 +112,7 @@ def lagrangian(costing: Costing, deadline_s: float, upper: float | None = None, 
     price = np.zeros(horizon)
     best_value, best_price = float("-inf"), price.copy()
     theta, stale, steps = 1.0, 0, 0
+    tally = np.zeros(runs.count)
     while steps < max_steps and time.monotonic() < deadline_s:
         prefix = np.concatenate([[0.0], np.cumsum(price)])
         low, picked = runs.cheapest(prefix)
@@ -112,6 +122,9 @@ def lagrangian(costing: Costing, deadline_s: float, upper: float | None = None, 
         np.add.at(use, runs.end[picked], -runs.gpus[picked])
         over = np.cumsum(use)[:horizon] - capacity
         steps += 1
+        if steps % 2:  # the early steps, far from the prices, overfill the slots: forget them as the steps go
+            tally *= 0.9
+        tally[picked] += 1
         surrogate = value + float(low[~rigid].sum())
         if steps == 1 or surrogate > best_value + 1e-9 * max(1.0, abs(best_value)):
             best_value, best_price, stale = surrogate, price.copy(), 0
@@ -128,4 +141,9 @@ def lagrangian(costing: Costing, deadline_s: float, upper: float | None = None, 
     prefix = np.concatenate([[0.0], np.cumsum(best_price)])
     low, _picked = runs.cheapest(prefix)
     bound = float(low[rigid].sum()) - float(best_price @ capacity) + preemptible_floor(costing, best_price)
-    return Lagrangian(bound, best_price, steps)
+    share = tally / max(1e-9, float(tally.sum()) / len(problem.jobs))
+    used = np.flatnonzero((share >= 0.5) & np.isfinite(runs.real))  # a job's majority run, if it has one
+    used = used[np.argsort(-share[used], kind="stable")]
+    rounding = [(float(share[i]), int(runs.job[i]), int(runs.mode[i]), int(runs.start[i]), int(runs.end[i]),
+                 float(runs.real[i])) for i in used]
+    return Lagrangian(bound, best_price, steps, rounding=rounding)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scheduler.planner.highs import SOLVE_NNZ_PER_S, column_lp, new_highs
+from scheduler.planner.highs import column_lp, new_highs
 from scheduler.planner.options import Costing
 
 

@@ -48,6 +48,7 @@ TIE = 1e-9
 # Measured on the benchmark's 150-job weeks (bench/planner.py): the neighbourhood search gains more from the
 # time than the whole MILP does, and window MILPs capped at 1 s beat longer ones.
 LNS_SHARE, LNS_STEP_S = 0.7, 1.0
+WARM_MILP_JOBS = 150  # a replan from a previous plan of more jobs skips the whole-problem MILP
 LAGRANGE_SHARE = 0.15  # of the limit, for the prices and bound of a problem too big for the LP
 EXACT_ELASTIC_JOBS = 8  # up to this many jobs, each preemptible one also gets its exact mode-per-slot option
 # job id -> (mode, segments, one mode per segment or () for ``mode`` throughout)
@@ -293,6 +294,12 @@ class Planner:
             if option.job not in chosen and self._fits(option, free):
                 chosen[option.job] = option
                 self._take(option, free)
+        # The Lagrangian's rounding likewise: each job's run most of its (recent) steps picked.
+        for _value, j, m, start, end, cost in getattr(relaxation, "rounding", None) or []:
+            option = Option(j, m, ((start, end),), cost)
+            if j not in chosen and self._fits(option, free):
+                chosen[j] = option
+                self._take(option, free)
         order = self.order()
         for j in order:
             if j in chosen:
@@ -481,7 +488,7 @@ class Planner:
         return (picked if len(picked) == len(jobs) else None), status
 
     def neighbourhoods(self, chosen: dict[int, Option], columns: list[list[Option]], deadline_s: float,
-                       stats: dict[str, float | str]) -> bool:
+                       stats: dict[str, float | str], rotate: int = 0) -> bool:
         """Large neighbourhood search: free the jobs planned in one time window, keep the others, and let a small
         MILP re-place the freed ones over their whole candidate sets. Windows sweep the horizon; a sweep that
         finds nothing is followed by one shifted by a quarter window, then by windows twice as wide, up to half
@@ -495,6 +502,7 @@ class Planner:
             late = [(self.jobs[j].release_slot - width // 2, o.end + width // 2) for j, o in chosen.items() if o.late]
             offset = width // 4 if shifted else 0
             sweep = [(a, a + width) for a in range(-offset, horizon, max(1, width // 2))]
+            sweep = sweep[rotate % len(sweep):] + sweep[:rotate % len(sweep)]
             for a, b in late + sweep:
                 if time.monotonic() >= deadline_s - 0.2:
                     break
@@ -560,13 +568,25 @@ class Planner:
             self.lam = relaxation.capacity_price  # type: ignore[attr-defined]
             self.lam_prefix = np.concatenate([[0.0], np.cumsum(self.lam)])
             stats["lp_status"], stats["lp_s"] = relaxation.status, time.monotonic() - t0  # type: ignore[attr-defined]
+        # A replan that follows one of (nearly) the same jobs continues its search: the previous plan, repaired, is
+        # its start, and the time a fresh greedy and the whole-problem MILP would take goes to the neighbourhoods.
+        warm = len(self.jobs) > 1 and len(self.previous) >= 0.8 * len(self.jobs)
         if self.previous:
             starts["previous"] = self.repaired(t0 + 0.3 * time_limit_s)
-        starts["greedy"] = self.greedy(t0 + 0.9 * time_limit_s, relaxation, t0 + 0.6 * time_limit_s)
+        if not warm:
+            starts["greedy"] = self.greedy(t0 + 0.9 * time_limit_s, relaxation, t0 + 0.6 * time_limit_s)
+        greedy_late = self.lateness(starts.get("greedy", {}))
+        if not warm and getattr(relaxation, "rounding", None) and (later(greedy_late, self.lateness(fallback)) or (
+                greedy_late[0] and time.monotonic() < t0 + 0.5 * time_limit_s)):
+            # Rounding can crowd a job out of its window: the prices alone, placing every job as the greedy does
+            starts["greedy, unrounded"] = self.greedy(t0 + 0.9 * time_limit_s, None, t0 + 0.6 * time_limit_s)
         name = min(starts, key=lambda k: self.rank(starts[k]))
         chosen = dict(starts[name])
-        if name != "greedy":  # a queue plan, moved job by job to cheaper options that keep it as timely
-            stats["method"] = name
+        stats["start"] = stats["method"] = name
+        if "previous" in starts:
+            stats["previous_late_jobs"], stats["previous_late_slots"], stats["previous_objective"] = self.rank(
+                starts["previous"])
+        if name not in ("greedy", "previous"):  # a queue plan, moved job by job to cheaper options as timely
             free = self.costing.capacity.copy()
             for option in chosen.values():
                 self._take(option, free)
@@ -583,6 +603,8 @@ class Planner:
             # neighbourhood search over a wider set takes the rest unless the MILP proved the optimum.
             budget = max_columns
             milp_deadline = deadline - (LNS_SHARE if use_lns else 0.0) * (deadline - time.monotonic())
+            if warm and use_lns and len(self.jobs) > WARM_MILP_JOBS:
+                milp_deadline = time.monotonic()  # it did not finish last time either: all to the neighbourhoods
             proven = False
             while time.monotonic() < milp_deadline - 0.1:
                 best = sum(self.price(o) for o in chosen.values())
@@ -604,6 +626,8 @@ class Planner:
                     break
                 budget *= 2
             pool, searched, searched_gain = 4 * budget, -1, False
+            # where this replan's sweep begins: elsewhere than the last one's (a function of its plan, so pure)
+            rotate = sum(o.start * (k + 1) for k, o in enumerate(self.previous.values()))
             while use_lns and not proven and time.monotonic() < deadline - 0.2:
                 # When the search runs out of windows with time left, it starts over on a candidate set twice as
                 # wide; it ends when the set stopped growing and gave nothing.
@@ -611,7 +635,7 @@ class Planner:
                 slack = best - bound if bound is not None else math.inf
                 columns, _truncated = self.candidates(chosen, relaxation, slack, pool, deadline - 0.3)
                 size = sum(len(c) for c in columns)
-                if self.neighbourhoods(chosen, columns, deadline, stats):
+                if self.neighbourhoods(chosen, columns, deadline, stats, rotate):
                     searched_gain = True
                 elif size <= searched:
                     break
@@ -624,9 +648,10 @@ class Planner:
                 self._take(option, free)
             if self.improve(chosen, free, self.order(), deadline):
                 stats["method"] = f"{stats['method']}+polish"
-            stats["objective_priced"] = sum(self.price(o) for o in chosen.values())
         if later(self.lateness(chosen), self.lateness(fallback)):  # never later than a plain queue would be
             chosen, stats["method"] = dict(fallback), f"{fallback_name} (fallback)"
+        stats["objective_priced"] = sum(self.price(o) for o in chosen.values())
+        stats["late_jobs"], stats["late_slots"] = self.lateness(chosen)
         plan: Plan = {}
         options: dict[str, Option] = {}
         late: dict[str, str] = {}
