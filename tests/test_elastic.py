@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DaemonProc, make_home, write_job
-from test_workloads import train
+from test_workloads import ONE_DEVICE_THREADS, train
 
 MONDAY = datetime(2024, 1, 1, tzinfo=timezone.utc)
 CHEAP_EUR, DEAR_EUR = 10.0, 300.0
@@ -99,7 +99,7 @@ def test_a_preemptible_job_pauses_through_dear_hours_survives_a_daemon_kill_and_
     steps_add_up(job, 20000)
     for run in job["runs"]:  # each run started in a cheap hour, never in a dear one
         assert datetime.fromisoformat(run["started_at"].replace("Z", "+00:00")).hour % 2 == 1, job["runs"]
-    straight = train("-m", "jobs.linear", "--steps", "20000", "--seed", "11")
+    straight = train("-m", "jobs.linear", "--steps", "20000", "--seed", "11", env=ONE_DEVICE_THREADS)
     assert job["metrics"]["loss"] == straight["loss"]  # bit for bit, across the pauses and the daemon's death
 
 

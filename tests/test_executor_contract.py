@@ -26,7 +26,7 @@ import pytest
 from conftest import ROOT, DaemonProc, make_home, write_job
 from test_elastic import alternating_trace, steps_add_up
 from test_security import runner_pid
-from test_workloads import train
+from test_workloads import ONE_DEVICE_THREADS, train
 
 FAKE = ROOT / "tests" / "fake_slurm" / "fake_slurm.py"
 CHEAP = "2024-01-01T01:10:00Z"  # inside a cheap hour: a job runs at once
@@ -260,20 +260,22 @@ def test_requeue_resumes_from_the_checkpoint_to_the_identical_loss(backend: Back
         job = ended(d, jid, 150)
         assert job["state"] == "COMPLETED" and len(job["runs"]) == 2, (job, d.stderr_path.read_text()[-3000:])
         steps_add_up(job, 6000)  # the second run went on from the first one's checkpoint
-        assert job["metrics"]["loss"] == train("-m", "jobs.linear", "--steps", "6000", "--seed", "3")["loss"]
+        assert job["metrics"]["loss"] == train("-m", "jobs.linear", "--steps", "6000", "--seed", "3",
+                                             env=ONE_DEVICE_THREADS)["loss"]
     finally:
         d.stop()
 
 
 def test_an_elastic_job_pauses_at_its_segments_end_and_waits_for_its_next(backend: Backend) -> None:
-    """The plan runs a preemptible job's first minute in the last cheap minute before a dear hour and the rest in
-    the next cheap hour: at the segment's end it is checkpointed, and it waits (held by an executor that holds
+    """The plan runs a preemptible job's first seconds in what is left of the last cheap minute before a dear hour
+    (14 s: the planner knows the minute is partly past) and the rest in the next cheap hour (as cheap as running it
+    all there, and earlier): at the segment's end it is checkpointed, and it waits (held by an executor that holds
     work) for its next segment. Its resume is the requeue path above; the next cheap hour is an hour away."""
     work = backend.workdir("w")
     d = backend.daemon("2024-01-01T01:59:46Z", planner="elastic_extend_minutes = 0").start()
     try:
         jid = d.submit(write_job(work, "elastic", job_text(
-            work, 'command = ["sleep", "600"]\nduration = "4m"\npreemptible = true\nresume_overhead_minutes = 0\n'
+            work, 'command = ["sleep", "600"]\nduration = "3m"\npreemptible = true\nresume_overhead_minutes = 0\n'
                   'deadline = "2024-01-01T03:03:00Z"\n')))
         job = d.wait_state(jid, {"RUNNING"}, timeout_s=30)
         assert job["pause_at"] == "2024-01-01T02:00:00Z" and job["segments"][1]["start"] == "2024-01-01T03:00:00Z", job

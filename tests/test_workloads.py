@@ -24,6 +24,11 @@ def metrics(output: str) -> dict:
     return json.loads([line for line in output.splitlines() if line.startswith("gsched-metrics ")][-1][15:])
 
 
+# gsched runs a one-device CPU job with one thread (launch.job_env); a straight run to compare it with bit for bit
+# must too: another thread count sums in another order (the last digits of a loss differ on a 2-core machine).
+ONE_DEVICE_THREADS = {"OMP_NUM_THREADS": "1"}
+
+
 def train(*args: str, env: dict[str, str] | None = None) -> dict:
     result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=300,
                             env={**os.environ, **(env or {})})

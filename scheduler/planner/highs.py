@@ -38,7 +38,8 @@ def new_highs(time_limit_s: float) -> Any:
 
 
 def column_lp(cost: np.ndarray, col_upper: np.ndarray, row_lower: np.ndarray, row_upper: np.ndarray,
-              starts: np.ndarray, index: np.ndarray, value: np.ndarray, integer: bool = False) -> Any:
+              starts: np.ndarray, index: np.ndarray, value: np.ndarray, integer: bool | list[bool] = False) -> Any:
+    """``integer``: every column, or per column."""
     import highspy
 
     lp = highspy.HighsLp()
@@ -53,6 +54,9 @@ def column_lp(cost: np.ndarray, col_upper: np.ndarray, row_lower: np.ndarray, ro
     lp.a_matrix_.index_ = np.asarray(index, dtype=np.int32)
     lp.a_matrix_.value_ = np.asarray(value, dtype=float)
     lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = len(cost), len(row_lower)
-    if integer:
+    if integer is True:
         lp.integrality_ = [highspy.HighsVarType.kInteger] * len(cost)
+    elif integer:
+        lp.integrality_ = [highspy.HighsVarType.kInteger if whole else highspy.HighsVarType.kContinuous
+                           for whole in integer]
     return lp

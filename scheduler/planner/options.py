@@ -266,9 +266,10 @@ class Costing:
 
     def exact_elastic(self, j: int, free: np.ndarray, time_limit_s: float) -> Option | None:
         """The cheapest mode per slot by a small MILP (HiGHS): x[t, m] runs slot t in mode m, s[t, m] marks a
-        segment starting there, whose resume overhead costs work. The first segment is credited the smallest
-        mode's overhead, so a solution always finishes; its exact cost is then simulated. For small problems,
-        where it is the optimum up to the partial last slot."""
+        segment starting there, whose resume overhead costs work; r[t, m] is the share of slot t the job leaves
+        unused because its work is done, allowed only in the last slot it runs (z[t] = 1 where any later slot
+        runs), so a partly used last slot is priced as used. The first segment is credited the smallest mode's
+        overhead, so a solution always finishes; its exact cost is then simulated. For small problems."""
         job = self.problem.jobs[j]
         lo, hi = job.release_slot, min(job.deadline_slot, self.horizon)
         if not job.preemptible or hi <= lo or time_limit_s <= 0.01:
@@ -277,37 +278,58 @@ class Costing:
 
         n, n_modes = hi - lo, len(job.modes)
         overhead_h = job.resume_overhead_minutes / 60
-        slot_row0, start_row0 = 1, 1 + n
-        switch = 1e-9 * (1 + float(np.abs(self.w[lo:hi]).max()) * max(m.power_kw for m in job.modes))
-        cost, starts, index, value, cols = [], [0], [], [], []
-        for i in range(n):
-            t = lo + i
-            for m, mode in enumerate(job.modes):
-                if mode.gpus > free[t]:
-                    continue
-                rows = [0, slot_row0 + i, start_row0 + i * n_modes + m]
-                vals = [mode.rate * self.len_h[t], 1.0, 1.0]
-                if i + 1 < n:
-                    rows.append(start_row0 + (i + 1) * n_modes + m)
-                    vals.append(-1.0)
-                cost.append(mode.power_kw * self.len_h[t] * self.w[t])
-                index += rows
-                value += vals
-                starts.append(len(index))
-                cols.append((i, m))
-                cost.append(switch)  # s[t, m]: a hair of cost, so that equal plans take the fewest segments
-                index += [0, start_row0 + i * n_modes + m]
-                value += [-mode.rate * overhead_h, -1.0]
-                starts.append(len(index))
-                cols.append((-1, m))
-        if not cols:
+        fits = [(i, m) for i in range(n) for m in range(n_modes) if job.modes[m].gpus <= free[lo + i]]
+        if not fits:
             return None
+        # rows: work; one mode per slot; segment starts; r <= x; r + z <= 1 per slot; z[t] >= x[t+1]; z[t] >= z[t+1]
+        slot_row0, start_row0 = 1, 1 + n
+        rx_row0 = start_row0 + n * n_modes
+        last_row0 = rx_row0 + len(fits)
+        zx_row0, zz_row0 = last_row0 + n, last_row0 + 2 * n
+        n_rows = zz_row0 + n
+        switch = 1e-9 * (1 + float(np.abs(self.w[lo:hi]).max()) * max(m.power_kw for m in job.modes))
+        cost, upper, integer, starts, index, value, cols = [], [], [], [0], [], [], []
+
+        def column(c: float, rows: list[int], vals: list[float], what: tuple[int, int], whole: bool) -> None:
+            cost.append(c)
+            upper.append(1.0)
+            integer.append(whole)
+            index.extend(rows)
+            value.extend(vals)
+            starts.append(len(index))
+            cols.append(what)
+
+        for k, (i, m) in enumerate(fits):
+            t, mode = lo + i, job.modes[m]
+            work, kwh = mode.rate * self.len_h[t], mode.power_kw * self.len_h[t]
+            rows, vals = [0, slot_row0 + i, start_row0 + i * n_modes + m, rx_row0 + k], [work, 1.0, 1.0, -1.0]
+            if i + 1 < n:
+                rows.append(start_row0 + (i + 1) * n_modes + m)
+                vals.append(-1.0)
+            if i > 0:
+                rows.append(zx_row0 + i - 1)
+                vals.append(-1.0)
+            column(kwh * self.w[t], rows, vals, (i, m), True)
+            # s[t, m]: a hair of cost, so that equal plans take the fewest segments
+            column(switch, [0, start_row0 + i * n_modes + m], [-mode.rate * overhead_h, -1.0], (-1, m), True)
+            column(-kwh * self.w[t], [0, rx_row0 + k, last_row0 + i], [-work, 1.0, 1.0], (-2, m), False)  # r[t, m]
+        for i in range(n):  # z[t]
+            rows, vals = [last_row0 + i, zz_row0 + i], [1.0, 1.0]
+            if i + 1 < n:
+                rows.append(zx_row0 + i)
+                vals.append(1.0)
+            if i > 0:
+                rows.append(zz_row0 + i - 1)
+                vals.append(-1.0)
+            column(0.0, rows, vals, (-3, i), False)
         credit = min(mode.rate for mode in job.modes) * overhead_h
-        n_rows = 1 + n + n * n_modes
-        row_lo = np.concatenate([[job.work - credit + EPS], np.full(n + n * n_modes, -np.inf)])
-        row_hi = np.concatenate([[np.inf], np.ones(n), np.zeros(n * n_modes)])
-        lp = column_lp(np.asarray(cost), np.ones(len(cost)), row_lo[:n_rows], row_hi[:n_rows], np.asarray(starts),
-                       np.asarray(index), np.asarray(value), integer=True)
+        row_lo = np.concatenate([[job.work - credit + EPS], np.full(n + n * n_modes + len(fits) + n, -np.inf),
+                                 np.zeros(2 * n)])
+        row_hi = np.concatenate([[np.inf], np.ones(n), np.zeros(n * n_modes + len(fits)), np.ones(n),
+                                 np.full(2 * n, np.inf)])
+        assert len(row_lo) == len(row_hi) == n_rows
+        lp = column_lp(np.asarray(cost), np.asarray(upper), row_lo, row_hi, np.asarray(starts), np.asarray(index),
+                       np.asarray(value), integer=integer)
         h = new_highs(time_limit_s)
         h.setOptionValue("mip_rel_gap", 1e-4)
         h.passModel(lp)

@@ -207,7 +207,7 @@ class Planner:
             if len(starts):
                 ok = costing.fits(job, m, starts, n, free)
                 if ok.any():
-                    keys = costs[ok]
+                    keys = costs[ok] + costing.tiebreak * starts[ok]  # of equal options, the earliest
                     if priced:
                         keys = keys + mode.gpus * (self.lam_prefix[starts[ok] + n] - self.lam_prefix[starts[ok]])
                     i = _first_min(keys)
@@ -221,13 +221,15 @@ class Planner:
                     key = costing.w + self.lam * mode.gpus / (mode.power_kw * costing.slot_h)
                 split = costing.split_option(j, m, free, key)
                 if split is not None:
-                    split_key = split.cost + (self._gpu_slots_price(split) if priced else 0.0)
+                    split_key = (split.cost + costing.tiebreak * split.start
+                                 + (self._gpu_slots_price(split) if priced else 0.0))
                     if _better(split_key, best_key):
                         best, best_key = split, split_key
         if job.preemptible:
             elastic = costing.elastic_option(j, free, self.lam if priced else None)
             if elastic is not None:
-                elastic_key = elastic.cost + (self._gpu_slots_price(elastic) if priced else 0.0)
+                elastic_key = (elastic.cost + costing.tiebreak * elastic.start
+                               + (self._gpu_slots_price(elastic) if priced else 0.0))
                 if _better(elastic_key, best_key):
                     best, best_key = elastic, elastic_key
         previous = self.previous.get(j)
