@@ -20,7 +20,7 @@ from scheduler.models import Job, JobState, Profile
 from scheduler.outcomes import spec_of
 from scheduler.planner.options import Costing
 from scheduler.planner.problem import PJob, Problem
-from scheduler.planner.solve import solve
+from scheduler.planner.solve import Solution, solve
 from scheduler.profiles import Profiles, mode_key
 from scheduler.store import Store
 from scheduler.timeutil import parse_rfc3339, rfc3339
@@ -90,6 +90,8 @@ class Planning:
         # replan from it may find more, so the daemon replans again while nothing is due (anytime across replans).
         self.improving = False
         self._stale = 0  # replans in a row that did not improve: two end the run of extra replans
+        self.last_problem: Problem | None = None
+        self.last_solution: Solution | None = None
 
     def signals(self, grid0: datetime, slot: timedelta, horizon: int) -> tuple[list[float], list[float]]:
         try:
@@ -157,7 +159,12 @@ class Planning:
         self.replans += 1
         self.last_plan = {"solve_s": solution.stats["solve_s"], "jobs": len(pjobs),
                           "gap_to_bound": solution.stats.get("gap_to_bound")}
-        self._stale = 0 if improving(solution.stats) else self._stale + 1
+        if improving(solution.stats, settings.time_limit_s):
+            self._stale = 0
+        else:  # two in a row without gain end it; one that ended before its limit at once
+            cut_off = solution.stats["solve_s"] >= 0.8 * settings.time_limit_s
+            self._stale = self._stale + 1 if cut_off else STALE_REPLANS
+        self.last_problem, self.last_solution = problem, solution  # for bench/replans.py
         self.improving = self._stale < STALE_REPLANS
         costing = Costing(problem)
         updates: dict[int, dict[str, Any]] = {}
@@ -199,11 +206,12 @@ class Planning:
         self.store.save_plans(updates, at=now)
 
 
-def improving(stats: dict[str, Any]) -> bool:
-    """Did a replan beat its start from the previous plan (fewer late jobs, then fewer late slots, then more than
-    0.1% cheaper), or have none, without reaching its bound?"""
+def improving(stats: dict[str, Any], limit_s: float) -> bool:
+    """Was a replan cut off by its time limit, and did it beat its start from the previous plan (fewer late jobs,
+    then fewer late slots, then more than 0.1% cheaper), or have none? A replan that ended early (the bound met, the
+    search out of candidates) would find nothing more from the same start."""
     gap = stats.get("gap_to_bound")
-    if gap is not None and gap <= 1e-6:
+    if (gap is not None and gap <= 1e-6) or stats["solve_s"] < 0.8 * limit_s:
         return False
     if stats.get("previous_objective") is None:
         return True

@@ -142,8 +142,9 @@ def test_daemon_caps_a_gpu_job_and_restores_the_limit_after(tmp_path: Path) -> N
     config = Config(planner=PlannerSettings(objective="carbon"))
     executor = LocalExecutor(config, paths, store, devices, Launcher(paths, config), PowerLimiter(FakeNvml(gpus)))
     daemon = Daemon(config, paths, store, SystemClock(), executor, TraceProvider(), {})
-    # A 15-minute window leaves only "now", and the planner still picks the cheaper capped mode.
-    spec = parse_job('command = ["true"]\nduration = "10m"\nmax_delay = "15m"\n[optimisations]\npower_cap_w = [200]\n',
+    # 20 minutes of slack leave only "now" whatever the minute (a run from the next 15-minute slot would end past
+    # the deadline's slot), and the planner still picks the cheaper capped mode (11.7 minutes at 200 W).
+    spec = parse_job('command = ["true"]\nduration = "10m"\nmax_delay = "20m"\n[optimisations]\npower_cap_w = [200]\n',
                      source="j.toml", base_dir=tmp_path, now=datetime.now(timezone.utc))
     job = store.add_job(spec, owner_uid=os.geteuid(), owner_name="me", urgent=False, now=datetime.now(timezone.utc))
     daemon.tick()

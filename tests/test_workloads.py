@@ -24,8 +24,9 @@ def metrics(output: str) -> dict:
     return json.loads([line for line in output.splitlines() if line.startswith("gsched-metrics ")][-1][15:])
 
 
-# gsched runs a one-device CPU job with one thread (launch.job_env); a straight run to compare it with bit for bit
-# must too: another thread count sums in another order (the last digits of a loss differ on a 2-core machine).
+# gsched runs a one-device job on its CPU devices with one thread (launch.job_env; on GPU nodes, as Slurm's test
+# cluster has, torch's default); a straight run to compare it with bit for bit must use the same: another thread
+# count sums in another order (the last digits of a loss differ on a 2-core machine).
 ONE_DEVICE_THREADS = {"OMP_NUM_THREADS": "1"}
 
 

@@ -62,7 +62,7 @@ def relax(costing: Costing, time_limit_s: float, max_nnz: float = float("inf")) 
     for j, job in enumerate(problem.jobs):
         last = min(job.deadline_slot, horizon)
         if job.preemptible:
-            if max(costing.slots_needed(job, m)[0] for m in range(len(job.modes))) > last - job.release_slot:
+            if min(costing.slots_needed(job, m)[0] for m in range(len(job.modes))) > last - job.release_slot:
                 last = horizon  # cannot meet the deadline: relax over the horizon
             slots = np.arange(job.release_slot, last)
             if not len(slots):
