@@ -154,23 +154,30 @@ class Planner:
     def repaired(self, deadline_s: float) -> dict[int, Option]:
         """The previous plan on today's problem: each job's last option where it still fits (earliest first), the
         jobs new since then or pushed out placed as the greedy would (as a queue would, past ``deadline_s``)."""
+        previous = sorted(self.previous.items(), key=lambda item: (item[1].start, item[0]))
+        return self.seeded([option for _j, option in previous], deadline_s)[0]
+
+    def seeded(self, seeds: list[Option], deadline_s: float) -> tuple[dict[int, Option], np.ndarray, list[int]]:
+        """``seeds`` where they fit (the first per job), then every other job in tightness order at its cheapest
+        priced option (as a plain queue would place it, past ``deadline_s``): (plan, capacity left, order)."""
         free = self.costing.capacity.copy()
         chosen: dict[int, Option] = {}
-        for j, option in sorted(self.previous.items(), key=lambda item: (item[1].start, item[0])):
-            if self._fits(option, free):
-                chosen[j] = option
+        for option in seeds:
+            if option.job not in chosen and self._fits(option, free):
+                chosen[option.job] = option
                 self._take(option, free)
-        for j in self.order():
+        order = self.order()
+        for j in order:
             if j in chosen:
                 continue
-            if time.monotonic() > deadline_s:
+            if time.monotonic() > deadline_s:  # out of time: the rest as a plain queue would place them
                 option = self.queue_option(j, free) or self.earliest_option(j, free)
             else:
                 option = self.best_option(j, free, priced=True) or self.earliest_option(j, free)
             if option is not None:
                 chosen[j] = option
                 self._take(option, free)
-        return chosen
+        return chosen, free, order
 
     def queue_plan(self, order: list[int]) -> dict[int, Option]:
         """A plain queue: each job in ``order``, in its requested mode, as early as the GPUs allow."""
@@ -289,30 +296,12 @@ class Planner:
                ) -> dict[int, Option]:
         """Every job placed by ``deadline_s`` (the rest as a queue would, past it); the local search that follows
         stops at ``improve_until_s``."""
-        free = self.costing.capacity.copy()
-        chosen: dict[int, Option] = {}
-        # LP rounding: jobs the LP places (nearly) whole go first, where the LP put them, while they fit.
-        for _value, option in self.rounded(relaxation):  # on-time columns only
-            if option.job not in chosen and self._fits(option, free):
-                chosen[option.job] = option
-                self._take(option, free)
-        # The Lagrangian's rounding likewise: each job's run most of its (recent) steps picked.
-        for _value, j, m, start, end, cost in getattr(relaxation, "rounding", None) or []:
-            option = Option(j, m, ((start, end),), cost)
-            if j not in chosen and self._fits(option, free):
-                chosen[j] = option
-                self._take(option, free)
-        order = self.order()
-        for j in order:
-            if j in chosen:
-                continue
-            if time.monotonic() > deadline_s:  # out of time: the rest as a plain queue would place them
-                option = self.queue_option(j, free) or self.earliest_option(j, free)
-            else:
-                option = self.best_option(j, free, priced=True) or self.earliest_option(j, free)
-            if option is not None:
-                chosen[j] = option
-                self._take(option, free)
+        # LP rounding: jobs the LP places (nearly) whole go first, where the LP put them, while they fit; the
+        # Lagrangian's rounding likewise: each job's run most of its (recent) steps picked.
+        seeds = [option for _value, option in self.rounded(relaxation)]  # on-time columns only
+        seeds += [Option(j, m, ((start, end),), cost)
+                  for _value, j, m, start, end, cost in getattr(relaxation, "rounding", None) or []]
+        chosen, free, order = self.seeded(seeds, deadline_s)
         self.improve(chosen, free, order, deadline_s if improve_until_s is None else min(deadline_s, improve_until_s))
         return chosen
 
