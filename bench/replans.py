@@ -6,7 +6,7 @@
     .venv/bin/python bench/replans.py daemon --yardstick 300  # the sweep through Planning.replan and a store
 
 Each replan is what Planning.replan does: solve() at the daemon's limit (planner.time_limit_s, default 5 s) and
-hysteresis (2%), given the last plan as ``previous``; the daemon replans again until two replans in a row did not
+hysteresis (2%), given the last plan as ``previous`` and its GPU-slot prices; the daemon replans again until two replans in a row did not
 improve on the plan they started from (planning.improving), while nothing is due. The clock is simulated: a replan's minute of wall time is
 nothing on 15-minute slots, so every replan sees the same problem. Per replan: its cost against the yardstick (one
 solve of --yardstick seconds), late jobs against FIFO/EDF and the yardstick, its solve time against the limit.
@@ -175,10 +175,12 @@ def main() -> None:
     print("| replan | solve s | start | method | objective | vs yardstick | late (yardstick) | improving |")
     print("|---|---|---|---|---|---|---|---|")
     previous: Previous | None = None
+    prices = None
     stale = 0
     for r in range(1, args.replans + 1):
         t0 = time.monotonic()
-        solution = solve(p, args.limit, previous, args.hysteresis)
+        solution = solve(p, args.limit, previous, args.hysteresis, prices=prices)
+        prices = solution.prices
         took_s = time.monotonic() - t0
         e = evaluate(p, solution.plan)
         late = lateness(p, e)

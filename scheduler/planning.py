@@ -12,6 +12,8 @@ import math
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from scheduler.config import Config
 from scheduler.errors import GschedError
 from scheduler.executor.untrusted import parse_metrics
@@ -64,13 +66,17 @@ def previous_plan(plan: dict[str, Any], described: list[dict[str, Any]], grid0: 
                   ) -> tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]] | None:
     """A job's last plan on today's grid, for hysteresis: its segments still ahead, each in its mode (matched by
     mode_key: a mode measured since is still the same mode)."""
-    modes = plan.get("segment_modes") or [plan["mode"]] * len(plan["segments"])
+    segments_at = plan.get("planner_segments") or plan["segments"]
+    modes = plan.get("planner_segment_modes") or plan.get("segment_modes") or [plan["mode"]] * len(segments_at)
     keys = [mode_key(d) for d in described]
     if any(mode_key(m) not in keys for m in modes):
         return None
     segments, indices = [], []
-    for (a, b), m in zip(plan["segments"], modes):
-        start, end = round((parse_rfc3339(a) - grid0) / slot), round((parse_rfc3339(b) - grid0) / slot)
+    for (a, b), m in zip(segments_at, modes):
+        # A start mid-slot is the planner's slot (now, in the partly elapsed slot 0); an end mid-slot is a run
+        # ends within its slot: it holds the devices to the slot's end.
+        start = math.floor((parse_rfc3339(a) - grid0) / slot + 1e-6)
+        end = math.ceil((parse_rfc3339(b) - grid0) / slot - 1e-6)
         if end <= 0:
             continue
         segments.append((max(0, start), end))
@@ -78,6 +84,22 @@ def previous_plan(plan: dict[str, Any], described: list[dict[str, Any]], grid0: 
     if not segments:
         return None
     return indices[0], tuple(segments), tuple(indices) if len(set(indices)) > 1 else ()
+
+
+def prices_on(saved: tuple[datetime, np.ndarray, float] | None, grid0: datetime, slot: timedelta, horizon: int
+              ) -> tuple[np.ndarray, float] | None:
+    """A replan's GPU-slot prices (its grid's start, the prices, the step scale) on the grid from ``grid0``: the slots
+    gone dropped, the new ones at 0; None where the grids do not line up."""
+    if saved is None:
+        return None
+    then, prices, theta = saved
+    shift = (grid0 - then) / slot
+    if shift < 0 or shift != int(shift):
+        return None
+    out = np.zeros(horizon)
+    kept = prices[int(shift):int(shift) + horizon]
+    out[:len(kept)] = kept
+    return out, theta
 
 
 class Planning:
@@ -92,6 +114,9 @@ class Planning:
         self._stale = 0  # replans in a row that did not improve: two end the run of extra replans
         self.last_problem: Problem | None = None
         self.last_solution: Solution | None = None
+        self.last_previous: dict[str, tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]]] = {}
+        # the last replan's GPU-slot prices from its grid's start: the next replan's relaxation goes on from them
+        self._prices: tuple[datetime, np.ndarray, float] | None = None
 
     def signals(self, grid0: datetime, slot: timedelta, horizon: int) -> tuple[list[float], list[float]]:
         try:
@@ -154,7 +179,10 @@ class Planning:
                           tuple(price), tuple(carbon), tuple(pjobs), settings.objective,
                           tuple(max(0, c) for c in capacity),
                           slot0_elapsed_minutes=max(0.0, min(now - grid0, slot) / timedelta(minutes=1)))
-        solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100)
+        solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100,
+                         prices=prices_on(self._prices, grid0, slot, horizon))
+        if solution.prices is not None:
+            self._prices = (grid0, *solution.prices)
         log.info("planned %d job(s) in %.2f s (%s)", len(pjobs), solution.stats["solve_s"], solution.stats["method"])
         self.replans += 1
         self.last_plan = {"solve_s": solution.stats["solve_s"], "jobs": len(pjobs),
@@ -164,7 +192,8 @@ class Planning:
         else:  # two in a row without gain end it; one that ended before its limit at once
             cut_off = solution.stats["solve_s"] >= 0.8 * settings.time_limit_s
             self._stale = self._stale + 1 if cut_off else STALE_REPLANS
-        self.last_problem, self.last_solution = problem, solution  # for bench/replans.py
+        # for bench/replans.py and the tests
+        self.last_problem, self.last_solution, self.last_previous = problem, solution, previous
         self.improving = self._stale < STALE_REPLANS
         costing = Costing(problem)
         updates: dict[int, dict[str, Any]] = {}
@@ -191,6 +220,9 @@ class Planning:
                 a0, b0 = option.segments[0]
                 tail_h = max(0.0, pjob.work - mode.rate * (b0 - a0) * problem.slot_h) / mode.rate
                 if tail_h * 60 <= settings.elastic_extend_minutes:  # a pause would cost more than it saves
+                    # the planner's own segments, for the next replan to start from (hysteresis, repair)
+                    plan["planner_segments"] = [list(ab) for ab in plan["segments"]]
+                    plan["planner_segment_modes"] = plan["segment_modes"]
                     plan["segments"], plan["segment_modes"], plan["segment_labels"] = (
                         plan["segments"][:1], plan["segment_modes"][:1], plan["segment_labels"][:1])
                     plan["segments"][0][1] = rfc3339(end)

@@ -349,6 +349,24 @@ def test_the_lagrangian_bound_is_a_bound_and_no_better_than_the_lp(p: Problem) -
         assert relaxation.bound <= lp + 1e-7 * max(1.0, abs(lp))
 
 
+def test_the_lagrangian_goes_on_from_the_prices_it_is_given() -> None:
+    """Each replan has a few subgradient steps: started from the last replan's prices and step scale, ten short
+    ascents get further than one; one step from given prices keeps their bound."""
+    from scheduler.planner.lagrange import lagrangian
+    from scheduler.planner.synthetic import heavy_problem
+
+    price, carbon = embedded_week()
+    costing = Costing(heavy_problem(150, 8, 0.8, 0.5, 3, START, price, carbon))
+    cold = lagrangian(costing, math.inf, max_steps=4)
+    chain = cold
+    for _ in range(9):
+        assert chain is not None
+        chain = lagrangian(costing, math.inf, max_steps=4, price0=chain.capacity_price, theta0=chain.theta)
+    assert cold is not None and chain is not None and chain.bound > cold.bound
+    again = lagrangian(costing, math.inf, max_steps=1, price0=chain.capacity_price, theta0=chain.theta)
+    assert again is not None and again.bound == pytest.approx(chain.bound, rel=1e-12)
+
+
 def test_replans_from_the_previous_plan_never_get_worse() -> None:
     """Each replan starts from the last plan: on the same problem, a chain of replans keeps its deadlines and only
     gets cheaper (no hysteresis, so the prices are the costs)."""
@@ -521,3 +539,48 @@ def test_a_plan_made_mid_slot_never_needs_more_devices_than_exist(tmp_path: Path
     spans += [(j.planned_start, j.planned_end, j.planned_gpus or 0) for j in planned]
     for at in sorted({s for s, _e, _g in spans}):
         assert sum(g for s, e, g in spans if s <= at < e) <= 2, (at, spans)
+
+
+def test_a_replan_starts_from_exactly_the_plan_the_last_one_stored(tmp_path: Path) -> None:
+    """The daemon stores a plan as it will follow it (a short elastic tail becomes a longer first run); the next
+    replan must read back the planner's own options: a run stretched to its tail would overlap the jobs planned after
+    it, the repaired plan would lose them, and replans would not add up. Its GPU-slot prices carry over too."""
+    import random
+    from datetime import timedelta
+
+    from scheduler.config import Config, PlannerSettings
+    from scheduler.devices import Device
+    from scheduler.forecasts.trace import TraceProvider
+    from scheduler.jobfile import parse_job
+    from scheduler.models import JobState
+    from scheduler.planning import Planning, prices_on
+    from scheduler.profiles import Profiles
+    from scheduler.store import Store
+
+    store = Store(tmp_path / "g.db")
+    config = Config(planner=PlannerSettings(time_limit_s=1.0, horizon_hours=48, elastic_extend_minutes=45))
+    devices = [Device(i, f"GPU-{i}", "fake GPU", "gpu", 80 * 1024, 700.0, 200.0, 700.0) for i in range(8)]
+    planning = Planning(config, store, TraceProvider(), Profiles(config, store, devices, {}, 1.0))
+    now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    rnd = random.Random(3)
+    for k in range(80):
+        low = rnd.choice([1, 1, 2, 4])
+        text = (f'name = "j{k}"\ncommand = ["true"]\nduration = "{rnd.randint(10, 120)}m"\n'
+                f'gpus = {{ min = {low}, max = {2 * low if rnd.random() < 0.5 else low} }}\n'
+                f'preemptible = {str(rnd.random() < 0.6).lower()}\nmax_delay = "{rnd.randint(12, 40)}h"\n')
+        store.add_job(parse_job(text, source=f"j{k}.toml", base_dir=tmp_path, now=now), owner_uid=1000,
+                      owner_name="u", urgent=False, now=now)
+    queued = store.jobs([JobState.PENDING])
+    planning.replan(now, now, queued, [8] * 192, {})
+    first = planning.last_solution
+    assert first is not None and first.prices is not None and not first.late
+    plans = [json.loads(j.plan_json or "{}") for j in store.jobs([JobState.PLANNED])]
+    assert any("planner_segments" in plan for plan in plans)  # some run was stretched over its short tail
+    planning.replan(now, now, store.jobs([JobState.PLANNED]), [8] * 192, {})
+    assert planning.last_previous == {job_id: (o.mode, o.segments, o.seg_modes)
+                                      for job_id, o in first.options.items()}
+    assert planning.last_solution is not None and planning.last_solution.stats["start"] in ("previous", "greedy")
+    # the prices move with the grid: two slots on, the first two are gone and two new ones at 0 close the horizon
+    moved = prices_on((now, first.prices[0], first.prices[1]), now + timedelta(minutes=30), timedelta(minutes=15), 192)
+    assert moved is not None and list(moved[0]) == list(first.prices[0][2:]) + [0.0, 0.0]
+    assert prices_on((now, first.prices[0], 1.0), now + timedelta(minutes=20), timedelta(minutes=15), 192) is None

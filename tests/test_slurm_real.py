@@ -5,14 +5,10 @@ the reason where a real Slurm cannot run (not root, no apt)."""
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-
-import pytest
 
 from scheduler.executor.slurmctl import Slurm, foreign_gpus, sbatch_argv
 from slurm_cluster import SlurmCluster

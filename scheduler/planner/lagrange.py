@@ -31,6 +31,7 @@ class Lagrangian:
     capacity_price: np.ndarray  # >= 0 per slot
     steps: int
     status: str = "Lagrangian"
+    theta: float = 1.0  # the step scale reached: a replan that starts from these prices goes on from it
     # (share of the steps, job, mode, start, end, cost) of every run some step picked, on time, most picked first:
     # the averaged steps approximate the LP's solution, and the greedy places these first, as it rounds the LP's
     rounding: list[tuple[float, int, int, int, int, float]] = field(default_factory=list)
@@ -100,18 +101,20 @@ def preemptible_floor(costing: Costing, price: np.ndarray) -> float:
     return total
 
 
-def lagrangian(costing: Costing, deadline_s: float, upper: float | None = None, max_steps: int = 200
-               ) -> Lagrangian | None:
-    """Subgradient ascent on L until ``deadline_s`` (monotonic) or ``max_steps``; None when a job has no run."""
+def lagrangian(costing: Costing, deadline_s: float, upper: float | None = None, max_steps: int = 200,
+               price0: np.ndarray | None = None, theta0: float = 1.0) -> Lagrangian | None:
+    """Subgradient ascent on L until ``deadline_s`` (monotonic) or ``max_steps``; None when a job has no run.
+    ``price0``, ``theta0``: where a replan's ascent starts (the last replan's prices on this grid), so that the
+    replans' short ascents add up to a long one."""
     problem, horizon = costing.problem, costing.horizon
     runs = Runs(costing)
     if len(runs.jobs) < len(problem.jobs) or not runs.count:
         return None
     capacity = costing.capacity.astype(float)
     rigid = np.array([not job.preemptible for job in problem.jobs])
-    price = np.zeros(horizon)
+    price = np.zeros(horizon) if price0 is None else np.maximum(0.0, np.asarray(price0, dtype=float))
     best_value, best_price = float("-inf"), price.copy()
-    theta, stale, steps = 1.0, 0, 0
+    theta, stale, steps = theta0, 0, 0
     tally = np.zeros(runs.count)
     while steps < max_steps and time.monotonic() < deadline_s:
         prefix = np.concatenate([[0.0], np.cumsum(price)])
@@ -146,4 +149,4 @@ def lagrangian(costing: Costing, deadline_s: float, upper: float | None = None, 
     used = used[np.argsort(-share[used], kind="stable")]
     rounding = [(float(share[i]), int(runs.job[i]), int(runs.mode[i]), int(runs.start[i]), int(runs.end[i]),
                  float(runs.real[i])) for i in used]
-    return Lagrangian(bound, best_price, steps, rounding=rounding)
+    return Lagrangian(bound, best_price, steps, rounding=rounding, theta=theta)

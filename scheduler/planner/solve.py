@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scheduler.planner.highs import SOLVE_NNZ_PER_S, column_lp, new_highs
-from scheduler.planner.lagrange import lagrangian
+from scheduler.planner.lagrange import Lagrangian, lagrangian
 from scheduler.planner.options import Costing, Option, _mode_runs, _runs
 from scheduler.planner.problem import Plan, Problem, Segment
 
@@ -64,6 +64,8 @@ class Solution:
     objective: float
     bound: float | None  # LP lower bound on any plan's objective, when known
     stats: dict[str, float | str] = field(default_factory=dict)
+    # GPU-slot prices per slot of this problem and the Lagrangian's step scale, for the next replan to start from
+    prices: tuple[np.ndarray, float] | None = None
 
 
 def _better(a: float, b: float) -> bool:
@@ -78,14 +80,20 @@ def _first_min(costs: np.ndarray) -> int:
 
 
 class Planner:
-    def __init__(self, problem: Problem, previous: Previous | None = None, hysteresis: float = 0.0) -> None:
+    def __init__(self, problem: Problem, previous: Previous | None = None, hysteresis: float = 0.0,
+                 prices: tuple[np.ndarray, float] | None = None) -> None:
+        """``prices``: the last replan's GPU-slot prices on this problem's slots and its Lagrangian step scale."""
         self.problem = problem
         self.costing = Costing(problem)
         self.hysteresis = hysteresis
         self.jobs = problem.jobs
         self.late_penalty = self.costing.late_penalty
-        self.lam = np.zeros(self.costing.horizon)  # GPU-slot prices from the LP
-        self.lam_prefix = np.zeros(self.costing.horizon + 1)
+        self.lam = np.zeros(self.costing.horizon)  # GPU-slot prices from the LP or the Lagrangian
+        self.prices0: tuple[np.ndarray, float] | None = None
+        if prices is not None and len(prices[0]) == self.costing.horizon:
+            self.prices0 = (np.maximum(0.0, np.asarray(prices[0], dtype=float)), float(prices[1]))
+            self.lam = self.prices0[0].copy()
+        self.lam_prefix = np.concatenate([[0.0], np.cumsum(self.lam)])
         self.previous: dict[int, Option] = {}
         for j, job in enumerate(self.jobs):
             if previous and job.id in previous:
@@ -551,10 +559,17 @@ class Planner:
                 log.warning("highspy is not installed: planning with the greedy alone")
                 use_milp = False
             if use_milp and relaxation is None:  # too large for the LP in its share: prices from the Lagrangian
-                # Polyak's steps aim at a plan's cost: an on-time queue plan's, if any (late penalties are no aim)
+                # Polyak's steps aim at a plan's cost: an on-time queue plan's or the previous plan's, if any (late
+                # penalties are no aim); they go on from the last replan's prices, so that short ascents add up.
                 whole = [plan for plan in queues.values() if self.lateness(plan)[0] == 0]
+                if len(self.previous) == len(self.jobs) and not any(o.late for o in self.previous.values()):
+                    whole.append(self.previous)
                 upper = min(sum(self.true_cost(o) for o in plan.values()) for plan in whole) if whole else None
-                relaxation = lagrangian(self.costing, time.monotonic() + LAGRANGE_SHARE * time_limit_s, upper)
+                price0, theta0 = self.prices0 if self.prices0 is not None else (None, 1.0)
+                if len(self.previous) < 0.8 * len(self.jobs):  # many jobs new: the prices may have far to go
+                    theta0 = 1.0
+                relaxation = lagrangian(self.costing, time.monotonic() + LAGRANGE_SHARE * time_limit_s, upper,
+                                        price0=price0, theta0=theta0)
         if relaxation is not None:
             self.lam = relaxation.capacity_price  # type: ignore[attr-defined]
             self.lam_prefix = np.concatenate([[0.0], np.cumsum(self.lam)])
@@ -566,6 +581,8 @@ class Planner:
             starts["previous"] = self.repaired(t0 + 0.3 * time_limit_s)
         if not warm:
             starts["greedy"] = self.greedy(t0 + 0.9 * time_limit_s, relaxation, t0 + 0.6 * time_limit_s)
+        elif isinstance(relaxation, Lagrangian):  # its prices went on from the last replan's: a fresh greedy may win
+            starts["greedy"] = self.greedy(t0 + 0.6 * time_limit_s, relaxation, t0 + 0.4 * time_limit_s)
         greedy_late = self.lateness(starts.get("greedy", {}))
         if not warm and getattr(relaxation, "rounding", None) and (later(greedy_late, self.lateness(fallback)) or (
                 greedy_late[0] and time.monotonic() < t0 + 0.5 * time_limit_s)):
@@ -660,14 +677,18 @@ class Planner:
         if bound is not None and not late and not unplanned:
             stats["gap_to_bound"] = (objective - bound) / abs(bound) if bound else 0.0
         stats["solve_s"] = time.monotonic() - t0
+        prices = getattr(relaxation, "capacity_price", None)
         return Solution(plan, options, late, unplanned, objective, bound if not late and not unplanned else None,
-                        stats)
+                        stats, None if prices is None else (np.asarray(prices, dtype=float),
+                                                            float(getattr(relaxation, "theta", 1.0))))
 
 
 def solve(problem: Problem, time_limit_s: float = 10.0, previous: Previous | None = None,
-          hysteresis: float = 0.0, use_milp: bool = True, use_lns: bool = True) -> Solution:
-    """``use_lns=False``: the MILP alone for the whole limit (the benchmark's long-run yardstick)."""
-    return Planner(problem, previous, hysteresis).solve(time_limit_s, use_milp=use_milp, use_lns=use_lns)
+          hysteresis: float = 0.0, use_milp: bool = True, use_lns: bool = True,
+          prices: tuple[np.ndarray, float] | None = None) -> Solution:
+    """``use_lns=False``: the MILP alone for the whole limit (the benchmark's long-run yardstick). ``prices``: the
+    last replan's Solution.prices, moved onto this problem's slots."""
+    return Planner(problem, previous, hysteresis, prices).solve(time_limit_s, use_milp=use_milp, use_lns=use_lns)
 
 
 def later(mine: tuple[int, int], queue: tuple[int, int]) -> bool:
