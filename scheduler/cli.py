@@ -456,6 +456,106 @@ def plan_cmd(problem: Path = typer.Option(..., "--problem", help="problem file (
 
 
 @app.command()
+def simulate(
+        jobs: Path = typer.Option(..., "--jobs", help="the history: gsched CSV/JSON, or a sacct --parsable2 or "
+                                                      "--json export (formats: docs/simulate.md)"),
+        output: Path = typer.Option(..., "--output", help="the report (JSON); the executed plan and its problem "
+                                                          "are written beside it (.plan.json, .problem.json)"),
+        signals: Optional[Path] = typer.Option(None, "--signals", help="realised prices and carbon: a trace CSV as "
+                                               "forecast.trace takes (default: the config's trace, else the "
+                                               "embedded one)"),
+        forecast: str = typer.Option("perfect", "--forecast", help="what the planner knew: perfect, persistence "
+                                                                  "(yesterday's values) or noise:PCT[:SEED]"),
+        gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs in the pool (default: the widest job's)"),
+        capacity: Optional[Path] = typer.Option(None, "--capacity", help="GPUs over time: CSV start_utc,gpus"),
+        slack: Optional[str] = typer.Option(None, "--slack", help="deadline policy: submit + run time + SLACK "
+                                                                 "(e.g. 24h), for jobs the history gives none"),
+        slack_factor: Optional[float] = typer.Option(None, "--slack-factor", help="deadline policy: submit + "
+                                                                                  "FACTOR x run time"),
+        deadline_from: Optional[str] = typer.Option(None, "--deadline-from", help="'timelimit': submit + the job's "
+                                                                                  "Slurm Timelimit"),
+        drop_failed: bool = typer.Option(False, "--drop-failed", help="leave out jobs that failed, were cancelled "
+                                                                     "or timed out (kept by default: they ran)"),
+        timezone_name: str = typer.Option("UTC", "--timezone", help="zone of sacct's times without an offset"),
+        time_limit: Optional[float] = typer.Option(None, "--time-limit", help="each replan's limit in seconds "
+                                                   "(default: planner.time_limit_s)"),
+        hindsight_limit: float = typer.Option(60.0, "--hindsight-limit", help="seconds for the hindsight plan"),
+        as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+        plot: Optional[Path] = typer.Option(None, "--plot", help="draw cumulative cost and CO2 (PNG)"),
+        quiet: bool = typer.Option(False, "--quiet", help="no progress lines on stderr")) -> None:
+    """Replay a cluster's job history through the daemon's own planning on a simulated clock: what gsched would
+    have saved against running each job at once, and the hindsight optimum."""
+    import dataclasses
+
+    from scheduler.errors import InputError
+    from scheduler.forecasts.trace import TraceProvider
+    from scheduler.history import DeadlinePolicy, load_history
+    from scheduler.simulation import Capacity, ForecastMode, say, simulate as run_simulation, write_outputs
+    from scheduler.timeutil import parse_duration_s
+
+    try:
+        config = _config()
+        mode = ForecastMode.parse(forecast)
+        try:
+            slack_s = parse_duration_s(slack) if slack is not None else None
+        except ValueError as exc:
+            raise InputError(f"--slack: {exc}") from None
+        if slack_factor is not None and not slack_factor >= 1:
+            raise InputError("--slack-factor: must be >= 1 (a deadline before the run could end is no deadline)")
+        if deadline_from not in (None, "timelimit"):
+            raise InputError("--deadline-from: the only source is 'timelimit'")
+        if gpus is not None and capacity is not None:
+            raise InputError("--gpus and --capacity: give one")
+        if gpus is not None and gpus < 1:
+            raise InputError("--gpus: must be >= 1")
+        if time_limit is not None:
+            if time_limit <= 0:
+                raise InputError("--time-limit: must be > 0")
+            config = dataclasses.replace(config, planner=dataclasses.replace(config.planner, time_limit_s=time_limit))
+        if hindsight_limit <= 0:
+            raise InputError("--hindsight-limit: must be > 0")
+        policy = DeadlinePolicy(slack_s, slack_factor, deadline_from == "timelimit")
+        history = load_history(jobs, policy, drop_failed, timezone_name)
+        pool = (Capacity.from_file(capacity) if capacity is not None
+                else Capacity.constant(gpus or max(j.gpus for j in history.jobs)))
+        trace = signals or (Path(config.forecast.trace) if config.forecast.trace else None)
+        realised = TraceProvider(trace)
+        if not quiet:
+            say(f"simulating {len(history.jobs)} jobs ({history.format}) on {pool.most} GPUs, forecast "
+                f"{mode.label}, replans of at most {config.planner.time_limit_s:g} s")
+        result = run_simulation(history, config, realised, mode, pool, hindsight_limit, None if quiet else say)
+        files = write_outputs(result, output)
+        if plot is not None:
+            from scheduler.plots import simulation_png
+
+            simulation_png(result.series, result.report, plot)
+    except GschedError as exc:
+        _fail(exc)
+    report = {**result.report, "files": files}
+    if as_json:
+        _print_json(report)
+        return
+    g, r, h, saved = report["gsched"], report["run_now"], report["hindsight"], report["saved_vs_run_now"]
+    print(f"{report['jobs']} jobs, {report['period']['start']} to {report['period']['end']}, {report['gpus']} GPUs, "
+          f"forecast {report['forecast']}: {report['replans']} replans in {report['simulation_s']:g} s")
+    print(f"{'':<10} {'cost EUR':>10} {'energy kWh':>11} {'CO2 kg':>9} {'late':>5} {'wait median h':>14} "
+          f"{'wait p95 h':>11} {'GPU use':>8}")
+    for name, row in (("run-now", r), ("gsched", g), ("hindsight", h)):
+        print(f"{name:<10} {row['cost_eur']:>10.2f} {row['energy_kwh']:>11.1f} {row['co2_kg']:>9.1f} "
+              f"{row['late_jobs']:>5} {_num(row['wait_median_h'], 1, 2):>14} {_num(row['wait_p95_h'], 1, 2):>11} "
+              f"{100 * row['gpu_utilisation']:>7.1f}%")
+    print(f"saved against run-now: {saved['cost_eur']:.2f} EUR ({saved['cost_pct']:.1f}%), {saved['co2_kg']:.1f} kg "
+          f"CO2 ({saved['co2_pct']:.1f}%); hindsight at {h['time_limit_s']:g} s")
+    print(f"report: {output}; executed plan: {files['plan']} (problem: {files['problem']})")
+    for why in report["errors"][:10]:
+        print(f"invalid: {why}", file=sys.stderr)
+    for job_id, why in list(report["unfinished"].items())[:10]:
+        print(f"not finished: job {why}", file=sys.stderr)
+    if report["errors"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def daemon() -> None:
     """Run the daemon in the foreground (systemd runs this; logs go to stderr/journald)."""
     from scheduler.service import run_daemon

@@ -224,3 +224,27 @@ def plan_png(problem: Any, plan: dict[str, list[Any]], path: Path) -> None:
     times = [problem.start + k * slot for k in range(problem.horizon_slots)]
     gantt_png(bars, problem.gpus, times, list(problem.price_eur_per_mwh), list(problem.carbon_g_per_kwh), "EUR",
               None, f"gsched plan: {len(problem.jobs)} jobs on {problem.gpus} GPUs", path)
+
+
+def simulation_png(series: dict[str, tuple[list[datetime], list[float], list[float]]], report: dict[str, Any],
+                   path: Path) -> None:
+    """`gsched simulate --plot`: cumulative cost and CO2 of run-now, gsched and hindsight over the period."""
+    plt = _pyplot()
+    fig, (ax_cost, ax_co2) = plt.subplots(2, 1, sharex=True, figsize=(10, 6))
+    styles = {"run-now": ("tab:red", "-"), "hindsight": ("tab:green", "-"), "gsched": ("tab:blue", "--")}
+    end = _time(report["period"]["end"]) + timedelta(hours=1)
+    for name in sorted(series, key=lambda n: n == "gsched"):  # gsched on top: it often follows hindsight
+        times, eur, co2 = series[name]
+        shown = sum(1 for t in times if t <= end)
+        colour, line = styles.get(name, (None, "-"))
+        ax_cost.plot(times[:shown], eur[:shown], label=name, color=colour, linestyle=line)
+        ax_co2.plot(times[:shown], co2[:shown], label=name, color=colour, linestyle=line)
+    ax_cost.set_ylabel("cumulative cost (EUR)")
+    ax_co2.set_ylabel("cumulative CO2 (kg)")
+    ax_cost.legend(loc="upper left")
+    ax_cost.set_title(f"gsched simulate: {report['jobs']} jobs on {report['gpus']} GPUs, forecast {report['forecast']}"
+                      f" - saved {report['saved_vs_run_now']['cost_pct']:.1f}% on run-now")
+    ax_co2.set_xlabel("UTC")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    _save(fig, path)

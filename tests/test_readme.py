@@ -57,7 +57,7 @@ def test_every_gsched_command_in_the_readme_runs(tmp_path: Path) -> None:
             "PROBLEM.json": str(tmp_path / "P.json"),
             "PLAN.json": str(tmp_path / "plan.json"), "F.png": str(tmp_path / "f.png"),
             "FILE.png": str(tmp_path / "file.png"), "FILE": str(tmp_path / "fetch.toml"), "DATE": "2020-01-01",
-            "NAME": "root", "48": "6"}
+            "NAME": "root", "48": "6", "R.json": str(tmp_path / "R.json"), "sim.png": str(tmp_path / "sim.png")}
     ran = []
     try:
         for command in commands:

@@ -117,6 +117,8 @@ class Evaluation:
     energy_kwh: float
     co2_g: float
     jobs: dict[str, JobOutcome] = field(default_factory=dict)
+    slot_cost_eur: list[float] = field(default_factory=list)  # per slot, all jobs
+    slot_co2_g: list[float] = field(default_factory=list)
 
 
 def lateness(problem: Problem, evaluation: Evaluation) -> tuple[int, float]:
@@ -140,6 +142,7 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
     eur = [p / 1000 + problem.carbon_price_eur_per_t * c / 1e6
            for p, c in zip(problem.price_eur_per_mwh, problem.carbon_g_per_kwh)]
     used = [0] * problem.horizon_slots
+    slot_cost_eur, slot_co2_g = [0.0] * problem.horizon_slots, [0.0] * problem.horizon_slots
     outcomes: dict[str, JobOutcome] = {}
     jobs = {j.id: j for j in problem.jobs}
     for job_id in plan:
@@ -194,6 +197,8 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
                 out.objective += kwh * weights[t]
                 out.cost_eur += kwh * eur[t]
                 out.co2_g += kwh * problem.carbon_g_per_kwh[t]
+                slot_cost_eur[t] += kwh * eur[t]
+                slot_co2_g[t] += kwh * problem.carbon_g_per_kwh[t]
         out.finished = remaining <= EPS
         if not out.finished:
             errors.append(f"job {job.id}: {job.work - remaining:.3g} of {job.work:.3g} work done by its last segment")
@@ -207,7 +212,7 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
         cost_eur=sum(o.cost_eur for o in outcomes.values()),
         energy_kwh=sum(o.energy_kwh for o in outcomes.values()),
         co2_g=sum(o.co2_g for o in outcomes.values()),
-        jobs=outcomes,
+        jobs=outcomes, slot_cost_eur=slot_cost_eur, slot_co2_g=slot_co2_g,
     )
 
 

@@ -1,0 +1,280 @@
+"""`gsched simulate`: histories in (gsched's CSV/JSON, sacct exports), the daemon's own code on a simulated clock and
+the simulated executor, the executed schedule out as a plan file any evaluator can price."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cli
+from scheduler.config import Config, PlannerSettings
+from scheduler.errors import InputError
+from scheduler.forecasts.trace import TraceProvider
+from scheduler.history import DeadlinePolicy, load_history, slurm_duration_s
+from scheduler.outcomes import spec_of
+from scheduler.planner.problem import evaluate, plan_from_json, problem_from_json
+from scheduler.simulation import Capacity, ForecastMode, Replay, simulate
+
+MONDAY = datetime(2026, 6, 1, tzinfo=timezone.utc)  # the embedded trace's week repeats on every Monday
+SACCT = ROOT / "tests" / "fixtures" / "sacct"
+
+
+def generated_history(path: Path, n_jobs: int, seed: int, hours: float = 36, gpus: tuple[int, ...] = (1, 1, 2, 4)
+                      ) -> Path:
+    rnd = random.Random(seed)
+    rows = ["id,submit,user,gpus,run_time,preemptible,gpus_max"]
+    for k in range(n_jobs):
+        submit = MONDAY + timedelta(minutes=rnd.randint(0, int(hours * 60)))
+        g = rnd.choice(gpus)
+        rows.append(f"j{k},{submit.isoformat().replace('+00:00', 'Z')},{rnd.choice(['ann', 'bo', 'cy'])},{g},"
+                    f"{rnd.randint(20, 300)}m,{str(rnd.random() < 0.4).lower()},{2 * g if rnd.random() < 0.3 else ''}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def quick_config(limit_s: float = 0.3) -> Config:
+    return Config(planner=PlannerSettings(time_limit_s=limit_s))
+
+
+def reprice(problem_doc: dict, plan_doc: dict) -> tuple[float, float, int]:
+    """The executed plan priced from the two files alone, minute by minute (not with gsched's evaluator): cost in
+    EUR, energy in kWh, and the most GPUs in use at once."""
+    slot_h = problem_doc["slot_minutes"] / 60
+    price = problem_doc["signals"]["price_eur_per_mwh"]
+    carbon = problem_doc["signals"]["carbon_g_per_kwh"]
+    carbon_eur_per_g = problem_doc["carbon_price_eur_per_t"] / 1e6
+    jobs = {j["id"]: j for j in problem_doc["jobs"]}
+    used = [0] * problem_doc["horizon_slots"]
+    cost = energy = 0.0
+    for planned in plan_doc["jobs"]:
+        job = jobs[planned["id"]]
+        left = job["work"]
+        for k, seg in enumerate(sorted(planned["segments"], key=lambda s: s["start_slot"])):
+            mode = job["modes"][seg["mode"]]
+            overhead_h = job.get("resume_overhead_minutes", 0) / 60 if k else 0.0
+            for t in range(seg["start_slot"], seg["end_slot"]):
+                used[t] += mode["gpus"]
+                if left <= 1e-9:
+                    continue
+                idle = min(overhead_h, slot_h)
+                overhead_h -= idle
+                run_h = min(slot_h - idle, left / mode["rate"])
+                left -= run_h * mode["rate"]
+                kwh = mode["power_kw"] * (idle + run_h)
+                energy += kwh
+                cost += kwh * (price[t] / 1000 + carbon[t] * carbon_eur_per_g)
+        assert left <= 1e-6 * job["work"], planned["id"]
+    return cost, energy, max(used)
+
+
+def test_a_simulated_history_runs_every_job_validly_and_its_files_reprice_to_the_report(tmp_path: Path) -> None:
+    history = generated_history(tmp_path / "history.csv", 24, seed=3)
+    out = tmp_path / "result.json"
+    done = cli("simulate", "--jobs", str(history), "--output", str(out), "--gpus", "6", "--slack", "12h",
+               "--time-limit", "0.3", "--hindsight-limit", "3", "--plot", str(tmp_path / "sim.png"), timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "saved against run-now" in done.stdout and "simulated to" in done.stderr  # progress on stderr
+    report = json.loads(out.read_text())
+    assert report["valid"] and report["jobs"] == 24 and not report["unfinished"], report
+    problem_doc = json.loads(Path(report["files"]["problem"]).read_text())
+    plan_doc = json.loads(Path(report["files"]["plan"]).read_text())
+    # the planner's own evaluator: every job's work done, never more GPUs than the pool; lateness reported
+    problem = problem_from_json(problem_doc, "problem")
+    e = evaluate(problem, plan_from_json(plan_doc, "plan"))
+    assert all(o.finished for o in e.jobs.values())
+    assert [err for err in e.errors if "outside its window" not in err] == []
+    assert len([err for err in e.errors if "outside its window" in err]) == report["gsched"]["late_jobs"]
+    cost, energy, most = reprice(problem_doc, plan_doc)
+    assert most <= 6
+    assert cost == pytest.approx(report["gsched"]["cost_eur"], rel=1e-9)
+    assert energy == pytest.approx(report["gsched"]["energy_kwh"], rel=1e-9)
+    assert report["gsched"]["late_jobs"] <= report["run_now"]["late_jobs"]
+    assert report["hindsight"]["cost_eur"] <= report["run_now"]["cost_eur"]
+    assert sum(u["jobs"] for u in report["gsched"]["per_user"].values()) == 24
+    assert (tmp_path / "sim.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --json prints the same report
+    again = cli("simulate", "--jobs", str(history), "--output", str(tmp_path / "again.json"), "--gpus", "6",
+                "--slack", "12h", "--time-limit", "0.3", "--hindsight-limit", "1", "--json", "--quiet", timeout=600)
+    assert again.returncode == 0 and "simulated to" not in again.stderr, again.stderr  # --quiet: no progress
+    assert json.loads(again.stdout)["jobs"] == 24
+
+
+def test_the_forecast_the_planner_knew_changes_what_it_saves_the_way_it_should(tmp_path: Path) -> None:
+    """Priced on the realised signals, plans made on the realised signals do no worse on average than plans made
+    on noisy ones; and noise changes what runs when."""
+    history = load_history(generated_history(tmp_path / "h.csv", 10, seed=5, hours=24, gpus=(1, 2)),
+                           DeadlinePolicy(slack_s=18 * 3600))
+    realised = TraceProvider()
+
+    def cost(mode: str) -> float:
+        result = simulate(history, quick_config(0.2), realised, ForecastMode.parse(mode), Capacity.constant(4), 1.0)
+        assert result.report["valid"] and not result.report["unfinished"], result.report
+        return result.report["gsched"]["cost_eur"]
+
+    perfect = cost("perfect")
+    noisy = [cost(f"noise:40:{seed}") for seed in range(3)]
+    assert perfect <= sum(noisy) / len(noisy) + 1e-9, (perfect, noisy)
+    assert any(abs(n - perfect) > 1e-6 for n in noisy)
+    assert cost("persistence") > 0
+
+
+def test_bad_history_rows_are_named_by_line_all_at_once_and_nothing_is_simulated(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,submit,user,gpus,run_time\n"
+                   "a,2026-06-01T08:00:00Z,ann,2,1h\n"
+                   "b,yesterday,ann,2,1h\n"
+                   "c,2026-06-01T09:00:00Z,bo,-1,1h\n"
+                   "d,2026-06-01T09:00:00Z,bo,1,soon\n")
+    out = tmp_path / "r.json"
+    done = cli("simulate", "--jobs", str(bad), "--output", str(out), "--slack", "1h")
+    assert done.returncode == 2 and not out.exists()
+    lines = done.stderr.strip().splitlines()
+    assert any(f"{bad}:3: submit:" in line for line in lines), done.stderr
+    assert any(f"{bad}:4: gpus:" in line and "-1" in line for line in lines), done.stderr
+    assert any(f"{bad}:5: run_time:" in line for line in lines), done.stderr
+    missing = tmp_path / "missing.csv"
+    missing.write_text("id,submit,gpus,run_time\na,2026-06-01T08:00:00Z,2,1h\n")
+    done = cli("simulate", "--jobs", str(missing), "--output", str(out), "--slack", "1h")
+    assert done.returncode == 2 and f"{missing}:1: missing column(s) user" in done.stderr
+    sacct = tmp_path / "sacct.txt"
+    sacct.write_text("JobID|JobName|User|Submit|Start|End|Elapsed|Timelimit|AllocTRES|State\n"
+                     "7|t|ann|2026-06-01T08:00:00|2026-06-01T09:00:00|2026-06-01T08:30:00|00:30:00|01:00:00|"
+                     "billing=1,cpu=1,gres/gpu=1,node=1|COMPLETED\n"
+                     "8|t|ann|2026-06-01T08:00:00|2026-06-01T08:10:00|2026-06-01T08:40:00|00:30:00|01:00:00|"
+                     "billing=1,cpu=1,gres/gpu=-2,node=1|COMPLETED\n")
+    done = cli("simulate", "--jobs", str(sacct), "--output", str(out), "--slack", "1h")
+    assert done.returncode == 2 and not out.exists()
+    assert f"{sacct}:2: End:" in done.stderr and "before its Start" in done.stderr, done.stderr
+    assert f"{sacct}:3: AllocTRES:" in done.stderr, done.stderr
+    # no deadline in the history and no policy stated: said, not guessed
+    good = tmp_path / "good.csv"
+    good.write_text("id,submit,user,gpus,run_time\na,2026-06-01T08:00:00Z,ann,2,1h\n")
+    done = cli("simulate", "--jobs", str(good), "--output", str(out))
+    assert done.returncode == 2 and "--slack" in done.stderr and not out.exists()
+
+
+def test_a_slurm_export_is_read_as_operators_produce_it() -> None:
+    """sacct's text and JSON exports of the same jobs (recorded from a real Slurm 22.05 with slurmdbd; provenance in
+    tests/fixtures/sacct/PROVENANCE.md): steps skipped, array tasks kept, GPUs from gres/gpu, run time from
+    Elapsed, jobs that never started left out, failed ones kept unless --drop-failed."""
+    policy = DeadlinePolicy(slack_s=3600)
+    text = load_history(SACCT / "sacct.txt", policy)
+    as_json = load_history(SACCT / "sacct.json", policy)
+    assert text.format == "sacct" and as_json.format == "sacct-json"
+    assert [(j.id, j.user, j.gpus, j.run_s, j.state) for j in text.jobs] == \
+        [(j.id, j.user, j.gpus, j.run_s, j.state) for j in as_json.jobs]
+    assert text.skipped.get("job steps", 0) > 0
+    assert all(j.gpus >= 1 and j.run_s > 0 for j in text.jobs)
+    assert any("_" in j.id for j in text.jobs)  # an array's tasks are jobs
+    kept = load_history(SACCT / "sacct.txt", policy, drop_failed=True)
+    assert len(kept.jobs) < len(text.jobs)
+    by_limit = load_history(SACCT / "sacct.txt", DeadlinePolicy(from_time_limit=True))
+    assert all(j.deadline is not None and j.deadline >= j.submit + timedelta(seconds=j.run_s) for j in by_limit.jobs)
+
+
+def test_slurm_durations() -> None:
+    assert slurm_duration_s("1-02:03:04") == 93784
+    assert slurm_duration_s("02:03:04") == 7384
+    assert slurm_duration_s("03:04") == 184
+    assert slurm_duration_s("UNLIMITED") is None
+    with pytest.raises(InputError, match="noise:PCT"):
+        ForecastMode.parse("noise")
+    assert math.isclose(ForecastMode.parse("noise:11:4").error_pct, 11)
+
+
+# --- the simulated executor under the executor contract's cases that apply to it (no processes, no output) ------
+
+def trace_replay(tmp_path: Path, gpus: int = 2, start: str = "2024-01-01T00:30:00Z", home: Path | None = None
+                 ) -> Replay:
+    """The daemon's code with the simulated executor, on the elastic tests' trace (odd hours cheap)."""
+    from test_elastic import alternating_trace
+
+    trace = tmp_path / "trace.csv"
+    if not trace.exists():
+        alternating_trace(trace)
+    home = home or tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    config = Config(planner=PlannerSettings(time_limit_s=0.5, horizon_hours=24))
+    return Replay(config, home, TraceProvider(trace), ForecastMode("perfect"), Capacity.constant(gpus),
+                  datetime.fromisoformat(start.replace("Z", "+00:00")))
+
+
+def job_text(minutes: int, extra: str = "", gpus: int = 1) -> str:
+    return f'name = "t"\ncommand = ["true"]\nduration = "{minutes}m"\nsteps = {minutes * 60}\ngpus = {gpus}\n{extra}'
+
+
+def state(r: Replay, job_id: int) -> str:
+    return r.store.get(job_id).state.value
+
+
+def test_sim_a_job_waits_for_the_cheap_hour_and_completes_with_its_energy_and_cost(tmp_path: Path) -> None:
+    r = trace_replay(tmp_path)
+    jid = r.submit(job_text(30, 'max_delay = "6h"\n'), "ann", 20000, "t.toml")
+    r.run_until(lambda: state(r, jid) == "COMPLETED", r.clock.now() + timedelta(hours=6))
+    job = r.store.get(jid)
+    assert job.state.value == "COMPLETED" and job.started_at is not None and job.started_at.hour % 2 == 1
+    (m,) = r.store.measurements(jid)
+    assert m.energy_source == "estimate" and m.duration_s == pytest.approx(1800)
+    power_kw = r.executor.runs[0].power_kw
+    assert m.energy_j == pytest.approx(power_kw * 0.5 * 3.6e6)
+    assert m.cost_eur is not None and m.cost_eur > 0
+    assert r.executor.in_use() == 0
+
+
+def test_sim_cancel_while_queued_and_while_running(tmp_path: Path) -> None:
+    r = trace_replay(tmp_path, start="2024-01-01T01:05:00Z")
+    running = r.submit(job_text(120, 'max_delay = "1h"\n'), "ann", 20000, "a.toml")
+    queued = r.submit(job_text(30, 'max_delay = "20h"\n', gpus=2), "bo", 20001, "b.toml")
+    r.run_until(lambda: state(r, running) == "RUNNING", r.clock.now() + timedelta(hours=1))
+    r.daemon.cancel(r.store.get(running))
+    r.daemon.cancel(r.store.get(queued))
+    r.run_until(lambda: state(r, running) == "CANCELLED", r.clock.now() + timedelta(minutes=10))
+    assert state(r, running) == "CANCELLED" and state(r, queued) == "CANCELLED"
+    assert r.executor.in_use() == 0 and not r.executor.runs[-1].completed
+
+
+def test_sim_an_elastic_job_pauses_through_dear_hours_and_its_steps_add_up(tmp_path: Path) -> None:
+    r = trace_replay(tmp_path, start="2024-01-01T00:57:00Z")
+    jid = r.submit(job_text(150, 'preemptible = true\nresume_overhead_minutes = 0\ndeadline = "2024-01-01T12:00:00Z"\n'),
+                   "ann", 20000, "e.toml")
+    r.run_until(lambda: state(r, jid) == "COMPLETED", r.clock.now() + timedelta(hours=12))
+    assert state(r, jid) == "COMPLETED"
+    runs = [run for run in r.executor.runs if run.job_id == jid]
+    assert len(runs) >= 2 and all(run.start.hour % 2 == 1 for run in runs), runs
+    steps = [m.steps for m in r.store.measurements(jid)]
+    assert steps == sorted(steps) and steps[-1] == 150 * 60
+    job = r.store.get(jid)
+    assert sum(run.work_done for run in runs) == pytest.approx(r._physics(job, spec_of(job), runs[0].mode)[0])
+
+
+def test_sim_an_urgent_job_preempts_a_running_preemptible_one_and_both_complete(tmp_path: Path) -> None:
+    r = trace_replay(tmp_path, start="2024-01-01T01:05:00Z")
+    wide = r.submit(job_text(40, 'preemptible = true\nmax_delay = "20h"\n', gpus=2), "ann", 20000, "w.toml")
+    r.run_until(lambda: state(r, wide) == "RUNNING", r.clock.now() + timedelta(hours=1))
+    assert state(r, wide) == "RUNNING"
+    urgent = r.submit(job_text(20), "bo", 20001, "u.toml", urgent=True)
+    r.run_until(lambda: state(r, urgent) == "COMPLETED" and state(r, wide) == "COMPLETED",
+                r.clock.now() + timedelta(hours=30))
+    events = [e.reason for e in r.store.events(wide)]
+    assert any("preempt" in why for why in events), events
+    assert state(r, urgent) == "COMPLETED" and state(r, wide) == "COMPLETED"
+    first_urgent = next(run for run in r.executor.runs if run.job_id == urgent)
+    assert first_urgent.start - r.store.get(urgent).submitted_at <= timedelta(minutes=2)
+
+
+def test_sim_a_running_job_is_recovered_by_a_restarted_daemon_and_ends_on_time(tmp_path: Path) -> None:
+    r = trace_replay(tmp_path, start="2024-01-01T01:05:00Z")
+    jid = r.submit(job_text(40, 'max_delay = "1h"\n'), "ann", 20000, "r.toml")
+    r.run_until(lambda: state(r, jid) == "RUNNING", r.clock.now() + timedelta(hours=1))
+    started = r.store.get(jid).started_at
+    assert started is not None
+    again = trace_replay(tmp_path, start=r.clock.now().isoformat(), home=r.home)  # a new daemon and executor
+    again.daemon.recover()
+    again.run_until(lambda: state(again, jid) == "COMPLETED", again.clock.now() + timedelta(hours=2))
+    job = again.store.get(jid)
+    assert job.state.value == "COMPLETED" and job.finished_at == started + timedelta(minutes=40)
