@@ -226,7 +226,7 @@ def _own_row(row: dict[str, Any], line: int | str, rows: _Rows, zone: tzinfo, no
         rows.fail(line, "preemptible", "must be true or false")
     if len(rows.errors) > bad or submit is None or gpus is None or run_s is None:
         return None
-    return Submission(str(row.get("id") or f"{line}"), str(row.get("name") or f"job-{line}")[:64], user[:64], submit,
+    return Submission(str(row.get("id") or f"{line}")[:64], str(row.get("name") or f"job-{line}")[:64], user[:64], submit,
                       gpus, run_s, deadline, bool(preemptible), gpus_max, None, str(row.get("state") or ""))
 
 

@@ -78,6 +78,10 @@ class JobSpec:
             data["export"] = tuple(data["export"])
         return cls(**data)
 
+    def overhead_minutes(self, default: float) -> float:
+        """Powered minutes a resume costs: the job's own resume_overhead_minutes, else ``default`` (the config's)."""
+        return default if self.resume_overhead_minutes is None else self.resume_overhead_minutes
+
     @property
     def profile_key(self) -> str | None:
         """What makes two runs comparable in speed: the workload and its arguments but the seed; or a command

@@ -73,8 +73,8 @@ def previous_plan(plan: dict[str, Any], described: list[dict[str, Any]], grid0: 
         return None
     segments, indices = [], []
     for (a, b), m in zip(segments_at, modes):
-        # A start mid-slot is the planner's slot (now, in the partly elapsed slot 0); an end mid-slot is a run
-        # ends within its slot: it holds the devices to the slot's end.
+        # A start mid-slot is in the planner's slot (now, in the partly elapsed slot 0); a run that ends mid-slot
+        # holds its devices to the slot's end.
         start = math.floor((parse_rfc3339(a) - grid0) / slot + 1e-6)
         end = math.ceil((parse_rfc3339(b) - grid0) / slot - 1e-6)
         if end <= 0:
@@ -165,11 +165,9 @@ class Planning:
                                                                     + jm.work / modes[0].rate / slot_h)))
             work = jm.work * remaining_fraction(self.store, job)
             elastic = settings.elastic and spec.preemptible and not job.urgent
-            overhead = spec.resume_overhead_minutes
             pjobs.append(PJob(str(job.id), 0, deadline_slot, work, modes, 0 if job.urgent else jm.requested,
-                              preemptible=elastic,
-                              resume_overhead_minutes=(settings.resume_overhead_minutes if overhead is None
-                                                       else overhead) if elastic else 0.0))
+                              preemptible=elastic, resume_overhead_minutes=spec.overhead_minutes(
+                                  settings.resume_overhead_minutes) if elastic else 0.0))
             modes_of[str(job.id)] = described
             if job.plan_json:
                 kept = previous_plan(json.loads(job.plan_json), described, grid0, slot)

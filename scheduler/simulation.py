@@ -324,9 +324,8 @@ def _pjob(daemon: Any, job: Job) -> tuple[float, tuple[Any, ...], list[tuple[Any
     jm = daemon.profiles.modes_of(spec, job.owner_uid)
     settings = daemon.config.planner
     elastic = settings.elastic and spec.preemptible
-    overhead = spec.resume_overhead_minutes
     return (jm.work, tuple(jm.modes), [mode_key(d) for d in jm.described], jm.requested, elastic,
-            (settings.resume_overhead_minutes if overhead is None else overhead) if elastic else 0.0)
+            spec.overhead_minutes(settings.resume_overhead_minutes) if elastic else 0.0)
 
 
 def _priced(history: History, config: Config, realised: Provider, forecast: ForecastMode, capacity: Capacity,

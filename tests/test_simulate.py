@@ -278,3 +278,20 @@ def test_sim_a_running_job_is_recovered_by_a_restarted_daemon_and_ends_on_time(t
     again.run_until(lambda: state(again, jid) == "COMPLETED", again.clock.now() + timedelta(hours=2))
     job = again.store.get(jid)
     assert job.state.value == "COMPLETED" and job.finished_at == started + timedelta(minutes=40)
+
+
+def test_a_capacity_file_sets_the_pool_over_time_and_bad_rows_are_named(tmp_path: Path) -> None:
+    good = tmp_path / "capacity.csv"
+    good.write_text("start_utc,gpus\n2026-06-01T00:00:00Z,4\n2026-06-01T12:00:00Z,2\n")
+    pool = Capacity.from_file(good)
+    assert pool.most == 4 and pool.at(MONDAY + timedelta(hours=11)) == 4 and pool.at(MONDAY + timedelta(hours=13)) == 2
+    bad = tmp_path / "bad.csv"
+    bad.write_text("start_utc,gpus\n2026-06-01T00:00:00Z,-1\nnoon,2\n")
+    with pytest.raises(InputError) as err:
+        Capacity.from_file(bad)
+    assert f"{bad}:2:" in str(err.value) and f"{bad}:3:" in str(err.value)
+    history = load_history(generated_history(tmp_path / "h.csv", 8, seed=2, hours=20, gpus=(1, 2)),
+                           DeadlinePolicy(slack_s=12 * 3600))
+    result = simulate(history, quick_config(0.2), TraceProvider(), ForecastMode("perfect"), pool, 1.0)
+    assert result.report["valid"], result.report["errors"]  # the evaluator checks each slot against the file's pool
+    assert max(result.problem.free()) == 4 and min(result.problem.free()) == 2

@@ -75,8 +75,7 @@ class SimExecutor:
         assert self.physics is not None and job.id is not None
         work, rate, power_kw = self.physics(job, spec, mode)
         done = self.done.get(job.id, 0.0)
-        overhead = spec.resume_overhead_minutes
-        overhead_min = (self.default_overhead_minutes if overhead is None else overhead) if done > 0 else 0.0
+        overhead_min = spec.overhead_minutes(self.default_overhead_minutes) if done > 0 else 0.0
         handle = {"token": secrets.token_hex(8), "started_at": rfc3339(now), "gpus": gpus, "mode": mode,
                   "rate": rate, "power_kw": power_kw, "work": work, "done": done, "overhead_h": overhead_min / 60,
                   "steps": spec.steps}

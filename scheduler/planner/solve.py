@@ -89,11 +89,9 @@ class Planner:
         self.jobs = problem.jobs
         self.late_penalty = self.costing.late_penalty
         self.lam = np.zeros(self.costing.horizon)  # GPU-slot prices from the LP or the Lagrangian
-        self.prices0: tuple[np.ndarray, float] | None = None
-        if prices is not None and len(prices[0]) == self.costing.horizon:
-            self.prices0 = (np.maximum(0.0, np.asarray(prices[0], dtype=float)), float(prices[1]))
-            self.lam = self.prices0[0].copy()
-        self.lam_prefix = np.concatenate([[0.0], np.cumsum(self.lam)])
+        self.lam_prefix = np.zeros(self.costing.horizon + 1)
+        # where this replan's Lagrangian starts; the greedy prices only with this replan's own relaxation
+        self.prices0 = prices if prices is not None and len(prices[0]) == self.costing.horizon else None
         self.previous: dict[int, Option] = {}
         for j, job in enumerate(self.jobs):
             if previous and job.id in previous:
