@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -143,7 +144,7 @@ class Planning:
         pjobs, modes_of, previous = [], {}, {}
         profiles: dict[tuple[str, int], list[Profile]] = {}
         planned_jobs: list[Job] = []  # the queued jobs the planner gets, in the order of pjobs
-        for job in queued:
+        for job in sorted(queued, key=lambda j: not j.urgent):  # urgent first: the queue plans place them first
             assert job.id is not None
             spec = spec_of(job)
             try:
@@ -177,6 +178,7 @@ class Planning:
                           tuple(price), tuple(carbon), tuple(pjobs), settings.objective,
                           tuple(max(0, c) for c in capacity),
                           slot0_elapsed_minutes=max(0.0, min(now - grid0, slot) / timedelta(minutes=1)))
+        problem = with_urgent_pinned(problem, [j for j, job in enumerate(planned_jobs) if job.urgent])
         solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100,
                          prices=prices_on(self._prices, grid0, slot, horizon))
         if solution.prices is not None:
@@ -234,6 +236,26 @@ class Planning:
                                                                      planned_jobs[j].urgent),
             }
         self.store.save_plans(updates, at=now)
+
+
+def with_urgent_pinned(problem: Problem, urgent: list[int]) -> Problem:
+    """Each urgent (--now) job, in turn, must start in the first slot its devices are free from (now, unless
+    other urgent or running jobs hold them): no cheaper hour may draw it later."""
+    if not urgent:
+        return problem
+    costing = Costing(problem)
+    free = costing.capacity.copy()
+    jobs = list(problem.jobs)
+    for j in urgent:
+        job = jobs[j]
+        starts, _costs, n = costing.rigid_costs(job, 0, costing.horizon)
+        i = costing.first_fit(job, 0, starts, n, free)
+        if i is None:
+            continue  # no room in the horizon at all: the planner says so
+        s = int(starts[i])
+        free[s:costing.run_end(job, 0, s, n)] -= job.modes[0].gpus
+        jobs[j] = replace(job, start_by_slot=s)
+    return replace(problem, jobs=tuple(jobs))
 
 
 def improving(stats: dict[str, Any], limit_s: float) -> bool:

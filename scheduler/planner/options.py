@@ -105,6 +105,8 @@ class Costing:
         [s, s + n) but a run from slot 0, which ends at ``run_end`` (see first_run)."""
         n, frac = self.slots_needed(job, mode)
         first, last = job.release_slot, min(last_end, self.horizon) - n
+        if job.start_by_slot is not None:
+            last = min(last, job.start_by_slot)
         if last < first:
             return np.empty(0, dtype=np.int64), np.empty(0), n
         starts = np.arange(first, last + 1)

@@ -5,7 +5,7 @@ gsched's own optional extras):
     {"start", "slot_minutes", "horizon_slots", "gpus", "carbon_price_eur_per_t",
      "signals": {"price_eur_per_mwh": [..], "carbon_g_per_kwh": [..]},
      "jobs": [{"id", "release_slot", "deadline_slot", "work", "preemptible", "resume_overhead_minutes",
-               "requested_mode", "modes": [{"gpus", "rate", "power_kw"}]}]}
+               "requested_mode", "modes": [{"gpus", "rate", "power_kw"}], "start_by_slot" (optional)}]}
 Plan file:
     {"jobs": [{"id", "segments": [{"start_slot", "end_slot", "mode"}]}]}
 
@@ -46,6 +46,9 @@ class PJob:
     requested_mode: int = 0
     preemptible: bool = False
     resume_overhead_minutes: float = 0.0
+    # A rigid job that must start by this slot (an urgent one: now, or when devices free): a deadline alone cannot
+    # say so, since a run that would spill into the next slot may as well start there.
+    start_by_slot: int | None = None
 
 
 @dataclass(frozen=True)
@@ -165,6 +168,9 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
             if seg.end_slot <= seg.start_slot:
                 errors.append(f"job {job.id}: empty segment {seg.start_slot}-{seg.end_slot}")
                 continue
+            if i == 0 and job.start_by_slot is not None and seg.start_slot > job.start_by_slot:
+                errors.append(f"job {job.id}: starts at slot {seg.start_slot}, after its start_by_slot "
+                              f"{job.start_by_slot}")
             if seg.start_slot < job.release_slot or seg.end_slot > job.deadline_slot:
                 errors.append(f"job {job.id}: segment {seg.start_slot}-{seg.end_slot} outside its window "
                               f"[{job.release_slot}, {job.deadline_slot})")
@@ -268,7 +274,11 @@ def problem_from_json(data: Any, source: str = "problem") -> Problem:
             raise InputError(f"{where}.modes: at least one mode required")
         job = PJob(job_id, _need(raw, "release_slot", int, where), _need(raw, "deadline_slot", int, where),
                    float(_need(raw, "work", num, where)), tuple(modes), int(raw.get("requested_mode", 0)),
-                   bool(raw.get("preemptible", False)), float(raw.get("resume_overhead_minutes", 0.0)))
+                   bool(raw.get("preemptible", False)), float(raw.get("resume_overhead_minutes", 0.0)),
+                   raw.get("start_by_slot"))
+        if job.start_by_slot is not None and (not isinstance(job.start_by_slot, int)
+                                              or isinstance(job.start_by_slot, bool) or job.start_by_slot < 0):
+            raise InputError(f"{where}.start_by_slot: must be an integer >= 0")
         if job.work <= 0 or job.release_slot < 0 or job.resume_overhead_minutes < 0:
             raise InputError(f"{where}: work > 0, release_slot >= 0 and resume_overhead_minutes >= 0 required")
         if not 0 <= job.requested_mode < len(modes):
@@ -301,7 +311,8 @@ def problem_to_json(problem: Problem) -> dict[str, Any]:
         "jobs": [{"id": j.id, "release_slot": j.release_slot, "deadline_slot": j.deadline_slot, "work": j.work,
                   "preemptible": j.preemptible, "resume_overhead_minutes": j.resume_overhead_minutes,
                   "requested_mode": j.requested_mode,
-                  "modes": [{"gpus": m.gpus, "rate": m.rate, "power_kw": m.power_kw} for m in j.modes]}
+                  "modes": [{"gpus": m.gpus, "rate": m.rate, "power_kw": m.power_kw} for m in j.modes],
+                  **({} if j.start_by_slot is None else {"start_by_slot": j.start_by_slot})}
                  for j in problem.jobs],
     }
     if problem.capacity:

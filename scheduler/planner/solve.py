@@ -110,6 +110,8 @@ class Planner:
             return None
         if segments[0][0] < job.release_slot or segments[-1][1] > min(job.deadline_slot, self.costing.horizon):
             return None
+        if job.start_by_slot is not None and segments[0][0] > job.start_by_slot:
+            return None
         cost, done = self.costing.simulate(job, mode, segments, seg_modes)
         return Option(j, mode, segments, cost, seg_modes=seg_modes) if done else None
 
