@@ -49,9 +49,10 @@ def job_modes(spec: JobSpec, capacity: int, device_kind: str, nominal_w: float, 
         cap = (first.power_limit_w / nominal_w) ** CAP_EXPONENT if first.power_limit_w else 1.0
         work = float(spec.steps or 0)
         base_rate = first.steps_per_s * 3600 / (first.gpus ** SCALING_EXPONENT * speedup * cap)
-    elif spec.duration_s is not None:
+    elif spec.duration_s is not None and not (in_steps and profiles and steps_per_s):
+        # the user's estimate in one-device hours, until a run measures the workload's steps
         work = spec.duration_s / 3600 * spec.gpus_min ** SCALING_EXPONENT
-        base_rate = 1.0
+        base_rate, in_steps = 1.0, False
     elif spec.command is not None:
         raise InputError("duration: required for this command until it has a profile (its steps alone say nothing "
                          "of its speed): give 'duration', or run `gsched profile` on the job file first")
