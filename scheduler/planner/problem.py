@@ -1,13 +1,13 @@
 """The planning problem, the plan, and their file formats; ``evaluate`` is the exact semantics both share.
 
-Problem file (extra keys allowed; ``objective`` "cost"|"carbon" and ``capacity`` [per-slot free GPUs] are
-gsched's own optional extras):
+Problem file (extra keys allowed; ``objective`` "cost"|"carbon", ``capacity`` [per-slot free GPUs] and ``nodes``
+[per node, per-slot free GPUs: a segment's GPUs are all on one node] are gsched's own optional extras):
     {"start", "slot_minutes", "horizon_slots", "gpus", "carbon_price_eur_per_t",
      "signals": {"price_eur_per_mwh": [..], "carbon_g_per_kwh": [..]},
      "jobs": [{"id", "release_slot", "deadline_slot", "work", "preemptible", "resume_overhead_minutes",
                "requested_mode", "modes": [{"gpus", "rate", "power_kw"}], "start_by_slot" (optional)}]}
-Plan file:
-    {"jobs": [{"id", "segments": [{"start_slot", "end_slot", "mode"}]}]}
+Plan file ("node", an index into the problem's ``nodes``, only where it has them):
+    {"jobs": [{"id", "segments": [{"start_slot", "end_slot", "mode", "node"}]}]}
 
 Semantics: work accrues at rate x hours; slot 0 lacks ``slot0_elapsed_minutes`` (an optional extra: the time of
 the current slot already past); each segment after a job's first starts with
@@ -64,6 +64,8 @@ class Problem:
     capacity: tuple[int, ...] = ()  # free GPUs per slot; empty = gpus everywhere
     # Minutes of slot 0 already past when planning (the daemon plans mid-slot): slot 0 is that much shorter.
     slot0_elapsed_minutes: float = 0.0
+    # Free GPUs per node per slot, where a partition is several nodes: a segment runs on one node. Empty: one pool.
+    nodes: tuple[tuple[int, ...], ...] = ()
 
     @property
     def horizon_slots(self) -> int:
@@ -81,7 +83,10 @@ class Problem:
         return self.slot_h - self.slot0_elapsed_minutes / 60 if t == 0 else self.slot_h
 
     def free(self) -> list[int]:
-        return list(self.capacity) if self.capacity else [self.gpus] * self.horizon_slots
+        pooled = list(self.capacity) if self.capacity else [self.gpus] * self.horizon_slots
+        if self.nodes:
+            return [min(p, sum(n[t] for n in self.nodes)) for t, p in enumerate(pooled)]
+        return pooled
 
     def weights(self) -> list[float]:
         """The objective's price of one kWh in each slot: EUR for "cost", gCO2 for "carbon"."""
@@ -96,6 +101,7 @@ class Segment:
     start_slot: int
     end_slot: int  # exclusive
     mode: int
+    node: int | None = None  # index into Problem.nodes
 
 
 Plan = dict[str, list[Segment]]
@@ -145,6 +151,7 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
     eur = [p / 1000 + problem.carbon_price_eur_per_t * c / 1e6
            for p, c in zip(problem.price_eur_per_mwh, problem.carbon_g_per_kwh)]
     used = [0] * problem.horizon_slots
+    node_used = [[0] * problem.horizon_slots for _ in problem.nodes]
     slot_cost_eur, slot_co2_g = [0.0] * problem.horizon_slots, [0.0] * problem.horizon_slots
     outcomes: dict[str, JobOutcome] = {}
     jobs = {j.id: j for j in problem.jobs}
@@ -182,8 +189,13 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
             prev_end = seg.end_slot
             mode = job.modes[seg.mode]
             overhead_h = job.resume_overhead_minutes / 60 if i > 0 else 0.0
+            if problem.nodes and not (seg.node is not None and 0 <= seg.node < len(problem.nodes)):
+                errors.append(f"job {job.id}: segment {seg.start_slot}-{seg.end_slot} on no node of the problem's "
+                              f"{len(problem.nodes)}")
             for t in range(seg.start_slot, seg.end_slot):
                 used[t] += mode.gpus
+                if problem.nodes and seg.node is not None and 0 <= seg.node < len(problem.nodes):
+                    node_used[seg.node][t] += mode.gpus
                 if remaining <= EPS:
                     continue
                 powered_h = problem.slot_len_h(t)
@@ -212,6 +224,8 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
     for t, n in enumerate(used):
         if n > capacity[t]:
             errors.append(f"slot {t}: {n} GPUs planned, {capacity[t]} free")
+    for k, (on, free) in enumerate(zip(node_used, problem.nodes)):
+        errors += [f"node {k}, slot {t}: {n} GPUs planned, {free[t]} free" for t, n in enumerate(on) if n > free[t]]
     return Evaluation(
         valid=not errors, errors=errors,
         objective=sum(o.objective for o in outcomes.values()),
@@ -290,6 +304,11 @@ def problem_from_json(data: Any, source: str = "problem") -> Problem:
     capacity = tuple(int(c) for c in data.get("capacity", ()))
     if capacity and len(capacity) != horizon:
         raise InputError(f"{source}.capacity: need {horizon} values")
+    nodes = data.get("nodes", [])
+    if not isinstance(nodes, list) or not all(
+            isinstance(n, list) and len(n) == horizon
+            and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in n) for n in nodes):
+        raise InputError(f"{source}.nodes: need a list of {horizon} free-GPU counts (integers >= 0) per node")
     elapsed = data.get("slot0_elapsed_minutes", 0.0)
     if not isinstance(elapsed, (int, float)) or isinstance(elapsed, bool) or not 0 <= elapsed < slot_minutes:
         raise InputError(f"{source}.slot0_elapsed_minutes: must be a number in [0, slot_minutes)")
@@ -298,7 +317,8 @@ def problem_from_json(data: Any, source: str = "problem") -> Problem:
     except ValueError as exc:
         raise InputError(f"{source}.start: {exc}") from None
     return Problem(start, slot_minutes, gpus, float(_need(data, "carbon_price_eur_per_t", num, source)),
-                   tuple(price), tuple(carbon), tuple(jobs), objective, capacity, float(elapsed))
+                   tuple(price), tuple(carbon), tuple(jobs), objective, capacity, float(elapsed),
+                   tuple(tuple(n) for n in nodes))
 
 
 def problem_to_json(problem: Problem) -> dict[str, Any]:
@@ -319,17 +339,21 @@ def problem_to_json(problem: Problem) -> dict[str, Any]:
         data["capacity"] = list(problem.capacity)
     if problem.slot0_elapsed_minutes:
         data["slot0_elapsed_minutes"] = problem.slot0_elapsed_minutes
+    if problem.nodes:
+        data["nodes"] = [list(n) for n in problem.nodes]
     return data
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
-    return {"jobs": [{"id": job_id, "segments": [{"start_slot": s.start_slot, "end_slot": s.end_slot, "mode": s.mode}
-                                                  for s in segments]} for job_id, segments in plan.items()]}
+    return {"jobs": [{"id": job_id, "segments": [
+        {"start_slot": s.start_slot, "end_slot": s.end_slot, "mode": s.mode,
+         **({} if s.node is None else {"node": s.node})} for s in segments]} for job_id, segments in plan.items()]}
 
 
 def plan_from_json(data: Any, source: str = "plan") -> Plan:
     try:
-        return {str(j["id"]): [Segment(int(s["start_slot"]), int(s["end_slot"]), int(s["mode"]))
+        return {str(j["id"]): [Segment(int(s["start_slot"]), int(s["end_slot"]), int(s["mode"]),
+                                       None if s.get("node") is None else int(s["node"]))
                                for s in j["segments"]] for j in data["jobs"]}
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{source}: not a plan file ({exc})") from None

@@ -40,6 +40,7 @@ import numpy as np
 
 from scheduler.planner.highs import SOLVE_NNZ_PER_S, column_lp, new_highs
 from scheduler.planner.lagrange import Lagrangian, lagrangian
+from scheduler.planner.nodes import place
 from scheduler.planner.options import Costing, Option, _mode_runs, _runs
 from scheduler.planner.problem import Plan, Problem, Segment
 
@@ -658,6 +659,11 @@ class Planner:
                 stats["method"] = f"{stats['method']}+polish"
         if later(self.lateness(chosen), self.lateness(fallback)):  # never later than a plain queue would be
             chosen, stats["method"] = dict(fallback), f"{fallback_name} (fallback)"
+        on_node: dict[int, tuple[int, ...]] = {}
+        if self.problem.nodes:
+            placing = time.monotonic()
+            chosen, on_node, moved = place(self.costing, chosen)
+            stats["moved_to_fit_nodes"], stats["place_s"] = moved, time.monotonic() - placing
         stats["objective_priced"] = sum(self.price(o) for o in chosen.values())
         stats["late_jobs"], stats["late_slots"] = self.lateness(chosen)
         plan: Plan = {}
@@ -670,7 +676,9 @@ class Planner:
                 unplanned[job.id] = self.why_late(j, None)
                 continue
             options[job.id] = option
-            plan[job.id] = [Segment(a, b, option.mode_at(i)) for i, (a, b) in enumerate(option.segments)]
+            nodes = on_node.get(j)
+            plan[job.id] = [Segment(a, b, option.mode_at(i), None if nodes is None else nodes[i])
+                            for i, (a, b) in enumerate(option.segments)]
             if option.late:
                 late[job.id] = self.why_late(j, option)
         objective = sum(o.cost for o in options.values())
