@@ -123,7 +123,7 @@ def daemon_sweep(n_jobs: int, gpus: int, limit_s: float, max_replans: int, yards
         queued = store.jobs(QUEUED)
         running = store.jobs([JobState.RUNNING])
         held = busy_per_slot(running, now, grid0, slot, horizon)
-        planning.replan(now, grid0, queued, [gpus - h for h in held], {})
+        planning.replan(now, grid0, queued, {"pool": [gpus - h for h in held]}, {})
         problem, solution = planning.last_problem, planning.last_solution
         if first is None:
             first = problem

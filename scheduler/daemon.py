@@ -31,7 +31,7 @@ from scheduler.forecasts.base import Provider
 from scheduler.jobfile import calibration_job, parse_job
 from scheduler.models import Job, JobState
 from scheduler.outcomes import QUEUED, Outcomes, spec_of
-from scheduler.planning import Planning, busy_per_slot, remaining_fraction
+from scheduler.planning import Planning, free_per_node, remaining_fraction
 from scheduler.policy import Checkpoint, priority_preemptions, segment_pauses
 from scheduler.profiles import Profiles
 from scheduler.store import Store
@@ -170,12 +170,13 @@ class Daemon:
             horizon = settings.horizon_hours * 60 // settings.slot_minutes
             offered = self.executor.capacity(grid0, slot.total_seconds(), horizon)
             running = self.store.jobs([JobState.RUNNING])
-            held = busy_per_slot(running, now, grid0, slot, horizon)
             held_modes = {j.id: m for j in queued if j.id is not None and (m := self.executor.held_mode(j))}
-            self.planning.replan(now, grid0, queued, [c - h for c, h in zip(offered, held)], held_modes)
+            self.planning.replan(now, grid0, queued, free_per_node(offered, running, now, grid0, slot, horizon),
+                                 held_modes)
             queued = self.store.jobs(QUEUED)
             if settings.elastic:
-                free_now = offered[0] - sum(j.gpus or 0 for j in running if not j.preempt_requested)
+                free_now = sum(c[0] for c in offered.values() if c) - sum(j.gpus or 0 for j in running
+                                                                          if not j.preempt_requested)
                 self._preempt_for_priority(now, running, queued, free_now)
         self._dispatch(now, queued)
         if self.config.daemon.calibrate_when_idle:

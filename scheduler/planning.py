@@ -53,6 +53,21 @@ def busy_per_slot(running: list[Job], now: datetime, grid0: datetime, slot: time
     return held
 
 
+def free_per_node(offered: dict[str, list[int]], running: list[Job], now: datetime, grid0: datetime,
+                  slot: timedelta, slots: int) -> dict[str, list[int]]:
+    """What the executor offers per node, less what gsched's own running jobs hold there until their planned end.
+    A running job is on the node its plan named (Slurm pins it there); one planned before the partition had
+    several nodes is counted on the node with the most room."""
+    free = {name: list(c) for name, c in offered.items()}
+    for job in running:
+        named = (json.loads(job.plan_json).get("nodes") or [None])[0] if job.plan_json else None
+        name = named if named in free else max(free, key=lambda n: (free[n][0] if free[n] else 0, n), default=None)
+        if name is None:
+            continue
+        free[name] = [f - h for f, h in zip(free[name], busy_per_slot([job], now, grid0, slot, slots))]
+    return free
+
+
 def remaining_fraction(store: Store, job: Job) -> float:
     """Of a requeued workload, the share of its steps still to run (from its runs' metrics)."""
     if job.state != JobState.PREEMPTED:
@@ -132,13 +147,18 @@ class Planning:
             self.forecast_error = str(exc)
             return [1.0] * horizon, [1.0] * horizon
 
-    def replan(self, now: datetime, grid0: datetime, queued: list[Job], capacity: list[int],
+    def replan(self, now: datetime, grid0: datetime, queued: list[Job], free: dict[str, list[int]],
                held_modes: dict[int, dict[str, Any]]) -> None:
-        """Plan the queued jobs on ``capacity`` (devices free per slot from grid0). ``held_modes``: jobs an executor
-        holds keep the mode they were handed over in; replans move their start only."""
+        """Plan the queued jobs on ``free`` (devices free per node, per slot from grid0). ``held_modes``: jobs an
+        executor holds keep the mode they were handed over in; replans move their start only. On several nodes a
+        mode's devices are on one node, named in the plan (``nodes``, one per segment)."""
         settings = self.config.planner
         slot = timedelta(minutes=settings.slot_minutes)
-        horizon = len(capacity)
+        names = sorted(free)
+        horizon = min((len(free[n]) for n in names), default=0)
+        capacity = [sum(max(0, free[n][t]) for n in names) for t in range(horizon)]
+        nodes = tuple(tuple(max(0, c) for c in free[n][:horizon]) for n in names) if len(names) > 1 else ()
+        largest = max((max(n) for n in nodes), default=None)  # the most one node offers in the horizon
         slot_h = slot / timedelta(hours=1)
         price, carbon = self.signals(grid0, slot, horizon)
         pjobs, modes_of, previous = [], {}, {}
@@ -158,6 +178,16 @@ class Planning:
             held = held_modes.get(job.id)
             if held is not None:
                 indices = [i for i, d in enumerate(jm.described) if mode_key(d) == mode_key(held)] or indices
+            if largest is not None:
+                indices = [i for i in indices if jm.modes[i].gpus <= largest]
+                if not indices:
+                    reason = (f"waits: needs {min(m.gpus for m in jm.modes)} GPU(s) on one node, and no node has "
+                              f"more than {largest} free in the next {settings.horizon_hours} h")
+                    if job.plan_reason != reason:
+                        self.store.update(job.id, plan_reason=reason, state=JobState.PENDING, planned_start=None,
+                                          planned_end=None, planned_gpus=None, plan_json=None)
+                    planned_jobs.pop()
+                    continue
             modes = tuple(jm.modes[i] for i in indices)
             described = [jm.described[i] for i in indices]
             deadline_slot = max(0, min(horizon, math.floor((job.deadline - grid0) / slot)))
@@ -177,7 +207,7 @@ class Planning:
         problem = Problem(grid0, settings.slot_minutes, len(self.profiles.devices), settings.carbon_price_eur_per_t,
                           tuple(price), tuple(carbon), tuple(pjobs), settings.objective,
                           tuple(max(0, c) for c in capacity),
-                          slot0_elapsed_minutes=max(0.0, min(now - grid0, slot) / timedelta(minutes=1)))
+                          slot0_elapsed_minutes=max(0.0, min(now - grid0, slot) / timedelta(minutes=1)), nodes=nodes)
         problem = with_urgent_pinned(problem, [j for j, job in enumerate(planned_jobs) if job.urgent])
         solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100,
                          prices=prices_on(self._prices, grid0, slot, horizon))
@@ -190,7 +220,7 @@ class Planning:
         if improving(solution.stats, settings.time_limit_s):
             self._stale = 0
         else:  # two in a row without gain end it; one that ended before its limit at once
-            cut_off = solution.stats["solve_s"] >= 0.8 * settings.time_limit_s
+            cut_off = float(solution.stats["solve_s"]) >= 0.8 * settings.time_limit_s
             self._stale = self._stale + 1 if cut_off else STALE_REPLANS
         # for bench/replans.py and the tests
         self.last_problem, self.last_solution, self.last_previous = problem, solution, previous
@@ -213,6 +243,8 @@ class Planning:
                 "segments": [[rfc3339(grid0 + a * slot), rfc3339(grid0 + b * slot)] for a, b in option.segments],
                 "segment_modes": [modes_of[pjob.id][m] for m in seg_modes],
                 "segment_labels": [pjob.modes[m].label for m in seg_modes]}
+            if nodes:
+                plan["nodes"] = [names[seg.node] for seg in solution.plan[pjob.id] if seg.node is not None]
             plan["work_s"] = pjob.work / mode.rate * 3600
             if pjob.id in solution.late:
                 plan["late"] = True

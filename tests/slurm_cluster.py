@@ -1,8 +1,10 @@
-"""A real single-node Slurm for tests: munged, slurmctld and slurmd on loopback, with four fake GPUs.
+"""A real Slurm for tests: munged, slurmctld and slurmd on loopback, with four fake GPUs; or several nodes
+(``nodes=2``), each slurmd in a network namespace of its own on a bridge the fixture creates, one slurmctld.
 
 Installs the Debian packages when root and apt are available (about 10 s), writes its own slurm.conf under a
 temporary directory (``SLURM_CONF`` points the client tools at it), starts the daemons by hand (no systemd here)
-and stops them by pid. Facts behind each setting: ../shared/slurm/NOTES.md.
+and stops them by pid; a multi-node cluster then deletes its namespaces, links and bridge, leaving nothing behind.
+Facts behind each setting: ../shared/slurm/NOTES.md.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -34,12 +37,39 @@ def why_not_available() -> str | None:
     return None
 
 
+NET = "10.251.37"  # the multi-node cluster's private /24: the bridge is .1, node k is .(10 + k)
+
+
 class SlurmCluster:
-    def __init__(self, base: Path, gpus: int = 4, cpus: int = 8) -> None:
-        self.base, self.gpus, self.cpus = base, gpus, cpus
+    def __init__(self, base: Path, gpus: int = 4, cpus: int = 8, nodes: int = 1) -> None:
+        """``gpus`` and ``cpus`` per node. Several nodes listen on ports of their own (6917/6918), so that they may
+        run beside a single-node cluster."""
+        self.base, self.gpus, self.cpus, self.nodes = base, gpus, cpus, nodes
         self.conf = base / "slurm.conf"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
+        tag = f"{os.getpid() % 100000}"
+        self.bridge = f"gsb{tag}"
+        self.netns = [f"gsn{tag}-{k}" for k in range(1, nodes + 1)] if nodes > 1 else []
+        self.veths = [f"gsv{tag}-{k}" for k in range(1, nodes + 1)] if nodes > 1 else []
+        self.node_names = [f"n{k}" for k in range(1, nodes + 1)] if nodes > 1 else ["localhost"]
+        self.slurmd: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _ip(self, *argv: str) -> None:
+        subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
+
+    def _network(self) -> None:
+        self._ip("link", "add", self.bridge, "type", "bridge")
+        self._ip("addr", "add", f"{NET}.1/24", "dev", self.bridge)
+        self._ip("link", "set", self.bridge, "up")
+        for k, (ns, veth) in enumerate(zip(self.netns, self.veths), start=1):
+            self._ip("netns", "add", ns)
+            self._ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            self._ip("link", "set", veth, "master", self.bridge)
+            self._ip("link", "set", veth, "up")
+            self._ip("-n", ns, "addr", "add", f"{NET}.{10 + k}/24", "dev", "eth0")
+            self._ip("-n", ns, "link", "set", "eth0", "up")
+            self._ip("-n", ns, "link", "set", "lo", "up")
 
     def _write_config(self) -> None:
         self.base.chmod(0o755)  # slurmctld runs as the slurm user and must reach its state directory
@@ -52,10 +82,25 @@ class SlurmCluster:
             link = FAKE_GPUS / f"nvidia{i}"
             if not link.is_symlink():
                 link.symlink_to("/dev/null")  # gres needs character devices; slurmd drops file-less GPUs
+        names = "localhost" if self.nodes == 1 else f"n[1-{self.nodes}]"
         (self.base / "gres.conf").write_text(
-            f"AutoDetect=off\nNodeName=localhost Name=gpu File={FAKE_GPUS}/nvidia[0-{self.gpus - 1}]\n")
+            f"AutoDetect=off\nNodeName={names} Name=gpu File={FAKE_GPUS}/nvidia[0-{self.gpus - 1}]\n")
+        if self.nodes == 1:
+            host = "SlurmctldHost=localhost\n"
+            node_lines = (f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1000 "
+                          f"Gres=gpu:{self.gpus} State=UNKNOWN\n")
+            per_node = (f"SlurmdSpoolDir={self.base}/spool\nSlurmdPidFile={self.base}/slurmd.pid\n"
+                        f"SlurmdLogFile={self.base}/log/slurmd.log\n")
+        else:  # slurmctld accepts only this host's own name, at the bridge's address; a node an admin set down
+            # stays down until resumed (ReturnToService=1), one that stopped answering returns when it answers
+            host = (f"SlurmctldHost={socket.gethostname().split('.')[0]}({NET}.1)\nSlurmctldPort=6917\n"
+                    "SlurmdPort=6918\n")
+            node_lines = "".join(f"NodeName=n{k} NodeAddr={NET}.{10 + k} CPUs={self.cpus} RealMemory=1000 "
+                                 f"Gres=gpu:{self.gpus} State=UNKNOWN\n" for k in range(1, self.nodes + 1))
+            per_node = (f"SlurmdSpoolDir={self.base}/spool-%n\nSlurmdPidFile={self.base}/slurmd-%n.pid\n"
+                        f"SlurmdLogFile={self.base}/log/slurmd-%n.log\n")
         self.conf.write_text(f"""ClusterName=gsched-test
-SlurmctldHost=localhost
+{host.rstrip()}
 SlurmUser=slurm
 AuthType=auth/munge
 ProctrackType=proctrack/linuxproc
@@ -70,16 +115,14 @@ JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc={self.base}/log/jobcomp.log
-ReturnToService=2
+ReturnToService={2 if self.nodes == 1 else 1}
 SlurmdParameters=config_overrides
 MinJobAge=600
 StateSaveLocation={self.base}/state
-SlurmdSpoolDir={self.base}/spool
 SlurmctldPidFile={self.base}/slurmctld.pid
-SlurmdPidFile={self.base}/slurmd.pid
 SlurmctldLogFile={self.base}/log/slurmctld.log
-SlurmdLogFile={self.base}/log/slurmd.log
-NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1000 Gres=gpu:{self.gpus} State=UNKNOWN
+{per_node.rstrip()}
+{node_lines.rstrip()}
 PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
 
@@ -91,18 +134,47 @@ PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             shutil.chown(path, owner, owner)
         if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
             subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", "/usr/sbin/munged"], check=True, timeout=30)
-        devnull = subprocess.DEVNULL
-        for argv in (["slurmctld", "-D", "-f", str(self.conf)], ["slurmd", "-D", "-N", "localhost", "-f", str(self.conf)]):
-            self.procs.append(subprocess.Popen(argv, env=self.env, stdin=devnull, stdout=devnull, stderr=devnull,
-                                               start_new_session=True))
+        if self.nodes > 1:
+            try:
+                self._network()
+            except subprocess.CalledProcessError as exc:
+                self.stop()
+                raise RuntimeError(f"cannot make the test network: {exc.cmd}: {exc.stderr.decode()[-300:]}") from exc
+        self._popen(["slurmctld", "-D", "-f", str(self.conf)])
+        for name in self.node_names:
+            self.start_node(name)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            state = self.run("sinfo", "-h", "-o", "%T").stdout.strip()
-            if state == "idle":
+            state = self.run("sinfo", "-h", "-N", "-o", "%T").stdout.split()
+            if state == ["idle"] * self.nodes:
                 return self
             time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"slurm did not come up (sinfo says {state!r}); logs in {self.base / 'log'}")
+
+    def _popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        devnull = subprocess.DEVNULL
+        proc = subprocess.Popen(argv, env=self.env, stdin=devnull, stdout=devnull, stderr=devnull,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def start_node(self, name: str) -> None:
+        """One node's slurmd; in its namespace by nsenter (``ip netns exec`` remounts /sys, and slurmd then finds
+        no cgroup file system)."""
+        argv = ["slurmd", "-D", "-N", name, "-f", str(self.conf)]
+        if self.nodes > 1:
+            argv = ["nsenter", f"--net=/run/netns/{self.netns[self.node_names.index(name)]}", *argv]
+        self.slurmd[name] = self._popen(argv)
+
+    def kill_node(self, name: str) -> None:
+        """A node's slurmd dies (SIGKILL): Slurm sees the node stop answering."""
+        proc = self.slurmd.pop(name)
+        proc.kill()
+        proc.wait()
+
+    def node_state(self, name: str) -> str:
+        return self.run("sinfo", "-h", "-n", name, "-o", "%T").stdout.strip()
 
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(list(argv), env=self.env, capture_output=True, text=True, timeout=60)
@@ -125,3 +197,10 @@ PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+        self.slurmd.clear()
+        for ns in self.netns:  # deleting a namespace deletes its end of the veth pair, and with it the pair
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+        for veth in self.veths:
+            subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
+        if self.nodes > 1:
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=30)

@@ -543,7 +543,7 @@ def test_a_plan_made_mid_slot_never_needs_more_devices_than_exist(tmp_path: Path
     for k in range(2):
         add('duration = "15m"\nmax_delay = "50m"\ngpus = 2\n', f"wide{k}")  # due 13:00: slots 2 and 3 are left
     held = busy_per_slot(store.jobs([JobState.RUNNING]), now, grid0, slot, 4 * 48)
-    planning.replan(now, grid0, store.jobs([JobState.PENDING]), [2 - h for h in held], {})
+    planning.replan(now, grid0, store.jobs([JobState.PENDING]), {"local": [2 - h for h in held]}, {})
     spans = [(now, run_end(j) or now, j.gpus or 0) for j in store.jobs([JobState.RUNNING])]
     planned = store.jobs([JobState.PLANNED])
     assert len(planned) == 3 and not any(json.loads(j.plan_json or "{}").get("late") for j in planned)
@@ -582,12 +582,12 @@ def test_a_replan_starts_from_exactly_the_plan_the_last_one_stored(tmp_path: Pat
         store.add_job(parse_job(text, source=f"j{k}.toml", base_dir=tmp_path, now=now), owner_uid=1000,
                       owner_name="u", urgent=False, now=now)
     queued = store.jobs([JobState.PENDING])
-    planning.replan(now, now, queued, [8] * 192, {})
+    planning.replan(now, now, queued, {"local": [8] * 192}, {})
     first = planning.last_solution
     assert first is not None and first.prices is not None and not first.late
     plans = [json.loads(j.plan_json or "{}") for j in store.jobs([JobState.PLANNED])]
     assert any("planner_segments" in plan for plan in plans)  # some run was stretched over its short tail
-    planning.replan(now, now, store.jobs([JobState.PLANNED]), [8] * 192, {})
+    planning.replan(now, now, store.jobs([JobState.PLANNED]), {"local": [8] * 192}, {})
     assert planning.last_previous == {job_id: (o.mode, o.segments, o.seg_modes)
                                       for job_id, o in first.options.items()}
     assert planning.last_solution is not None and planning.last_solution.stats["start"] in ("previous", "greedy")
@@ -625,7 +625,7 @@ def test_an_urgent_job_starts_when_its_devices_are_free_whatever_the_minute_or_t
         spec = parse_job('name = "now"\ncommand = ["true"]\nduration = "7m"\n', source="now.toml",
                          base_dir=tmp_path, now=now)
         job = store.add_job(spec, owner_uid=1000, owner_name="u", urgent=True, now=now)
-        planning.replan(now, grid0, store.jobs([JobState.PENDING]), [1] * 96, {})
+        planning.replan(now, grid0, store.jobs([JobState.PENDING]), {"local": [1] * 96}, {})
         planned = store.get(job.id or 0)
         if planned.planned_start != now:
             waited.append((now, planned.planned_start, planned.plan_reason))
@@ -642,5 +642,24 @@ def test_an_urgent_job_starts_when_its_devices_are_free_whatever_the_minute_or_t
     job = store.add_job(parse_job('name = "now"\ncommand = ["true"]\nduration = "7m"\n', source="now.toml",
                                   base_dir=tmp_path, now=now), owner_uid=1000, owner_name="u", urgent=True, now=now)
     held = busy_per_slot(store.jobs([JobState.RUNNING]), now, day + timedelta(hours=12), slot, 96)
-    planning.replan(now, day + timedelta(hours=12), store.jobs([JobState.PENDING]), [1 - h for h in held], {})
+    planning.replan(now, day + timedelta(hours=12), store.jobs([JobState.PENDING]), {"local": [1 - h for h in held]}, {})
     assert store.get(job.id or 0).planned_start == day + timedelta(hours=12, minutes=45)
+
+
+def test_a_workload_with_a_duration_is_planned_in_steps_once_measured(tmp_path: Path) -> None:
+    """A workload's file may give both its steps and a duration: the duration is the estimate until a run measures
+    its steps per second; then the measured rate (steps per hour) must meet work in steps, not in hours (mixing
+    them planned a 2-minute job as over in an instant)."""
+    from types import SimpleNamespace
+
+    from scheduler.jobfile import parse_job
+    from scheduler.planner.estimate import job_modes
+
+    spec = parse_job('workload = "jobs.linear"\nsteps = 20000\nduration = "3m"\n', source="j.toml",
+                     base_dir=tmp_path, now=START)
+    before = job_modes(spec, 1, "cpu", 100.0, 1000.0)
+    assert before.work / before.modes[before.requested].rate * 3600 == pytest.approx(180.0)
+    measured = SimpleNamespace(gpus=1, precision="fp32", power_limit_w=0, pruning="0", compile=False,
+                               steps_per_s=160.0, watts=90.0)
+    after = job_modes(spec, 1, "cpu", 100.0, 1000.0, profiles=[measured])
+    assert after.work / after.modes[after.requested].rate * 3600 == pytest.approx(20000 / 160.0)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.executor.slurmctl import (SlurmError, foreign_gpus, gres_gpus, mode_comment, parse_squeue,
-                                      partition_gpus, sbatch_argv)
+from scheduler.executor.slurmctl import (SlurmError, foreign_gpus, gres_gpus, hostlist, mode_comment, parse_squeue,
+                                         partition_gpus, partition_nodes, sbatch_argv)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "slurm"
 
@@ -35,8 +35,23 @@ def test_capacity_is_the_partitions_gpus_less_what_others_hold() -> None:
     foreign = next(j for j in jobs if j.job_id == 1)
     assert foreign.end is not None
     start = foreign.end - timedelta(minutes=40)
-    held = foreign_gpus(jobs, start, timedelta(minutes=15), 8)
-    assert held == [1, 1, 1, 0, 0, 0, 0, 0]  # until its expected end, 40 min on: 3 slots; gsched's own not counted
+    held = foreign_gpus(jobs, start, timedelta(minutes=15), 8, ["localhost", "other"])
+    # until its expected end, 40 min on: 3 slots, on its node; gsched's own not counted
+    assert held == {"localhost": [1, 1, 1, 0, 0, 0, 0, 0], "other": [0] * 8}
+
+
+def test_nodes_their_states_and_host_lists() -> None:
+    data = load("sinfo.json")
+    (node,) = partition_nodes(data, "gpu")
+    assert node.name == "localhost" and node.gpus == 4 and node.usable
+    raw = data["nodes"][0]
+    two = {"nodes": [raw, {**raw, "name": "n2", "state": "idle", "state_flags": ["DRAIN"]},
+                     {**raw, "name": "n3", "state": "down", "state_flags": []}, {**raw, "name": None}]}
+    assert [(n.name, n.usable) for n in partition_nodes(two, "gpu")] == [("localhost", True), ("n2", False),
+                                                                          ("n3", False)]
+    assert partition_gpus(two, "gpu") == 4
+    assert hostlist("n[1-3,7],gpu-a01") == ["n1", "n2", "n3", "n7", "gpu-a01"]
+    assert hostlist("node[08-10]") == ["node08", "node09", "node10"] and hostlist("") == []
 
 
 @pytest.mark.parametrize(("text", "gpus"), [("gres:gpu:2", 2), ("gpu:4", 4), ("gres/gpu=2", 2),
@@ -61,6 +76,10 @@ def test_sbatch_runs_as_the_owner_with_the_plan_in_its_flags() -> None:
     assert "--comment=gsched:gpus=2,precision=bf16,power_limit_w=250" in argv
     assert "--signal=B:TERM@90" in argv and "--requeue" in argv and not any(a.startswith("--account") for a in argv)
     assert mode_comment({"gpus": 1, "precision": "fp32", "power_limit_w": None}) == "gsched:gpus=1,precision=fp32"
+    assert not any(a.startswith("--nodelist") for a in argv)
+    pinned = sbatch_argv(7, "abc123", "ann", 2, begin, timedelta(minutes=90), None, mode, False, 90, "gpu", "",
+                         "/shared/runs/7/batch.sh", "/shared/runs/7/slurm.out", node="n2")
+    assert "--nodelist=n2" in pinned and "--requeue" not in pinned and "--no-requeue" in pinned
 
 
 def test_prolog_caps_the_jobs_gpus_from_its_comment_and_the_epilog_restores_them(tmp_path: Path) -> None:

@@ -135,8 +135,9 @@ class Executor(Protocol):
     where: str  # where runs run, for the daemon's start-up line
     notify: Callable[[], None]  # set by the daemon: something changed that a tick should see soon
 
-    def capacity(self, start: datetime, slot_s: float, slots: int) -> list[int]:
-        """Devices gsched may use in each slot from ``start`` (daemon clock), before its own running jobs."""
+    def capacity(self, start: datetime, slot_s: float, slots: int) -> dict[str, list[int]]:
+        """Per node, the devices gsched may use in each slot from ``start`` (daemon clock), before its own running
+        jobs. A job's mode runs on one node; one node (the local machine) is one pool."""
 
     def prepare(self, job: Job, spec: JobSpec, mode: dict[str, Any], now: datetime) -> Intent | None:
         """The intent of a start in ``mode``; None: not now (devices busy, a refusal being waited out)."""

@@ -55,8 +55,8 @@ class LocalExecutor:
 
     # --- capacity and starts ---------------------------------------------------------------------------------
 
-    def capacity(self, start: datetime, slot_s: float, slots: int) -> list[int]:
-        return [len(self.devices) - sum(len(d) for _g, d in self._lingering.values())] * slots
+    def capacity(self, start: datetime, slot_s: float, slots: int) -> dict[str, list[int]]:
+        return {"local": [len(self.devices) - sum(len(d) for _g, d in self._lingering.values())] * slots}
 
     def _busy(self) -> set[str]:
         busy = {uuid for job in self.store.jobs([JobState.RUNNING]) for uuid in json.loads(job.devices_json or "[]")}

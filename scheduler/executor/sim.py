@@ -62,8 +62,8 @@ class SimExecutor:
 
     # --- capacity and starts -------------------------------------------------------------------------------------
 
-    def capacity(self, start: datetime, slot_s: float, slots: int) -> list[int]:
-        return [self.capacity_at(start + timedelta(seconds=k * slot_s)) for k in range(slots)]
+    def capacity(self, start: datetime, slot_s: float, slots: int) -> dict[str, list[int]]:
+        return {"sim": [self.capacity_at(start + timedelta(seconds=k * slot_s)) for k in range(slots)]}
 
     def in_use(self) -> int:
         return sum(int(h["gpus"]) for h in self._active.values())

@@ -28,7 +28,8 @@ from scheduler.executor.base import (Broken, Capabilities, CapacityChanged, Drop
                                      LaunchDeferred, LaunchFailed, Lost, NeverStarted, Observation, Requeued,
                                      Started, handle_of)
 from scheduler.executor.launch import Launcher
-from scheduler.executor.slurmctl import ENDED, RUNNING, Slurm, SlurmJob, SlurmRuns, foreign_gpus, sbatch_argv
+from scheduler.executor.slurmctl import (ENDED, RUNNING, Slurm, SlurmJob, SlurmNode, SlurmRuns, foreign_gpus,
+                                         hostlist, sbatch_argv)
 from scheduler.jobfile import JobSpec
 from scheduler.models import Job, JobState
 from scheduler.store import Store
@@ -46,6 +47,12 @@ def end_state(sj: SlurmJob) -> JobState:
     that "COMPLETED" without a result is a failure."""
     state = JobState(sj.gsched_state)
     return JobState.FAILED if state == JobState.COMPLETED else state
+
+
+def planned_node(job: Job) -> str | None:
+    """The node the plan put the job's next run on, on a partition of several nodes."""
+    nodes = json.loads(job.plan_json).get("nodes") if job.plan_json else None
+    return nodes[0] if isinstance(nodes, list) and nodes and isinstance(nodes[0], str) else None
 
 
 def slurm_why(sj: SlurmJob) -> str:
@@ -66,7 +73,8 @@ class SlurmExecutor:
         self.error: str | None = None  # Slurm not answering: why
         self._jobs: list[SlurmJob] = []  # the last squeue
         self._by_id: dict[Any, SlurmJob] = {}  # the same, by Slurm job id (each tick retimes every held job)
-        self._gpus = len(devices)  # the partition's GPUs that can take jobs, from the last sinfo
+        self._nodes: list[SlurmNode] = []  # the partition's nodes, from the last sinfo
+        self._node_key: tuple[tuple[str, int, bool], ...] | None = None
         self._foreign: tuple[Any, ...] = ()
         self._stopped_at: dict[int, float] = {}  # job id -> time.monotonic() a run Slurm stopped itself was seen
         self._over_at: dict[int, float] = {}  # job id -> time.monotonic() its run was first seen over without a result
@@ -74,15 +82,30 @@ class SlurmExecutor:
 
     # --- capacity and starts ---------------------------------------------------------------------------------
 
-    def capacity(self, start: datetime, slot_s: float, slots: int) -> list[int]:
-        """The partition's GPUs on nodes that are up, less those of jobs gsched did not submit, slot by slot."""
-        try:
-            self._gpus = self.ctl.gpus()
-        except GschedError as exc:  # plan on the last count; the tick's squeue says whether Slurm is down
-            log.warning("slurm: %s; planning on the last GPU count (%d)", exc, self._gpus)
+    def capacity(self, start: datetime, slot_s: float, slots: int) -> dict[str, list[int]]:
+        """Per node of the partition, its GPUs (none while it is down or drained), less those of jobs gsched did
+        not submit, slot by slot."""
+        self._read_nodes()
+        nodes = self._nodes or [SlurmNode(self.config.executor.partition, len(self.devices), True, "unknown")]
         held = foreign_gpus(self._jobs, self.clock.to_wall(start), timedelta(seconds=slot_s / self.clock.speed),
-                            slots)
-        return [min(len(self.devices), self._gpus) - h for h in held]
+                            slots, [n.name for n in nodes])
+        return {n.name: [max(0, (n.gpus if n.usable else 0) - h) for h in held[n.name]] for n in nodes}
+
+    def _read_nodes(self) -> bool:
+        """sinfo; True when a node came, went, or changed its GPUs or whether it takes jobs."""
+        try:
+            self._nodes = self.ctl.nodes()
+        except GschedError as exc:  # plan on the last list; the tick's squeue says whether Slurm is down
+            log.warning("slurm: %s; planning on the last node list", exc)
+            return False
+        key = tuple((n.name, n.gpus, n.usable) for n in self._nodes)
+        if key == self._node_key:
+            return False
+        if self._node_key is not None:
+            log.info("slurm: partition nodes now %s", ", ".join(f"{n.name} ({n.state}, {n.gpus} GPUs)"
+                                                               for n in self._nodes))
+        self._node_key = key
+        return True
 
     def prepare(self, job: Job, spec: JobSpec, mode: dict[str, Any], now: datetime) -> Intent | None:
         assert job.id is not None
@@ -113,7 +136,8 @@ class SlurmExecutor:
             argv = sbatch_argv(job.id, token, owner, int(mode["gpus"]), self.clock.to_wall(job.planned_start),
                                timedelta(seconds=limit_s / self.clock.speed), deadline, mode, spec.preemptible,
                                settings.requeue_grace_s, settings.partition, settings.account, str(script),
-                               str(self.runs.log_path(job.id)), str(self.runs.run_dir(job.id) / "work"))
+                               str(self.runs.log_path(job.id)), str(self.runs.run_dir(job.id) / "work"),
+                               planned_node(job))
             slurm_id = self.ctl.submit(argv)
         except (GschedError, OSError, KeyError) as exc:
             self._retry_at[job.id] = time.monotonic() + SUBMIT_RETRY_S
@@ -131,6 +155,10 @@ class SlurmExecutor:
         near = timedelta(seconds=min(30.0, self.config.planner.slot_minutes * 30 / self.clock.speed))
         target = max(self.clock.to_wall(start), wall_now)
         current = max(sj.begin or wall_now, wall_now)
+        node = planned_node(job)
+        if node and hostlist(sj.required_nodes) != [node]:  # a replan moved it (a node went down, or filled)
+            self.ctl.pin(sj.job_id, node)
+            self.store.note(job.id or 0, at=now, reason=f"Slurm job {sj.job_id} moved to node {node}")
         if abs(target - current) > near:
             self.ctl.move(sj.job_id, target)
             self.store.note(job.id or 0, at=now, reason=f"Slurm job {sj.job_id} moved to begin at {rfc3339(start)}")
@@ -151,9 +179,10 @@ class SlurmExecutor:
         self._jobs = sjobs
         self._by_id = {j.job_id: j for j in sjobs}
         seen: list[Observation] = []
-        foreign = tuple(sorted((j.job_id, j.gpus, j.end) for j in sjobs
+        foreign = tuple(sorted((j.job_id, j.gpus, j.end, j.nodes) for j in sjobs
                                if j.gsched_id is None and j.state in RUNNING and j.gpus))
-        if foreign != self._foreign:  # someone else's jobs took or freed GPUs: replan around them
+        nodes_changed = self._read_nodes()
+        if foreign != self._foreign or nodes_changed:  # others' jobs, or nodes, took or freed GPUs: replan
             self._foreign = foreign
             seen.append(CapacityChanged())
         by_name = {j.gsched_id: j for j in sjobs if j.gsched_id is not None}
@@ -224,7 +253,7 @@ class SlurmExecutor:
                 if sj.state not in ENDED and sj.state in RUNNING and sj.restarts <= run:
                     if time.monotonic() - self._stopped_at.setdefault(job.id, time.monotonic()) < WORDS_GRACE_S:
                         return seen
-                said = ((JobState.PREEMPTED, f"requeued by Slurm ({sj.reason or sj.state})")
+                said = ((JobState.PREEMPTED, f"requeued by Slurm ({self._requeue_why(sj, handle)})")
                         if sj.restarts > run or sj.state not in ENDED else (end_state(sj), slurm_why(sj)))
             self._stopped_at.pop(job.id, None)
             self._over_at.pop(job.id, None)
@@ -244,9 +273,17 @@ class SlurmExecutor:
             self._over_at.pop(job.id, None)
             self._stopped_at.pop(job.id, None)
             why = (job.preempt_reason or "requeued") if job.preempt_requested else \
-                f"requeued by Slurm ({sj.reason or sj.state})"
+                f"requeued by Slurm ({self._requeue_why(sj, handle)})"
             seen.append(Requeued(job.id, f"{why}; its run left no result"))
         return seen
+
+    def _requeue_why(self, sj: SlurmJob, handle: Handle) -> str:
+        """Slurm's reason, or the state of the node the run was on (a node failure leaves the reason "None")."""
+        if sj.reason not in ("", "None", "BeginTime"):
+            return sj.reason
+        ran_on = set(hostlist(handle.get("nodes") or ""))
+        gone = [f"node {n.name} {n.state}" for n in self._nodes if n.name in ran_on and not n.usable]
+        return ", ".join(gone) or sj.state
 
     @staticmethod
     def _dropped(job: Job, sj: SlurmJob | None, reason: str) -> Dropped:

@@ -55,6 +55,7 @@ class SlurmJob:
     nodes: str
     user: str
     comment: str
+    required_nodes: str = ""  # --nodelist, or what scontrol update ReqNodeList set
 
     @property
     def gsched_id(self) -> tuple[int, str] | None:
@@ -103,34 +104,75 @@ def parse_squeue(data: Any) -> list[SlurmJob]:
             begin=_time(raw.get("eligible_time")), end=_time(raw.get("end_time")), start=_time(raw.get("start_time")),
             restarts=_count(raw.get("restart_cnt")), exit_code=code, signal=sig,
             nodes=str(raw.get("nodes") or ""), user=str(raw.get("user_name") or ""),
-            comment=str(raw.get("comment") or "")))
+            comment=str(raw.get("comment") or ""), required_nodes=str(raw.get("required_nodes") or "")))
     return jobs
+
+
+@dataclass(frozen=True)
+class SlurmNode:
+    name: str
+    gpus: int
+    usable: bool  # up, and neither drained nor draining: it may take a job
+    state: str  # Slurm's words: "idle", "mixed+DRAIN", "down"
+
+
+_UNUSABLE = ("DOWN", "DRAIN", "FAIL", "INVAL", "NOT_RESPONDING", "MAINT", "REBOOT", "POWER")
+
+
+def partition_nodes(data: Any, partition: str) -> list[SlurmNode]:
+    """The partition's nodes from ``sinfo --json``, each with its GPUs and whether it can take jobs."""
+    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
+        raise SlurmError("sinfo --json: no 'nodes' list in its output")
+    nodes = []
+    for node in data["nodes"]:
+        if not isinstance(node, dict) or partition not in (node.get("partitions") or []):
+            continue
+        name = node.get("name")
+        if not isinstance(name, str) or not name:
+            continue
+        raw_flags = node.get("state_flags")
+        flags: list[Any] = raw_flags if isinstance(raw_flags, list) else []
+        state = "+".join([str(node.get("state") or "")] + [str(f) for f in flags])
+        nodes.append(SlurmNode(name, gres_gpus(node.get("gres")),
+                               not any(bad in state.upper() for bad in _UNUSABLE), state))
+    return nodes
 
 
 def partition_gpus(data: Any, partition: str) -> int:
     """GPUs on the partition's nodes that can take jobs, from ``sinfo --json``."""
-    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list):
-        raise SlurmError("sinfo --json: no 'nodes' list in its output")
-    total = 0
-    for node in data["nodes"]:
-        if not isinstance(node, dict) or partition not in (node.get("partitions") or []):
-            continue
-        state = str(node.get("state") or "").upper()
-        if any(bad in state for bad in ("DOWN", "DRAIN", "FAIL", "INVAL")):
-            continue
-        total += gres_gpus(node.get("gres"))
-    return total
+    return sum(n.gpus for n in partition_nodes(data, partition) if n.usable)
 
 
-def foreign_gpus(jobs: Sequence[SlurmJob], start: datetime, slot: timedelta, slots: int) -> list[int]:
-    """Per planning slot, the GPUs held by running jobs gsched did not submit, until their expected end."""
-    held = [0] * slots
+def hostlist(text: str) -> list[str]:
+    """Slurm's compressed host list: ``n[1-3,7],gpu-a01`` -> n1 n2 n3 n7 gpu-a01 (zero padding kept)."""
+    names: list[str] = []
+    for part in re.finditer(r"([^,\[]+)(?:\[([^\]]*)\])?([^,\[]*)", text):
+        prefix, ranges, suffix = part.group(1), part.group(2), part.group(3)
+        if ranges is None:
+            names.append(prefix + suffix)
+            continue
+        for item in ranges.split(","):
+            lo, _, hi = item.partition("-")
+            if not lo.isdigit() or (hi and not hi.isdigit()):
+                continue
+            for k in range(int(lo), int(hi or lo) + 1):
+                names.append(f"{prefix}{k:0{len(lo)}d}{suffix}")
+    return names
+
+
+def foreign_gpus(jobs: Sequence[SlurmJob], start: datetime, slot: timedelta, slots: int,
+                 nodes: Sequence[str]) -> dict[str, list[int]]:
+    """Per node and planning slot, the GPUs held by running jobs gsched did not submit, until their expected end
+    (``tres_per_node``: that many on each of a job's nodes)."""
+    held = {name: [0] * slots for name in nodes}
     for job in jobs:
         if job.gsched_id is not None or job.state not in RUNNING or not job.gpus:
             continue
         last = slots if job.end is None else min(slots, math.ceil((job.end - start) / slot))
-        for k in range(max(0, last)):
-            held[k] += job.gpus
+        for name in hostlist(job.nodes):
+            if name in held:
+                for k in range(max(0, last)):
+                    held[name][k] += job.gpus
     return held
 
 
@@ -144,20 +186,25 @@ def mode_comment(mode: dict[str, Any]) -> str:
 
 def sbatch_argv(job_id: int, token: str, owner: str, gpus: int, begin: datetime, time_limit: timedelta,
                 deadline: datetime | None, mode: dict[str, Any], preemptible: bool, grace_s: int, partition: str,
-                account: str, script: str, output: str, chdir: str = "/") -> list[str]:
+                account: str, script: str, output: str, chdir: str = "/", node: str | None = None) -> list[str]:
     """``runuser -u OWNER -- sbatch ...``: Slurm authenticates the owner (``--uid`` is not portable). One node (the
-    workload's DDP is torchrun --standalone); none of the root daemon's environment goes into the job."""
+    workload's DDP is torchrun --standalone), ``node`` where gsched planned one; none of the root daemon's
+    environment goes into the job."""
     minutes = max(1, -(-int(time_limit.total_seconds()) // 60))
     argv = ["runuser", "-u", owner, "--", "sbatch", "--parsable", f"--job-name={NAME_PREFIX}{job_id}-{token}",
             f"--partition={partition}", "--nodes=1", f"--gres=gpu:{gpus}", f"--begin={_slurm_time(begin)}",
             f"--time={minutes}", f"--comment={mode_comment(mode)}", f"--output={output}", "--open-mode=append",
             f"--chdir={chdir}", "--export=NONE"]
+    if node:
+        argv.append(f"--nodelist={node}")
     if deadline is not None:
         argv.append(f"--deadline={_slurm_time(deadline)}")
     if account:
         argv.append(f"--account={account}")
     if preemptible:
         argv += [f"--signal=B:TERM@{grace_s}", "--requeue"]
+    else:  # Slurm would requeue it after a node failure (JobRequeue=1) and run it again from the start
+        argv.append("--no-requeue")
     return [*argv, script]
 
 
@@ -193,6 +240,9 @@ class Slurm:
     def gpus(self) -> int:
         return partition_gpus(self._json(["sinfo", "--json"]), self.partition)
 
+    def nodes(self) -> list[SlurmNode]:
+        return partition_nodes(self._json(["sinfo", "--json"]), self.partition)
+
     def jobs(self) -> list[SlurmJob]:
         return parse_squeue(self._json(["squeue", "--states=all", "--json"]))
 
@@ -205,6 +255,10 @@ class Slurm:
 
     def move(self, job_id: int, begin: datetime) -> None:
         self._run(["scontrol", "update", f"JobId={job_id}", f"StartTime={_slurm_time(begin)}"])
+
+    def pin(self, job_id: int, node: str) -> None:
+        """A pending job's node (its --nodelist), where a replan moved it."""
+        self._run(["scontrol", "update", f"JobId={job_id}", f"ReqNodeList={node}"])
 
     def cancel(self, job_id: int) -> None:
         self._run(["scancel", str(job_id)])
