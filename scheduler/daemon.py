@@ -31,7 +31,7 @@ from scheduler.forecasts.base import Provider
 from scheduler.jobfile import calibration_job, parse_job
 from scheduler.models import Job, JobState
 from scheduler.outcomes import QUEUED, Outcomes, spec_of
-from scheduler.planning import Planning, free_per_node, remaining_fraction
+from scheduler.planning import Planning, free_per_node, node_of, remaining_fraction
 from scheduler.policy import Checkpoint, priority_preemptions, segment_pauses
 from scheduler.profiles import Profiles
 from scheduler.store import Store
@@ -175,8 +175,8 @@ class Daemon:
                                  held_modes)
             queued = self.store.jobs(QUEUED)
             if settings.elastic:
-                free_now = sum(c[0] for c in offered.values() if c) - sum(j.gpus or 0 for j in running
-                                                                          if not j.preempt_requested)
+                staying = [j for j in running if not j.preempt_requested]
+                free_now = {n: c[0] for n, c in free_per_node(offered, staying, now, grid0, slot, 1).items() if c}
                 self._preempt_for_priority(now, running, queued, free_now)
         self._dispatch(now, queued)
         if self.config.daemon.calibrate_when_idle:
@@ -205,12 +205,14 @@ class Daemon:
         if not self.executor.stop(job, requeue):
             self.wake()  # no run to ask yet: the next tick sees it start or end
 
-    def _preempt_for_priority(self, now: datetime, running: list[Job], queued: list[Job], free_now: int) -> None:
+    def _preempt_for_priority(self, now: datetime, running: list[Job], queued: list[Job],
+                              free_now: dict[str, int]) -> None:
         def fastest_h(job: Job) -> float:
             jm = self.profiles.modes_of(spec_of(job), job.owner_uid)
             return min(jm.work * remaining_fraction(self.store, job) / m.rate for m in jm.modes)
 
-        for job, why, victims in priority_preemptions(running, queued, now, free_now, self.executor.started,
+        for job, why, victims in priority_preemptions(running, queued, now, free_now,
+                                                      lambda j: node_of(j, free_now), self.executor.started,
                                                       fastest_h):
             for victim in victims:
                 self._checkpoint(victim, now)

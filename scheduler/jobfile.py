@@ -18,7 +18,7 @@ from scheduler.timeutil import parse_duration_s, parse_rfc3339, rfc3339
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _TOP_KEYS = {
-    "name", "workload", "args", "command", "steps", "duration", "gpus", "deadline", "max_delay",
+    "name", "workload", "args", "command", "steps", "duration", "gpus", "nodes", "deadline", "max_delay",
     "preemptible", "optimisations", "env", "export", "workdir", "time_limit", "resume_overhead_minutes",
 }
 _OPT_KEYS = {"precision", "pruning", "compile", "power_cap_w"}
@@ -60,6 +60,9 @@ class JobSpec:
     command_path: str | None = None
     time_limit_s: float | None = None
     resume_overhead_minutes: float | None = None  # None: the config's planner.resume_overhead_minutes
+    # How many nodes its GPUs may span (DDP across nodes, on Slurm): n GPUs on k nodes are n/k on each
+    nodes_min: int = 1
+    nodes_max: int = 1
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -92,13 +95,16 @@ class JobSpec:
         return json.dumps({"workload": self.workload, "args": {k: v for k, v in self.args.items() if k != "seed"}},
                           sort_keys=True)
 
-    def argv(self, python: str, processes: int = 1) -> list[str]:
+    def argv(self, python: str, processes: int = 1, nodes: int = 1) -> list[str]:
         """The program the runner starts; never through a shell. A workload on several devices runs under
-        torchrun, one process per device (DDP)."""
+        torchrun, one process per device (DDP); across nodes, torchrun's rendezvous comes from the runner's
+        PET_* variables (runner.from_slurm)."""
         if self.command is not None:
             return list(self.command)
-        launcher = [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-        argv = [*(launcher if processes > 1 else [python]), "-m", str(self.workload), "--steps", str(self.steps)]
+        launcher = [python, "-m", "torch.distributed.run", *(["--standalone"] if nodes == 1 else []),
+                    f"--nproc-per-node={processes}"]
+        argv = [*(launcher if processes * nodes > 1 else [python]), "-m", str(self.workload), "--steps",
+                str(self.steps)]
         for key, value in self.args.items():
             argv += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
         return argv
@@ -134,6 +140,7 @@ def calibration_job(spec: JobSpec, prefix: str, gpus: int, precision: str, pruni
 MAX_DURATION_S = 366 * 86400.0  # durations, delays and time limits; a deadline at most this far ahead
 MAX_STEPS = 10**12
 MAX_GPUS = 4096
+MAX_NODES = 1024
 MAX_PATH = 4096
 MAX_ENV_BYTES = 64 * 1024
 MAX_ARG = 4096
@@ -290,6 +297,7 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
             gpus_min = gpus_max = gpus
     else:
         r.fail("gpus", f"must be a whole number or a table {{min = 1, max = 4}}, got {_show(gpus)}")
+    nodes_min, nodes_max = _parse_nodes(r, data.get("nodes", 1), gpus_min, gpus_max)
 
     horizon = now + timedelta(seconds=MAX_DURATION_S)
     deadline = now + timedelta(seconds=default_max_delay_s)
@@ -371,7 +379,37 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
         workload=workload, args=args, command=tuple(command) if command is not None else None, steps=steps,
         duration_s=duration_s, preemptible=preemptible, optimisations=optimisations, env=env, export=export,
         time_limit_s=time_limit_s, resume_overhead_minutes=float(overhead) if overhead is not None else None,
+        nodes_min=nodes_min, nodes_max=nodes_max,
     )
+
+
+def splits(gpus_min: int, gpus_max: int, nodes_min: int, nodes_max: int) -> list[tuple[int, int]]:
+    """Every (GPUs, nodes) a job may run on: its GPUs split evenly over its nodes."""
+    return [(n, k) for n in range(gpus_min, gpus_max + 1) for k in range(nodes_min, nodes_max + 1) if n % k == 0]
+
+
+def _parse_nodes(r: "_Reader", nodes: Any, gpus_min: int, gpus_max: int) -> tuple[int, int]:
+    low = high = 1
+    if isinstance(nodes, dict):
+        for key in nodes:
+            if key not in ("min", "max"):
+                r.fail(f"nodes.{key}", "unknown key (known: min, max)")
+        got_low, got_high = r.whole("min", 1, MAX_NODES, nodes, "nodes."), r.whole("max", 1, MAX_NODES, nodes, "nodes.")
+        low = 1 if got_low is None else got_low
+        high = low if got_high is None else got_high
+        if low > high:
+            r.fail("nodes.min", f"must be <= nodes.max (got {low} > {high})")
+            return 1, 1
+    elif isinstance(nodes, int) and not isinstance(nodes, bool):
+        if r.whole("nodes", 1, MAX_NODES) is not None:
+            low = high = nodes
+    else:
+        r.fail("nodes", f"must be a whole number or a table {{min = 1, max = 2}}, got {_show(nodes)}")
+        return 1, 1
+    if not splits(gpus_min, gpus_max, low, high):
+        r.fail("nodes", f"no GPU count in gpus ({gpus_min}..{gpus_max}) splits evenly over {low}..{high} node(s): "
+                        f"n GPUs on k nodes run n/k on each")
+    return low, high
 
 
 def _parse_optimisations(r: _Reader) -> Optimisations:

@@ -69,6 +69,12 @@ class GschedCollector(Collector):
                                         value=max(0.0, float(stats["gap_to_bound"])))
         yield CounterMetricFamily("gsched_planner_replans", "Replans since the daemon started.",
                                   value=daemon.replans)
+        held = getattr(daemon.executor, "held_past_start", None)
+        if held is not None:  # only Slurm can hold a job gsched started
+            yield CounterMetricFamily("gsched_slurm_held_past_start",
+                                      "Runs Slurm held for Resources past their planned start, since the daemon "
+                                      "started (a plan on nodes without room; per-node planning keeps it at 0).",
+                                      value=len(held))
 
     def _signals(self) -> Iterator[Metric]:
         now = self.daemon.clock.now()

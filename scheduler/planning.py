@@ -11,6 +11,7 @@ import logging
 import math
 from dataclasses import replace
 from datetime import datetime, timedelta
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
@@ -21,8 +22,9 @@ from scheduler.executor.untrusted import parse_metrics
 from scheduler.forecasts.base import Provider
 from scheduler.models import Job, JobState, Profile
 from scheduler.outcomes import spec_of
+from scheduler.planner.nodes import first_fit_on_nodes
 from scheduler.planner.options import Costing
-from scheduler.planner.problem import PJob, Problem
+from scheduler.planner.problem import Mode, PJob, Problem
 from scheduler.planner.solve import Solution, solve
 from scheduler.profiles import Profiles, mode_key
 from scheduler.store import Store
@@ -53,18 +55,47 @@ def busy_per_slot(running: list[Job], now: datetime, grid0: datetime, slot: time
     return held
 
 
+def nodes_of(job: Job, nodes: Collection[str]) -> list[str]:
+    """The nodes a running job is on: those its plan named for its latest segment begun by its start (Slurm pins
+    it there), or the only one there is; none where that is not known."""
+    plan = json.loads(job.plan_json) if job.plan_json else {}
+    named: list[str] | None = None
+    began = job.started_at
+    for (a, _b), on in zip(plan.get("segments") or [], plan.get("nodes") or []):
+        if named is None or (began is not None and parse_rfc3339(a) <= began):
+            named = list(on)
+    if named and all(n in nodes for n in named):
+        return named
+    return list(nodes) if len(nodes) == 1 else []
+
+
+def node_of(job: Job, nodes: Collection[str]) -> str | None:
+    """The node a running job is on, where it runs on one."""
+    on = nodes_of(job, nodes)
+    return on[0] if len(on) == 1 else None
+
+
+def _no_room(modes: tuple[Mode, ...], n_nodes: int, largest: int | None, horizon_h: int) -> str:
+    least = min(modes, key=lambda m: (m.nodes, m.gpus_per_node))
+    if least.nodes > n_nodes:
+        return f"waits: needs {least.nodes} nodes, and there {'is' if n_nodes == 1 else 'are'} {n_nodes}"
+    return (f"waits: needs {least.gpus_per_node} GPU(s) on {'one node' if least.nodes == 1 else f'each of {least.nodes} nodes'}, "
+            f"and no node has more than {largest} free in the next {horizon_h} h")
+
+
 def free_per_node(offered: dict[str, list[int]], running: list[Job], now: datetime, grid0: datetime,
                   slot: timedelta, slots: int) -> dict[str, list[int]]:
     """What the executor offers per node, less what gsched's own running jobs hold there until their planned end.
-    A running job is on the node its plan named (Slurm pins it there); one planned before the partition had
-    several nodes is counted on the node with the most room."""
+    A running job is on the nodes its plan named (Slurm pins it there), its devices split evenly; one planned
+    before the partition had several nodes is counted on the node with the most room."""
     free = {name: list(c) for name, c in offered.items()}
     for job in running:
-        named = (json.loads(job.plan_json).get("nodes") or [None])[0] if job.plan_json else None
-        name = named if named in free else max(free, key=lambda n: (free[n][0] if free[n] else 0, n), default=None)
-        if name is None:
+        on = nodes_of(job, free) or [max(free, key=lambda n: (free[n][0] if free[n] else 0, n))] if free else []
+        if not on:
             continue
-        free[name] = [f - h for f, h in zip(free[name], busy_per_slot([job], now, grid0, slot, slots))]
+        held = busy_per_slot([job], now, grid0, slot, slots)
+        for name in on:
+            free[name] = [f - h // len(on) for f, h in zip(free[name], held)]
     return free
 
 
@@ -151,7 +182,7 @@ class Planning:
                held_modes: dict[int, dict[str, Any]]) -> None:
         """Plan the queued jobs on ``free`` (devices free per node, per slot from grid0). ``held_modes``: jobs an
         executor holds keep the mode they were handed over in; replans move their start only. On several nodes a
-        mode's devices are on one node, named in the plan (``nodes``, one per segment)."""
+        mode's devices are on its number of nodes, named in the plan (``nodes``, a list per segment)."""
         settings = self.config.planner
         slot = timedelta(minutes=settings.slot_minutes)
         names = sorted(free)
@@ -178,11 +209,12 @@ class Planning:
             held = held_modes.get(job.id)
             if held is not None:
                 indices = [i for i, d in enumerate(jm.described) if mode_key(d) == mode_key(held)] or indices
-            if largest is not None:
-                indices = [i for i in indices if jm.modes[i].gpus <= largest]
+            fit = [i for i in indices if jm.modes[i].nodes <= max(1, len(nodes))
+                   and (largest is None or jm.modes[i].gpus_per_node <= largest)]
+            if fit != indices:
+                indices = fit
                 if not indices:
-                    reason = (f"waits: needs {min(m.gpus for m in jm.modes)} GPU(s) on one node, and no node has "
-                              f"more than {largest} free in the next {settings.horizon_hours} h")
+                    reason = _no_room(jm.modes, len(names), largest, settings.horizon_hours)
                     if job.plan_reason != reason:
                         self.store.update(job.id, plan_reason=reason, state=JobState.PENDING, planned_start=None,
                                           planned_end=None, planned_gpus=None, plan_json=None)
@@ -244,7 +276,7 @@ class Planning:
                 "segment_modes": [modes_of[pjob.id][m] for m in seg_modes],
                 "segment_labels": [pjob.modes[m].label for m in seg_modes]}
             if nodes:
-                plan["nodes"] = [names[seg.node] for seg in solution.plan[pjob.id] if seg.node is not None]
+                plan["nodes"] = [[names[k] for k in seg.nodes] for seg in solution.plan[pjob.id]]
             plan["work_s"] = pjob.work / mode.rate * 3600
             if pjob.id in solution.late:
                 plan["late"] = True
@@ -277,9 +309,15 @@ def with_urgent_pinned(problem: Problem, urgent: list[int]) -> Problem:
         return problem
     costing = Costing(problem)
     free = costing.capacity.copy()
+    on_nodes = np.asarray(problem.nodes, dtype=np.int64).copy()
     jobs = list(problem.jobs)
     for j in urgent:
         job = jobs[j]
+        if problem.nodes:  # where one node (or its mode's nodes) has room, not just the pool
+            found = first_fit_on_nodes(costing, j, 0, on_nodes)
+            if found is not None:
+                jobs[j] = replace(job, start_by_slot=found[0])
+            continue
         starts, _costs, n = costing.rigid_costs(job, 0, costing.horizon)
         i = costing.first_fit(job, 0, starts, n, free)
         if i is None:

@@ -33,7 +33,7 @@ MAX_WATTS_PER_DEVICE = 2000.0
 def mode_key(mode: dict[str, Any]) -> tuple[Any, ...]:
     """A mode as the job file chose it; not where its numbers came from (a default, then a profile)."""
     return (mode.get("gpus"), mode.get("precision"), str(mode.get("pruning")), mode.get("power_limit_w"),
-            bool(mode.get("compile")))
+            bool(mode.get("compile")), int(mode.get("nodes") or 1))
 
 
 def calibration_modes(spec: JobSpec, devices: int) -> Iterator[tuple[Any, ...]]:
@@ -101,6 +101,8 @@ class Profiles:
         if not spec.profile_key or not steps_per_s or duration_s < 1 or not job.plan_json or not job.gpus:
             return
         mode = json.loads(job.plan_json)["mode"]
+        if int(mode.get("nodes") or 1) > 1:
+            return  # profiles are one node's speed; a run across nodes also measures the network between them
         profile = Profile(
             key=spec.profile_key, owner_uid=job.owner_uid, device_kind=self.kind, gpus=job.gpus,
             precision=mode["precision"], pruning=pruning_label(mode.get("pruning") or 0.0),
@@ -138,7 +140,8 @@ class Profiles:
             seen.add(spec.profile_key)
             for mode in self.modes_of(spec, job.owner_uid).described:
                 choice = (spec.profile_key, mode["gpus"], mode["precision"], pruning_label(mode["pruning"]))
-                if mode["source"] == "profile" or mode["power_limit_w"] is not None or choice in skip:
+                if mode["source"] == "profile" or mode["power_limit_w"] is not None or mode.get("nodes", 1) > 1 \
+                        or choice in skip:
                     continue
                 skip.add(choice)  # once per daemon run, whether or not it measures
                 steps = max(10, math.ceil(self.steps_per_s.get(spec.workload or "", 1.0) * mode["gpus"]

@@ -16,7 +16,7 @@ compile, no checkpoint, one process):
 - pruning: an L1-unstructured amount, or the 2:4 pattern on Linear layers (masks kept while training, made
   permanent at the end), and torch.compile;
 - DDP: a run planned on n > 1 devices restarts the script under torchrun (n processes; gloo on CPU, nccl on
-  GPUs); under your own torchrun it joins that;
+  GPUs), across nodes too (one torchrun a node, GSCHED_NODES); under your own torchrun it joins that;
 - exact checkpoints: the batch of step k depends only on (seed, k, rank), and the model, optimiser and scaler are
   saved together, atomically, on SIGTERM (at the next step boundary, agreed across ranks) and at the end; a run
   that finds its checkpoint resumes from it, to the same loss as an uninterrupted run on the same devices;
@@ -132,8 +132,10 @@ def fit(model: Any, batch: Callable[[Any, Any], tuple[Any, Any]], loss_fn: Calla
         settings = settings or Settings.from_env(steps, seed)
         settings.check()
         world = os.environ.get("GSCHED_NUM_DEVICES", "1")
-        if world.isdigit() and int(world) > 1 and "WORLD_SIZE" not in os.environ and os.environ.get("GSCHED_JOB_ID"):
-            _restart_under_torchrun(int(world))
+        nodes = os.environ.get("GSCHED_NODES", "1")
+        if world.isdigit() and nodes.isdigit() and int(world) * int(nodes) > 1 and "WORLD_SIZE" not in os.environ \
+                and os.environ.get("GSCHED_JOB_ID"):
+            _restart_under_torchrun(int(world), int(nodes))
         if "WORLD_SIZE" in os.environ:
             _skip_ddp_teardown()
         return train_loop(model, batch, loss_fn, optimiser, settings, step_fn)
@@ -155,11 +157,12 @@ def _skip_ddp_teardown() -> None:
     atexit.register(lambda: exit_after_ddp(1 if failed else 0))
 
 
-def _restart_under_torchrun(processes: int) -> None:
+def _restart_under_torchrun(processes: int, nodes: int = 1) -> None:
     """The plan gave this run several devices: run the script again as torchrun's workers (one per device),
-    replacing this process, so gsched's signals reach torchrun and through it every worker."""
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-            sys.argv[0], *sys.argv[1:]]
+    replacing this process, so gsched's signals reach torchrun and through it every worker. Across nodes the
+    rendezvous is in the PET_* variables gsched's runner set on each node."""
+    argv = [sys.executable, "-m", "torch.distributed.run", *(["--standalone"] if nodes == 1 else []),
+            f"--nproc-per-node={processes}", sys.argv[0], *sys.argv[1:]]
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)

@@ -28,6 +28,13 @@ BAD = [
     ("gpus zero", 'workload = "jobs.linear"\nsteps = 5\ngpus = 0\n', "gpus: must be >= 1"),
     ("gpus type", 'workload = "jobs.linear"\nsteps = 5\ngpus = "two"\n', "gpus: must be a whole number"),
     ("gpus key", 'workload = "jobs.linear"\nsteps = 5\ngpus = {lo = 1}\n', "gpus.lo: unknown key"),
+    ("nodes zero", 'workload = "jobs.linear"\nsteps = 5\nnodes = 0\n', "nodes: must be >= 1"),
+    ("nodes min > max", 'workload = "jobs.linear"\nsteps = 5\nnodes = {min = 3, max = 2}\n',
+     "nodes.min: must be <= nodes.max"),
+    ("nodes key", 'workload = "jobs.linear"\nsteps = 5\nnodes = {most = 2}\n', "nodes.most: unknown key"),
+    ("nodes type", 'workload = "jobs.linear"\nsteps = 5\nnodes = "two"\n', "nodes: must be a whole number"),
+    ("nodes split", 'workload = "jobs.linear"\nsteps = 5\ngpus = 3\nnodes = 2\n',
+     "nodes: no GPU count in gpus (3..3) splits evenly over 2..2 node(s)"),
     ("deadline past", 'workload = "jobs.linear"\nsteps = 5\ndeadline = 2020-01-01T00:00:00Z\n',
      "deadline: 2020-01-01T00:00:00Z is already past"),
     ("deadline naive", 'workload = "jobs.linear"\nsteps = 5\ndeadline = 2030-01-01T00:00:00\n', "deadline: has no UTC"),
@@ -63,6 +70,23 @@ def test_good_job_round_trips_and_builds_argv(tmp_path: Path) -> None:
     assert JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
     assert spec.argv("py") == ["py", "-m", "jobs.linear", "--steps", "50", "--seed", "3", "--batch-size", "8"]
     assert spec.name == "j" and spec.workdir == str(tmp_path.resolve())
+
+
+def test_a_job_across_nodes_gets_each_even_split_of_its_gpus(tmp_path: Path) -> None:
+    from scheduler.planner.estimate import NODE_EFFICIENCY, job_modes
+
+    spec = parse_job('workload = "jobs.linear"\nsteps = 50\ngpus = { min = 2, max = 4 }\nnodes = { min = 1, max = 2 }\n',
+                     source="j.toml", base_dir=tmp_path, now=NOW)
+    assert (spec.nodes_min, spec.nodes_max) == (1, 2)
+    assert JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    jm = job_modes(spec, 8, "gpu", 300.0, 10.0)
+    assert sorted((m.gpus, m.nodes) for m in jm.modes) == [(2, 1), (2, 2), (3, 1), (4, 1), (4, 2)]
+    by = {(m.gpus, m.nodes): m for m in jm.modes}
+    assert by[4, 2].rate == pytest.approx(by[4, 1].rate * NODE_EFFICIENCY) and by[4, 2].gpus_per_node == 2
+    assert (jm.modes[jm.requested].gpus, jm.modes[jm.requested].nodes) == (4, 1)  # one node first, when it has room
+    assert jm.described[list(by).index((4, 2))]["nodes"] == 2
+    assert spec.argv("py", 2, 2)[:4] == ["py", "-m", "torch.distributed.run", "--nproc-per-node=2"]  # no --standalone
+    assert spec.argv("py", 1, 2)[:3] == ["py", "-m", "torch.distributed.run"]  # one a node: still DDP
 
 
 def test_examples_are_valid(tmp_path: Path) -> None:

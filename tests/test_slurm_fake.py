@@ -15,6 +15,7 @@ from typing import Any
 
 from conftest import ROOT, DaemonProc, make_home, write_job
 from test_elastic import alternating_trace
+from test_report import free_port, scrape
 
 FAKE = ROOT / "tests" / "fake_slurm" / "fake_slurm.py"
 
@@ -47,6 +48,7 @@ def test_the_daemon_submits_follows_and_survives_a_fake_slurm(tmp_path: Path) ->
     def slurm_jobs() -> list[dict[str, Any]]:
         return json.loads(state.read_text())["jobs"]
 
+    port = free_port()
     d = DaemonProc(make_home(), f"""
 [daemon]
 tick_s = 0.3
@@ -62,10 +64,12 @@ horizon_hours = 3
 time_limit_s = 0.5
 [forecast]
 trace = "{alternating_trace(tmp_path / 'trace.csv')}"
+[metrics]
+listen = "127.0.0.1:{port}"
 """, env=env).start()
     try:
         body = f'command = ["sh", "-c", "echo out-of-the-batch"]\nduration = "1m"\ngpus = 2\nworkdir = "{tmp_path}"\n'
-        jid = d.submit(write_job(tmp_path, "one", body.replace("out-of-the-batch", "out-of-the-batch; sleep 2")),
+        jid = d.submit(write_job(tmp_path, "one", body.replace("out-of-the-batch", "out-of-the-batch; sleep 5")),
                        "--now")
         sid = submitted(d, jid)
         argv = next(c for c in json.loads(state.read_text())["calls"] if c[0] == "sbatch")
@@ -76,7 +80,7 @@ trace = "{alternating_trace(tmp_path / 'trace.csv')}"
         d.wait_state(jid, {"RUNNING"})
         # Slurm stops answering while it runs: the job stays as it is until Slurm answers, the daemon keeps serving
         slurm("fail", "squeue,sinfo")
-        time.sleep(3)  # its run ends meanwhile
+        time.sleep(6)  # its run ends meanwhile (it had seconds left when seen RUNNING, even on a loaded machine)
         assert d.show(jid)["state"] == "RUNNING"
         slurm("fail", "")
         job = d.wait_state(jid, {"COMPLETED", "FAILED", "CANCELLED"})
@@ -87,6 +91,12 @@ trace = "{alternating_trace(tmp_path / 'trace.csv')}"
         slurm("hold", "1")  # held back from starting while the test ends it
         other = d.submit(write_job(tmp_path, "two", body), "--now")
         other_sid = submitted(d, other)
+        # held for Resources past its planned start: a plan Slurm could not start, said once, in its history
+        until = time.monotonic() + 20
+        while not any("for Resources past its planned start" in e["reason"] for e in d.show(other)["events"]):
+            assert time.monotonic() < until, d.show(other)["events"]
+            time.sleep(0.3)
+        assert scrape(port)["gsched_slurm_held_past_start_total"] == {(): 1.0}
         slurm("end", str(other_sid), "DEADLINE", "DeadLine")
         slurm("hold", "0")
         ended = d.wait_state(other, {"FAILED", "CANCELLED", "COMPLETED"})

@@ -78,8 +78,41 @@ def test_sbatch_runs_as_the_owner_with_the_plan_in_its_flags() -> None:
     assert mode_comment({"gpus": 1, "precision": "fp32", "power_limit_w": None}) == "gsched:gpus=1,precision=fp32"
     assert not any(a.startswith("--nodelist") for a in argv)
     pinned = sbatch_argv(7, "abc123", "ann", 2, begin, timedelta(minutes=90), None, mode, False, 90, "gpu", "",
-                         "/shared/runs/7/batch.sh", "/shared/runs/7/slurm.out", node="n2")
+                         "/shared/runs/7/batch.sh", "/shared/runs/7/slurm.out", nodes=["n2"])
     assert "--nodelist=n2" in pinned and "--requeue" not in pinned and "--no-requeue" in pinned
+    assert "--nodes=1" in pinned and not any(a.startswith("--ntasks-per-node") for a in pinned)
+    # across nodes: one task a node, its GPUs split over them, both nodes pinned, the split in its comment
+    wide = sbatch_argv(7, "abc123", "ann", 4, begin, timedelta(minutes=90), None, {**mode, "gpus": 4, "nodes": 2},
+                       True, 90, "gpu", "", "/shared/runs/7/batch.sh", "/shared/runs/7/slurm.out", nodes=["n1", "n2"])
+    for flag in ("--nodes=2", "--ntasks-per-node=1", "--gres=gpu:2", "--nodelist=n1,n2",
+                 "--comment=gsched:gpus=4,precision=bf16,nodes=2,power_limit_w=250"):
+        assert flag in wide, (flag, wide)
+
+
+def test_a_run_across_nodes_is_one_result_with_every_nodes_energy(tmp_path: Path) -> None:
+    """Each node's runner writes its own result; the run's result is there once all are, with the energy summed,
+    rank 0's metrics, and a failure on any node. A node's bad value is kept for the validator to reject by name."""
+    from scheduler.executor.slurmctl import SlurmRuns
+    from scheduler.executor.untrusted import parse_result
+
+    runs = SlurmRuns(tmp_path, "python3")
+    out = tmp_path / "5" / "out"
+    out.mkdir(parents=True)
+    node0 = {"exit_code": 0, "energy_j": 100.0, "energy_source": "estimate", "duration_s": 10.0,
+             "metrics": {"steps": 50, "loss": 0.5}, "terminated": False}
+    (out / "result-tok-0-0.json").write_text(json.dumps(node0))
+    assert runs.read_result(5, "tok", 0, 2) is None  # node 1 has not written yet
+    (out / "result-tok-0-1.json").write_text(json.dumps({**node0, "energy_j": 40.0, "duration_s": 11.0,
+                                                          "metrics": {}}))
+    merged = runs.read_result(5, "tok", 0, 2)
+    result = parse_result(merged)
+    assert result.energy_j == 140.0 and result.duration_s == 11.0 and result.metrics.steps == 50, result
+    assert merged["energy_detail"].startswith("summed over 2 nodes")
+    (out / "result-tok-1-0.json").write_text(json.dumps(node0))
+    (out / "result-tok-1-1.json").write_text(json.dumps({**node0, "exit_code": 3, "error": "boom", "energy_j": "x"}))
+    bad = runs.read_result(5, "tok", 1, 2)
+    assert bad["exit_code"] == 3 and bad["error"] == "boom" and bad["energy_j"] == "x"
+    assert parse_result(bad).energy_j == 0.0 and any(i.startswith("result.energy_j") for i in parse_result(bad).ignored)
 
 
 def test_prolog_caps_the_jobs_gpus_from_its_comment_and_the_epilog_restores_them(tmp_path: Path) -> None:

@@ -123,7 +123,8 @@ class Broken:
 
 @dataclass(frozen=True)
 class CapacityChanged:
-    """What the executor can offer changed (another user's jobs came or went, a leftover process died): replan."""
+    """What the executor can offer changed (another user's jobs came or went, a leftover process died, a held job
+    may take another mode): replan."""
 
 
 Observation = Started | Ended | Lost | Requeued | Dropped | NeverStarted | Broken | CapacityChanged

@@ -118,11 +118,12 @@ class Launcher:
         return env
 
     def runfile(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int,
-                mode: dict[str, Any] | None, token: str, processes: int) -> dict[str, Any]:
-        """What the runner reads: the program, its environment and the limits of one run."""
+                mode: dict[str, Any] | None, token: str, processes: int, nodes: int = 1) -> dict[str, Any]:
+        """What the runner reads: the program, its environment and the limits of one run (``processes`` on each
+        of ``nodes``)."""
         return {
             "token": token,
-            "argv": spec.argv(sys.executable, processes),
+            "argv": spec.argv(sys.executable, processes, nodes),
             "cwd": spec.workdir,
             "env": self.job_env(job_id, spec, devices, owner_uid, mode, token),
             "uid": owner_uid,

@@ -11,9 +11,12 @@ Usage: python -m scheduler.executor.runner RUNFILE.json
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -29,6 +32,7 @@ from scheduler.executor.procs import RunGroup, proc_start_ticks
 METRICS_PREFIX = b"gsched-metrics "
 MAX_METRICS_LINE = 64 * 1024
 EXIT_NO_RESULT = 75  # the result could not be written (full disk): the daemon says so
+SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
 
 # Runs as the job's owner, after the uid drop, so the kernel checks the owner's access to the workdir
 # (root's chdir would walk into directories the owner cannot reach). Stdlib only, isolated (-I -S):
@@ -163,11 +167,46 @@ def _say(message: str) -> None:
         pass
 
 
+def interface_towards(address: str) -> str | None:
+    """The name of the network interface this host reaches ``address`` by (itself included), or None."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9))  # UDP: picks the route, sends nothing
+            local = probe.getsockname()[0]
+            for _index, name in socket.if_nameindex():
+                try:
+                    raw = fcntl.ioctl(probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+                except OSError:
+                    continue  # no IPv4 address on it
+                if socket.inet_ntoa(raw[20:24]) == local:
+                    return name
+    except OSError:
+        return None
+    return None
+
+
 def from_slurm(spec: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     """Under Slurm the run file is written before the allocation: the GPUs, and the run's number (a requeued job
     runs again under the same id), come from the job's environment."""
     restart = environ.get("SLURM_RESTART_COUNT", "0")
     spec["result_path"] = spec["result_path"].replace("{restart}", restart if restart.isdigit() else "0")
+    nodes = int(spec.get("nodes") or 1)
+    if nodes > 1:  # one runner a node (srun): torchrun's static rendezvous at the first node, where srun started
+        rank = environ.get("SLURM_NODEID", "")
+        job = environ.get("SLURM_JOB_ID", "0")
+        if not rank.isdigit() or not environ.get("SLURM_LAUNCH_NODE_IPADDR"):
+            raise GschedError("a run across nodes needs SLURM_NODEID and SLURM_LAUNCH_NODE_IPADDR (started by srun)")
+        spec["result_path"] = spec["result_path"].replace("{node}", rank)
+        spec["env"].update(PET_NNODES=str(nodes), PET_NODE_RANK=rank,
+                           PET_MASTER_ADDR=environ["SLURM_LAUNCH_NODE_IPADDR"],
+                           PET_MASTER_PORT=str(20000 + int(job) % 10000 if job.isdigit() else 29500),
+                           GSCHED_NODES=str(nodes), GSCHED_NODE_RANK=rank)
+        # Where a node's host name resolves to loopback (or to another network), gloo and NCCL would listen where
+        # the other nodes cannot reach: use the interface the first node is reached by, unless the job chose one.
+        ifname = interface_towards(environ["SLURM_LAUNCH_NODE_IPADDR"])
+        for name in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            if ifname and name not in spec["env"]:
+                spec["env"][name] = ifname
     for name in spec.get("inherit_env", ()):
         if name in environ:
             spec["env"][name] = environ[name]

@@ -29,9 +29,10 @@ from scheduler.executor.base import (Broken, Capabilities, CapacityChanged, Drop
                                      Started, handle_of)
 from scheduler.executor.launch import Launcher
 from scheduler.executor.slurmctl import (ENDED, RUNNING, Slurm, SlurmJob, SlurmNode, SlurmRuns, foreign_gpus,
-                                         hostlist, sbatch_argv)
+                                         hostlist, mode_comment, node_energy_note, sbatch_argv)
 from scheduler.jobfile import JobSpec
 from scheduler.models import Job, JobState
+from scheduler.profiles import mode_key
 from scheduler.store import Store
 from scheduler.timeutil import rfc3339
 from scheduler.userpath import acting_ids
@@ -49,10 +50,16 @@ def end_state(sj: SlurmJob) -> JobState:
     return JobState.FAILED if state == JobState.COMPLETED else state
 
 
-def planned_node(job: Job) -> str | None:
-    """The node the plan put the job's next run on, on a partition of several nodes."""
+def planned_nodes(job: Job) -> list[str]:
+    """The nodes the plan put the job's next run on, on a partition of several nodes."""
     nodes = json.loads(job.plan_json).get("nodes") if job.plan_json else None
-    return nodes[0] if isinstance(nodes, list) and nodes and isinstance(nodes[0], str) else None
+    first = nodes[0] if isinstance(nodes, list) and nodes else None
+    return [n for n in first if isinstance(n, str)] if isinstance(first, list) else []
+
+
+def spread(mode: dict[str, Any]) -> int:
+    """How many nodes a mode's GPUs are on."""
+    return max(1, int(mode.get("nodes") or 1))
 
 
 def slurm_why(sj: SlurmJob) -> str:
@@ -76,9 +83,13 @@ class SlurmExecutor:
         self._nodes: list[SlurmNode] = []  # the partition's nodes, from the last sinfo
         self._node_key: tuple[tuple[str, int, bool], ...] | None = None
         self._foreign: tuple[Any, ...] = ()
+        self._reshapeable: frozenset[int] = frozenset()  # gsched's jobs pending in Slurm: any mode may be planned
         self._stopped_at: dict[int, float] = {}  # job id -> time.monotonic() a run Slurm stopped itself was seen
         self._over_at: dict[int, float] = {}  # job id -> time.monotonic() its run was first seen over without a result
         self._retry_at: dict[int, float] = {}  # job id -> time.monotonic() before which no new sbatch
+        # (Slurm job id, run) of gsched's jobs Slurm held for Resources past their planned start: a plan Slurm could
+        # not start, which per-node planning exists to prevent (gsched_slurm_held_past_start_total counts them)
+        self.held_past_start: set[tuple[int, int]] = set()
 
     # --- capacity and starts ---------------------------------------------------------------------------------
 
@@ -126,8 +137,9 @@ class SlurmExecutor:
         try:
             owner = pwd.getpwuid(job.owner_uid).pw_name
             uid, gid = acting_ids(job.owner_uid, job.owner_uid)
-            runfile = self.launcher.runfile(job.id, spec, [], uid, gid, mode, token, int(mode["gpus"]))
-            script = self.runs.prepare(job.id, token, runfile, uid, gid)
+            runfile = self.launcher.runfile(job.id, spec, [], uid, gid, mode, token,
+                                            int(mode["gpus"]) // spread(mode), spread(mode))
+            script = self.runs.prepare(job.id, token, runfile, uid, gid, spread(mode))
             if spec.time_limit_s:  # the runner ends it at its limit; Slurm's is a backstop after that
                 limit_s = spec.time_limit_s + self.config.daemon.kill_grace_s + 120
             else:
@@ -137,7 +149,7 @@ class SlurmExecutor:
                                timedelta(seconds=limit_s / self.clock.speed), deadline, mode, spec.preemptible,
                                settings.requeue_grace_s, settings.partition, settings.account, str(script),
                                str(self.runs.log_path(job.id)), str(self.runs.run_dir(job.id) / "work"),
-                               planned_node(job))
+                               planned_nodes(job))
             slurm_id = self.ctl.submit(argv)
         except (GschedError, OSError, KeyError) as exc:
             self._retry_at[job.id] = time.monotonic() + SUBMIT_RETRY_S
@@ -148,20 +160,40 @@ class SlurmExecutor:
         return {**intent.handle, "slurm_job_id": slurm_id}
 
     def retime(self, job: Job, start: datetime, now: datetime) -> None:
-        sj = self._by_id.get(handle_of(job).get("slurm_job_id"))
+        handle = handle_of(job)
+        sj = self._by_id.get(handle.get("slurm_job_id"))
         if self.error is not None or sj is None or sj.state in RUNNING or sj.state in ENDED:
             return
         wall_now = self.clock.to_wall(now)
         near = timedelta(seconds=min(30.0, self.config.planner.slot_minutes * 30 / self.clock.speed))
         target = max(self.clock.to_wall(start), wall_now)
         current = max(sj.begin or wall_now, wall_now)
-        node = planned_node(job)
-        if node and hostlist(sj.required_nodes) != [node]:  # a replan moved it (a node went down, or filled)
-            self.ctl.pin(sj.job_id, node)
-            self.store.note(job.id or 0, at=now, reason=f"Slurm job {sj.job_id} moved to node {node}")
+        nodes = planned_nodes(job)
+        planned = json.loads(job.plan_json or "{}").get("mode")
+        if sj.state == "PENDING" and planned and mode_key(planned) != mode_key(handle.get("mode") or {}):
+            self._reshape(job, sj, handle, planned, nodes, now)  # a replan chose another mode: devices, nodes
+        elif nodes and sorted(hostlist(sj.required_nodes)) != sorted(nodes):  # a replan moved it (a node went down)
+            self.ctl.pin(sj.job_id, nodes)
+            self.store.note(job.id or 0, at=now, reason=f"Slurm job {sj.job_id} moved to node(s) {','.join(nodes)}")
         if abs(target - current) > near:
             self.ctl.move(sj.job_id, target)
             self.store.note(job.id or 0, at=now, reason=f"Slurm job {sj.job_id} moved to begin at {rfc3339(start)}")
+
+    def _reshape(self, job: Job, sj: SlurmJob, handle: Handle, mode: dict[str, Any], nodes: list[str],
+                 now: datetime) -> None:
+        """A pending Slurm job takes the mode a replan chose (a requeued job resumes on another device or node
+        count): Slurm's request first, then the run file the runner reads when it starts, then the handle."""
+        assert job.id is not None
+        spec = JobSpec.from_json(json.loads(job.spec_json))
+        uid, gid = acting_ids(job.owner_uid, job.owner_uid)
+        per_node = int(mode["gpus"]) // spread(mode)
+        self.ctl.reshape(sj.job_id, spread(mode), per_node, nodes, mode_comment(mode))
+        runfile = self.launcher.runfile(job.id, spec, [], uid, gid, mode, handle["token"], per_node, spread(mode))
+        self.runs.prepare(job.id, handle["token"], runfile, uid, gid, spread(mode))
+        self.store.set_handle(job.id, {**handle, "mode": mode})
+        where = f" on {','.join(nodes)}" if nodes else ""
+        self.store.note(job.id, at=now, reason=f"Slurm job {sj.job_id} now asks for {mode['gpus']} GPU(s) on "
+                                               f"{spread(mode)} node(s){where}, {mode.get('precision')}")
 
     # --- following runs ----------------------------------------------------------------------------------------
 
@@ -182,9 +214,13 @@ class SlurmExecutor:
         foreign = tuple(sorted((j.job_id, j.gpus, j.end, j.nodes) for j in sjobs
                                if j.gsched_id is None and j.state in RUNNING and j.gpus))
         nodes_changed = self._read_nodes()
-        if foreign != self._foreign or nodes_changed:  # others' jobs, or nodes, took or freed GPUs: replan
-            self._foreign = foreign
+        # gsched's jobs back in Slurm's queue (a requeue's run is over) may take another mode from now on
+        reshapeable = frozenset(j.job_id for j in sjobs if j.gsched_id is not None and j.state == "PENDING"
+                                and j.restarts > 0)
+        if foreign != self._foreign or nodes_changed or reshapeable - self._reshapeable:
+            self._foreign = foreign  # others' jobs, or nodes, took or freed GPUs, or a held job is free: replan
             seen.append(CapacityChanged())
+        self._reshapeable = reshapeable
         by_name = {j.gsched_id: j for j in sjobs if j.gsched_id is not None}
         for job in jobs:
             assert job.id is not None
@@ -229,21 +265,23 @@ class SlurmExecutor:
                     return [self._dropped(job, sj, slurm_why(sj) + " instead of running again")]
                 return []
             run = sj.restarts if sj is not None else (0 if last is None else last + 1)
-            raw = self.runs.read_result(job.id, token, run)
+            raw = self.runs.read_result(job.id, token, run, spread(handle.get("mode") or {}))
             if raw is None and sj is not None and sj.state in ENDED:
                 return [self._dropped(job, sj, slurm_why(sj))]
             if raw is None and sj is None:
                 return [self._dropped(job, sj, f"Slurm no longer knows job {sid}, and it left no result")]
             # COMPLETING is a run's end (a requeued one's too), never a start
             if raw is None and (sj is None or sj.state not in RUNNING or sj.state == "COMPLETING"):
+                if sj is not None:
+                    self._held(job, sj, now)
                 return []  # still pending in Slurm
             at = self.clock.from_wall(sj.start) if sj is not None and sj.start is not None else None
             nodes = sj.nodes if sj is not None else ""
             handle = {**handle, "restarts": run, "nodes": nodes or None}
-            seen.append(Started(job.id, at, sj.gpus if sj is not None and sj.gpus else None,
+            seen.append(Started(job.id, at, sj.gpus_total if sj is not None and sj.gpus else None,
                                 f"by Slurm as job {sid}" + (f" on {nodes}" if nodes else ""), handle))
         run = handle.get("restarts") or 0
-        raw = self.runs.read_result(job.id, token, run)
+        raw = self.runs.read_result(job.id, token, run, spread(handle.get("mode") or {}))
         if raw is not None:
             said = None
             if isinstance(raw, dict) and raw.get("terminated") is True and not job.cancel_requested \
@@ -257,6 +295,9 @@ class SlurmExecutor:
                         if sj.restarts > run or sj.state not in ENDED else (end_state(sj), slurm_why(sj)))
             self._stopped_at.pop(job.id, None)
             self._over_at.pop(job.id, None)
+            if isinstance(raw, dict) and "node_energy_j" in raw:
+                self.store.note(job.id, at=now, reason=node_energy_note(raw["node_energy_j"],
+                                                                       hostlist(handle.get("nodes") or ""), run))
             return [*seen, Ended(job.id, raw, said)]
         if sj is None:
             seen.append(Lost(job.id, f"Slurm no longer knows job {sid}, and its run left no result"))
@@ -276,6 +317,19 @@ class SlurmExecutor:
                 f"requeued by Slurm ({self._requeue_why(sj, handle)})"
             seen.append(Requeued(job.id, f"{why}; its run left no result"))
         return seen
+
+    def _held(self, job: Job, sj: SlurmJob, now: datetime) -> None:
+        """A pending job past its planned start (by more than the scheduler's own delay) that Slurm holds for
+        Resources: the plan put it where Slurm had no room. Recorded once a run, in its history and the log."""
+        late = timedelta(seconds=3 * self.config.daemon.tick_s)  # Slurm says Resources only once it tried
+        if sj.state != "PENDING" or sj.reason != "Resources" or job.planned_start is None \
+                or now - job.planned_start <= late or (sj.job_id, sj.restarts) in self.held_past_start:
+            return
+        self.held_past_start.add((sj.job_id, sj.restarts))
+        log.warning("job %s: Slurm holds job %s for Resources past its planned start %s", job.id, sj.job_id,
+                    rfc3339(job.planned_start))
+        self.store.note(job.id or 0, at=now, reason=f"Slurm holds job {sj.job_id} for Resources past its planned "
+                                                   f"start {rfc3339(job.planned_start)}")
 
     def _requeue_why(self, sj: SlurmJob, handle: Handle) -> str:
         """Slurm's reason, or the state of the node the run was on (a node failure leaves the reason "None")."""
@@ -324,8 +378,12 @@ class SlurmExecutor:
         return handle_of(job).get("slurm_job_id") is not None
 
     def held_mode(self, job: Job) -> dict[str, Any] | None:
+        """A job pending in Slurm takes any mode (retime reshapes it); one being submitted or run keeps its own."""
         handle = handle_of(job)
-        return handle.get("mode") if handle.get("token") else None
+        sj = self._by_id.get(handle.get("slurm_job_id"))
+        if not handle.get("token") or (sj is not None and sj.state == "PENDING"):
+            return None
+        return handle.get("mode")
 
     def describe(self, job: Job) -> dict[str, Any]:
         handle = handle_of(job)

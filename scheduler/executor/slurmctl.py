@@ -45,7 +45,7 @@ class SlurmJob:
     name: str
     state: str  # Slurm's job_state
     reason: str
-    gpus: int
+    gpus: int  # on each of its nodes (tres_per_node)
     begin: datetime | None
     end: datetime | None  # when it ended, or is expected to (start + time limit)
     start: datetime | None  # when it started (or is expected to)
@@ -56,6 +56,11 @@ class SlurmJob:
     user: str
     comment: str
     required_nodes: str = ""  # --nodelist, or what scontrol update ReqNodeList set
+    node_count: int = 1
+
+    @property
+    def gpus_total(self) -> int:
+        return self.gpus * max(1, self.node_count)
 
     @property
     def gsched_id(self) -> tuple[int, str] | None:
@@ -104,7 +109,8 @@ def parse_squeue(data: Any) -> list[SlurmJob]:
             begin=_time(raw.get("eligible_time")), end=_time(raw.get("end_time")), start=_time(raw.get("start_time")),
             restarts=_count(raw.get("restart_cnt")), exit_code=code, signal=sig,
             nodes=str(raw.get("nodes") or ""), user=str(raw.get("user_name") or ""),
-            comment=str(raw.get("comment") or ""), required_nodes=str(raw.get("required_nodes") or "")))
+            comment=str(raw.get("comment") or ""), required_nodes=str(raw.get("required_nodes") or ""),
+            node_count=max(1, _count(raw.get("node_count")))))
     return jobs
 
 
@@ -177,8 +183,11 @@ def foreign_gpus(jobs: Sequence[SlurmJob], start: datetime, slot: timedelta, slo
 
 
 def mode_comment(mode: dict[str, Any]) -> str:
-    """The mode as the Prolog reads it from the job's comment: ``gsched:gpus=2,precision=bf16,power_limit_w=250``."""
+    """The mode as the Prolog reads it from the job's comment: ``gsched:gpus=2,precision=bf16,power_limit_w=250``
+    (``nodes=2`` for a job across nodes: its GPUs on each are gpus / nodes)."""
     parts = [f"gpus={int(mode['gpus'])}", f"precision={mode['precision']}"]
+    if int(mode.get("nodes") or 1) > 1:
+        parts.append(f"nodes={int(mode['nodes'])}")
     if mode.get("power_limit_w"):
         parts.append(f"power_limit_w={int(mode['power_limit_w'])}")
     return "gsched:" + ",".join(parts)
@@ -186,17 +195,20 @@ def mode_comment(mode: dict[str, Any]) -> str:
 
 def sbatch_argv(job_id: int, token: str, owner: str, gpus: int, begin: datetime, time_limit: timedelta,
                 deadline: datetime | None, mode: dict[str, Any], preemptible: bool, grace_s: int, partition: str,
-                account: str, script: str, output: str, chdir: str = "/", node: str | None = None) -> list[str]:
-    """``runuser -u OWNER -- sbatch ...``: Slurm authenticates the owner (``--uid`` is not portable). One node (the
-    workload's DDP is torchrun --standalone), ``node`` where gsched planned one; none of the root daemon's
-    environment goes into the job."""
+                account: str, script: str, output: str, chdir: str = "/", nodes: Sequence[str] = ()) -> list[str]:
+    """``runuser -u OWNER -- sbatch ...``: Slurm authenticates the owner (``--uid`` is not portable). The mode's
+    number of nodes, one task on each and gpus / nodes GPUs a node, on ``nodes`` where gsched planned them; none
+    of the root daemon's environment goes into the job."""
     minutes = max(1, -(-int(time_limit.total_seconds()) // 60))
+    spread = max(1, int(mode.get("nodes") or 1))
     argv = ["runuser", "-u", owner, "--", "sbatch", "--parsable", f"--job-name={NAME_PREFIX}{job_id}-{token}",
-            f"--partition={partition}", "--nodes=1", f"--gres=gpu:{gpus}", f"--begin={_slurm_time(begin)}",
-            f"--time={minutes}", f"--comment={mode_comment(mode)}", f"--output={output}", "--open-mode=append",
-            f"--chdir={chdir}", "--export=NONE"]
-    if node:
-        argv.append(f"--nodelist={node}")
+            f"--partition={partition}", f"--nodes={spread}", f"--gres=gpu:{gpus // spread}",
+            f"--begin={_slurm_time(begin)}", f"--time={minutes}", f"--comment={mode_comment(mode)}",
+            f"--output={output}", "--open-mode=append", f"--chdir={chdir}", "--export=NONE"]
+    if spread > 1:
+        argv.append("--ntasks-per-node=1")
+    if nodes:
+        argv.append(f"--nodelist={','.join(nodes)}")
     if deadline is not None:
         argv.append(f"--deadline={_slurm_time(deadline)}")
     if account:
@@ -256,9 +268,15 @@ class Slurm:
     def move(self, job_id: int, begin: datetime) -> None:
         self._run(["scontrol", "update", f"JobId={job_id}", f"StartTime={_slurm_time(begin)}"])
 
-    def pin(self, job_id: int, node: str) -> None:
-        """A pending job's node (its --nodelist), where a replan moved it."""
-        self._run(["scontrol", "update", f"JobId={job_id}", f"ReqNodeList={node}"])
+    def pin(self, job_id: int, nodes: Sequence[str]) -> None:
+        """A pending job's nodes (its --nodelist), where a replan moved it."""
+        self._run(["scontrol", "update", f"JobId={job_id}", f"ReqNodeList={','.join(nodes)}"])
+
+    def reshape(self, job_id: int, nodes: int, gpus_per_node: int, nodelist: Sequence[str], comment: str) -> None:
+        """A pending job's devices and nodes (one task a node), as a replan chose them."""
+        argv = ["scontrol", "update", f"JobId={job_id}", f"NumNodes={nodes}-{nodes}", f"NumTasks={nodes}",
+                f"NumCPUs={nodes}", f"TresPerNode=gres:gpu:{gpus_per_node}", f"Comment={comment}"]
+        self._run(argv + ([f"ReqNodeList={','.join(nodelist)}"] if nodelist else []))
 
     def cancel(self, job_id: int) -> None:
         self._run(["scancel", str(job_id)])
@@ -298,8 +316,10 @@ class SlurmRuns:
     def checkpoint(self, job_id: int) -> Path:
         return self.run_dir(job_id) / "work" / "checkpoint.pt"
 
-    def prepare(self, job_id: int, token: str, runfile: dict[str, Any], owner_uid: int, owner_gid: int) -> Path:
-        """The run's directories, run file and batch script; returns the script."""
+    def prepare(self, job_id: int, token: str, runfile: dict[str, Any], owner_uid: int, owner_gid: int,
+                nodes: int = 1) -> Path:
+        """The run's directories, run file and batch script; returns the script. A job across nodes runs one runner
+        a node (srun), each measuring its node and writing a result of its own."""
         if not self.shared_dir.is_dir():
             self.shared_dir.mkdir(parents=True)
             self.shared_dir.chmod(0o755)  # the jobs' owners reach their run directories inside
@@ -316,7 +336,8 @@ class SlurmRuns:
             os.chmod(path, 0o700, follow_symlinks=False)
         runfile = {**runfile, "slurm": True, "claim_path": None, "cgroup": None, "cpu_cores": [],
                    "device_kind": "gpu", "device_uuids": [], "inherit_env": list(INHERIT_ENV),
-                   "result_path": str(run_dir / "out" / f"result-{token}-{{restart}}.json")}
+                   "nodes": nodes, "result_path": str(run_dir / "out" / (
+                       f"result-{token}-{{restart}}.json" if nodes == 1 else f"result-{token}-{{restart}}-{{node}}.json"))}
         runfile["env"]["GSCHED_CHECKPOINT"] = str(self.checkpoint(job_id))
         # The run file holds the job's environment (the submitter's, private): the owner's runner reads it on the
         # node, nobody else may.
@@ -328,15 +349,30 @@ class SlurmRuns:
         if os.geteuid() == 0:
             os.chown(path, owner_uid, owner_gid)
         script = run_dir / f"batch-{token}.sh"
-        script.write_text(f"#!/bin/sh\n# gsched job {job_id}: gsched's runner measures and runs the workload\n"
-                          f"exec {shlex.quote(self.python)} -m scheduler.executor.runner {shlex.quote(str(path))}\n")
+        # Slurm keeps the script as submitted, and a replan may reshape the job: its node count is read when it
+        # runs. Across nodes, one runner a node; sbatch --export=NONE leaves SLURM_EXPORT_ENV=NONE for srun:
+        # --export=ALL passes on the batch's own (minimal) environment, never the daemon's.
+        runner = f"{shlex.quote(self.python)} -m scheduler.executor.runner {shlex.quote(str(path))}"
+        script.write_text(
+            f"#!/bin/sh\n# gsched job {job_id}: gsched's runner measures and runs the workload\n"
+            f'n="${{SLURM_JOB_NUM_NODES:-1}}"\n'
+            f'[ "$n" -gt 1 ] && exec srun --nodes="$n" --ntasks="$n" --ntasks-per-node=1 --export=ALL {runner}\n'
+            f"exec {runner}\n")
         script.chmod(0o755)
         return script
 
-    def read_result(self, job_id: int, token: str, restart: int) -> Any:
-        """The raw result of one run (untrusted), None before there is one. The file is the owner's: it is opened
-        without following a link, and only a regular file of at most 1 MiB is read."""
-        path = self.run_dir(job_id) / "out" / f"result-{token}-{restart}.json"
+    def read_result(self, job_id: int, token: str, restart: int, nodes: int = 1) -> Any:
+        """The raw result of one run (untrusted), None before there is one; of a run across nodes, every node's
+        result merged (merge_results), None until all are there."""
+        if nodes == 1:
+            return self._read(self.run_dir(job_id) / "out" / f"result-{token}-{restart}.json")
+        raws = [self._read(self.run_dir(job_id) / "out" / f"result-{token}-{restart}-{k}.json") for k in range(nodes)]
+        return None if any(r is None for r in raws) else merge_results(raws)
+
+    @staticmethod
+    def _read(path: Path) -> Any:
+        """The file is the owner's: it is opened without following a link, and only a regular file of at most 1 MiB
+        is read."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
@@ -354,3 +390,39 @@ class SlurmRuns:
         except (ValueError, RecursionError):
             return {"exit_code": None, "error": "runner result unreadable"}
 
+
+
+def merge_results(raws: list[Any]) -> Any:
+    """One run's result from its nodes' (each untrusted, validated later as one): the first node's (rank 0 reports
+    the workload's metrics), with the energy summed over every node, the longest duration, the first failure's exit
+    code and error, and terminated if any node was. A node's malformed value is kept as it is, for parse_result to
+    reject by name."""
+    if not all(isinstance(r, dict) for r in raws):
+        return next(r for r in raws if not isinstance(r, dict))
+    merged = dict(raws[0])
+    energies = [r.get("energy_j") for r in raws]
+    numbers = all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in energies)
+    merged["energy_j"] = sum(energies) if numbers else next(
+        e for e in energies if not isinstance(e, (int, float)) or isinstance(e, bool))
+    durations = [r.get("duration_s") for r in raws]
+    if all(isinstance(d, (int, float)) and not isinstance(d, bool) for d in durations):
+        merged["duration_s"] = max(durations)
+    failed = next((r for r in raws if r.get("exit_code") not in (0, None)), None)
+    if failed is not None:
+        merged.update({k: failed.get(k) for k in ("exit_code", "signal", "error") if k in failed})
+    merged["terminated"] = any(r.get("terminated") is True for r in raws) or merged.get("terminated")
+    merged["node_energy_j"] = energies
+    details = [str(r.get("energy_detail") or r.get("energy_source") or "") for r in raws]
+    merged["energy_detail"] = f"summed over {len(raws)} nodes: " + "; ".join(d[:200] for d in details)
+    return merged
+
+
+def node_energy_note(values: Any, names: Sequence[str], run: int) -> str:
+    """What each node of a run across nodes measured, for the job's history (values untrusted: shown bounded)."""
+    values = values if isinstance(values, list) else []
+    parts = []
+    for k, value in enumerate(values[:64]):
+        name = names[k] if k < len(names) else f"node {k}"
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1e13
+        parts.append(f"{name} {value / 1000:.4g} kJ" if ok else f"{name} invalid")
+    return f"run {run} measured on {len(values)} nodes: " + ", ".join(parts)

@@ -4,7 +4,8 @@ For a job allowed n devices (gpus.min..gpus.max), precisions P and power caps C 
 - rate(n, p, c) = base_rate x n^0.9 x speedup[p] x (c / nominal_w)^0.4, in work units per hour;
 - power(n, p, c) = n x (c or nominal_w), in kW, where nominal_w is planner.gpu_power_w (GPUs) or
   planner.cpu_device_power_w (CPU virtual devices).
-n^0.9 is a typical data-parallel efficiency; speedup is 1.8 for bf16/fp16 on GPUs (tensor cores) and
+A job that may span nodes (``nodes``) also gets each split of n devices over k of its node counts (n/k a node),
+at NODE_EFFICIENCY^(k-1) of that rate: gradients cross the network. n^0.9 is a typical data-parallel efficiency; speedup is 1.8 for bf16/fp16 on GPUs (tensor cores) and
 1.0 on CPUs; the ^0.4 reflects that a GPU's throughput falls more slowly than its power cap (as Zeus
 measured). Work units: a workload's steps (base_rate = its steps_per_s x 3600); a command's
 "one-device hours" (its duration on gpus.min devices x gpus.min^0.9, base_rate = 1).
@@ -22,12 +23,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler.errors import InputError
-from scheduler.jobfile import JobSpec, pruning_label
+from scheduler.jobfile import JobSpec, pruning_label, splits
 from scheduler.planner.problem import Mode
 
 SCALING_EXPONENT = 0.9
 CAP_EXPONENT = 0.4
 GPU_SPEEDUP = {"fp32": 1.0, "bf16": 1.8, "fp16": 1.8}
+NODE_EFFICIENCY = 0.9  # of the rate, per node beyond the first
 
 
 @dataclass(frozen=True)
@@ -65,24 +67,29 @@ def job_modes(spec: JobSpec, capacity: int, device_kind: str, nominal_w: float, 
     modes, described = [], []
     top = max(spec.gpus_min, min(spec.gpus_max, capacity))
     compiled = spec.optimisations.compile
-    choices = itertools.product(range(spec.gpus_min, top + 1), spec.optimisations.precision,
-                                spec.optimisations.pruning, caps)
-    for n, precision, pruning, cap in choices:
+    layouts = splits(spec.gpus_min, top, spec.nodes_min, spec.nodes_max) or [(top, spec.nodes_min)]
+    choices = itertools.product(layouts, spec.optimisations.precision, spec.optimisations.pruning, caps)
+    for (n, k), precision, pruning, cap in choices:
         speedup = GPU_SPEEDUP[precision] if device_kind == "gpu" else 1.0
         watts = cap if cap is not None else nominal_w
-        rate = base_rate * n ** SCALING_EXPONENT * speedup * (watts / nominal_w) ** CAP_EXPONENT
+        rate = base_rate * n ** SCALING_EXPONENT * speedup * (watts / nominal_w) ** CAP_EXPONENT \
+            * NODE_EFFICIENCY ** (k - 1)
         power_kw, source = n * watts / 1000, "default-scaling"
+        # profiles are of one-node runs (a multi-node run records none)
         measured = next((p for p in profiles or [] if p.gpus == n and p.precision == precision
                          and p.power_limit_w == (cap or 0) and p.pruning == pruning_label(pruning)
-                         and p.compile == compiled), None)
+                         and p.compile == compiled), None) if k == 1 else None
         if measured is not None and in_steps:
             rate, power_kw, source = measured.steps_per_s * 3600, measured.watts / 1000, "profile"
         # On an accelerated clock a real run spans `speed` times as much simulated time.
         modes.append(Mode(n, rate / clock_speed, power_kw, f"{n}x{device_kind} {precision}"
-                          + (f" pruned {pruning_label(pruning)}" if pruning else "") + (f" {cap}W" if cap else "")))
+                          + (f" on {k} nodes" if k > 1 else "")
+                          + (f" pruned {pruning_label(pruning)}" if pruning else "") + (f" {cap}W" if cap else ""), k))
         described.append({"gpus": n, "precision": precision, "power_limit_w": cap, "pruning": pruning,
-                          "compile": compiled, "source": source})
-    requested = next(i for i, d in enumerate(described)
-                     if d["gpus"] == top and d["precision"] == spec.optimisations.precision[0]
-                     and d["pruning"] == spec.optimisations.pruning[0] and d["power_limit_w"] is None)
+                          "compile": compiled, "source": source, **({"nodes": k} if k > 1 else {})})
+    largest = max(n for n, _k in layouts)
+    requested = min((i for i, d in enumerate(described)
+                     if d["gpus"] == largest and d["precision"] == spec.optimisations.precision[0]
+                     and d["pruning"] == spec.optimisations.pruning[0] and d["power_limit_w"] is None),
+                    key=lambda i: int(described[i].get("nodes") or 1))
     return JobModes(work, tuple(modes), tuple(described), requested)

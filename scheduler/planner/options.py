@@ -119,11 +119,12 @@ class Costing:
             costs[0] = cost0
         return starts, costs, n
 
-    def fits(self, job: PJob, mode: int, starts: np.ndarray, n: int, free: np.ndarray) -> np.ndarray:
-        """Which runs of rigid_costs' ``starts`` (consecutive) find the mode's GPUs free throughout."""
+    def fits(self, job: PJob, mode: int, starts: np.ndarray, n: int, free: np.ndarray,
+             gpus: int | None = None) -> np.ndarray:
+        """Which runs of rigid_costs' ``starts`` (consecutive) find the mode's GPUs (or ``gpus``) free throughout."""
         if not len(starts):
             return np.zeros(0, dtype=bool)
-        g = job.modes[mode].gpus
+        g = job.modes[mode].gpus if gpus is None else gpus
         lo = int(starts[0])
         ok = _window_all(free[lo:int(starts[-1]) + n] >= g, n)
         if lo == 0 and self.elapsed_h > 0:

@@ -1,13 +1,14 @@
 """The planning problem, the plan, and their file formats; ``evaluate`` is the exact semantics both share.
 
 Problem file (extra keys allowed; ``objective`` "cost"|"carbon", ``capacity`` [per-slot free GPUs] and ``nodes``
-[per node, per-slot free GPUs: a segment's GPUs are all on one node] are gsched's own optional extras):
+[per node, per-slot free GPUs: a segment's GPUs are on its mode's number of nodes, the same share on each] are
+gsched's own optional extras, as is a mode's ``nodes``, 1 unless given):
     {"start", "slot_minutes", "horizon_slots", "gpus", "carbon_price_eur_per_t",
      "signals": {"price_eur_per_mwh": [..], "carbon_g_per_kwh": [..]},
      "jobs": [{"id", "release_slot", "deadline_slot", "work", "preemptible", "resume_overhead_minutes",
-               "requested_mode", "modes": [{"gpus", "rate", "power_kw"}], "start_by_slot" (optional)}]}
-Plan file ("node", an index into the problem's ``nodes``, only where it has them):
-    {"jobs": [{"id", "segments": [{"start_slot", "end_slot", "mode", "node"}]}]}
+               "requested_mode", "modes": [{"gpus", "rate", "power_kw", "nodes"}], "start_by_slot" (optional)}]}
+Plan file ("nodes", indices into the problem's ``nodes``, one per node of the segment's mode, only where it has them):
+    {"jobs": [{"id", "segments": [{"start_slot", "end_slot", "mode", "nodes"}]}]}
 
 Semantics: work accrues at rate x hours; slot 0 lacks ``slot0_elapsed_minutes`` (an optional extra: the time of
 the current slot already past); each segment after a job's first starts with
@@ -34,6 +35,11 @@ class Mode:
     rate: float  # work units per hour
     power_kw: float
     label: str = ""  # e.g. "2xGPU bf16 250W"; not part of the file format
+    nodes: int = 1  # spread over this many nodes, gpus / nodes on each (a multi-node job's DDP)
+
+    @property
+    def gpus_per_node(self) -> int:
+        return self.gpus // self.nodes
 
 
 @dataclass(frozen=True)
@@ -101,7 +107,7 @@ class Segment:
     start_slot: int
     end_slot: int  # exclusive
     mode: int
-    node: int | None = None  # index into Problem.nodes
+    nodes: tuple[int, ...] = ()  # indices into Problem.nodes, one per node of its mode
 
 
 Plan = dict[str, list[Segment]]
@@ -189,13 +195,15 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
             prev_end = seg.end_slot
             mode = job.modes[seg.mode]
             overhead_h = job.resume_overhead_minutes / 60 if i > 0 else 0.0
-            if problem.nodes and not (seg.node is not None and 0 <= seg.node < len(problem.nodes)):
-                errors.append(f"job {job.id}: segment {seg.start_slot}-{seg.end_slot} on no node of the problem's "
-                              f"{len(problem.nodes)}")
+            on_nodes = problem.nodes and len(set(seg.nodes)) == len(seg.nodes) == mode.nodes \
+                and all(0 <= k < len(problem.nodes) for k in seg.nodes)
+            if problem.nodes and not on_nodes:
+                errors.append(f"job {job.id}: segment {seg.start_slot}-{seg.end_slot} on nodes {list(seg.nodes)}, "
+                              f"not {mode.nodes} distinct node(s) of the problem's {len(problem.nodes)}")
             for t in range(seg.start_slot, seg.end_slot):
                 used[t] += mode.gpus
-                if problem.nodes and seg.node is not None and 0 <= seg.node < len(problem.nodes):
-                    node_used[seg.node][t] += mode.gpus
+                for k in seg.nodes if on_nodes else ():
+                    node_used[k][t] += mode.gpus_per_node
                 if remaining <= EPS:
                     continue
                 powered_h = problem.slot_len_h(t)
@@ -279,10 +287,15 @@ def problem_from_json(data: Any, source: str = "problem") -> Problem:
         modes = []
         for k, m in enumerate(_need(raw, "modes", list, where)):
             mw = f"{where}.modes[{k}]"
+            n_nodes = m.get("nodes", 1)
+            if not isinstance(n_nodes, int) or isinstance(n_nodes, bool) or n_nodes < 1:
+                raise InputError(f"{mw}.nodes: must be an integer >= 1")
             mode = Mode(_need(m, "gpus", int, mw), float(_need(m, "rate", num, mw)),
-                        float(_need(m, "power_kw", num, mw)), str(m.get("label", "")))
+                        float(_need(m, "power_kw", num, mw)), str(m.get("label", "")), n_nodes)
             if mode.gpus < 0 or mode.rate <= 0 or mode.power_kw < 0:
                 raise InputError(f"{mw}: gpus >= 0, rate > 0 and power_kw >= 0 required")
+            if mode.gpus % n_nodes:
+                raise InputError(f"{mw}.nodes: {mode.gpus} GPUs do not split evenly over {n_nodes} nodes")
             modes.append(mode)
         if not modes:
             raise InputError(f"{where}.modes: at least one mode required")
@@ -331,7 +344,8 @@ def problem_to_json(problem: Problem) -> dict[str, Any]:
         "jobs": [{"id": j.id, "release_slot": j.release_slot, "deadline_slot": j.deadline_slot, "work": j.work,
                   "preemptible": j.preemptible, "resume_overhead_minutes": j.resume_overhead_minutes,
                   "requested_mode": j.requested_mode,
-                  "modes": [{"gpus": m.gpus, "rate": m.rate, "power_kw": m.power_kw} for m in j.modes],
+                  "modes": [{"gpus": m.gpus, "rate": m.rate, "power_kw": m.power_kw,
+                             **({} if m.nodes == 1 else {"nodes": m.nodes})} for m in j.modes],
                   **({} if j.start_by_slot is None else {"start_by_slot": j.start_by_slot})}
                  for j in problem.jobs],
     }
@@ -347,13 +361,13 @@ def problem_to_json(problem: Problem) -> dict[str, Any]:
 def plan_to_json(plan: Plan) -> dict[str, Any]:
     return {"jobs": [{"id": job_id, "segments": [
         {"start_slot": s.start_slot, "end_slot": s.end_slot, "mode": s.mode,
-         **({} if s.node is None else {"node": s.node})} for s in segments]} for job_id, segments in plan.items()]}
+         **({"nodes": list(s.nodes)} if s.nodes else {})} for s in segments]} for job_id, segments in plan.items()]}
 
 
 def plan_from_json(data: Any, source: str = "plan") -> Plan:
     try:
         return {str(j["id"]): [Segment(int(s["start_slot"]), int(s["end_slot"]), int(s["mode"]),
-                                       None if s.get("node") is None else int(s["node"]))
+                                       tuple(int(k) for k in s.get("nodes") or ()))
                                for s in j["segments"]] for j in data["jobs"]}
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"{source}: not a plan file ({exc})") from None

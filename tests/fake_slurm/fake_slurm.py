@@ -188,9 +188,18 @@ def command(name: str, argv: list[str], state: dict, now: int) -> None:
         stop(find(state, argv[-1]), now, "CANCELLED")
     elif name == "scontrol" and argv[0] == "update":
         job = find(state, argv[1].split("=", 1)[1])
-        if job["job_state"] == "PENDING":
-            job["eligible_time"] = epoch(argv[2].split("=", 1)[1], now)
-            progress(state, now)
+        fields = dict(a.split("=", 1) for a in argv[2:])
+        if job["job_state"] != "PENDING":
+            if set(fields) - {"StartTime"}:
+                sys.exit(f"scontrol: error: Job {job['job_id']} is no longer pending: its shape cannot change")
+            return
+        if "StartTime" in fields:
+            job["eligible_time"] = epoch(fields["StartTime"], now)
+        if "TresPerNode" in fields:
+            job["tres_per_node"] = fields["TresPerNode"]
+        if "Comment" in fields:
+            job["comment"] = fields["Comment"]
+        progress(state, now)
     elif name == "scontrol" and argv[0] == "requeue":
         stop(find(state, argv[1]), now, "REQUEUE")
     elif name == "fake_slurm.py" and argv[0] == "fail":
