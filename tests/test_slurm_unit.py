@@ -155,3 +155,25 @@ def test_a_slurm_runs_result_is_read_without_following_links_and_bounded(tmp_pat
     assert runs.read_result(5, "tok", 2) == {"exit_code": None, "error": "runner result unreadable"}
     (out / "result-tok-3.json").write_text('{"exit_code": 0}')
     assert runs.read_result(5, "tok", 3) == {"exit_code": 0} and runs.read_result(5, "tok", 4) is None
+
+
+def test_each_node_s_runner_joins_the_rendezvous_at_the_first_node_and_writes_its_own_result() -> None:
+    from scheduler.executor.procs import TOKEN_VAR
+    from scheduler.executor.runner import from_slurm
+
+    spec = {"result_path": "/s/5/out/result-tok-{restart}-{node}.json", "nodes": 2, "token": "tok",
+            "env": {TOKEN_VAR: "tok"}, "inherit_env": []}
+    environ = {"SLURM_RESTART_COUNT": "1", "SLURM_NODEID": "1", "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1",
+               "SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "0,1"}
+    out = from_slurm(json.loads(json.dumps(spec)), environ)
+    assert out["result_path"] == "/s/5/out/result-tok-1-1.json"
+    env = out["env"]
+    assert (env["PET_NNODES"], env["PET_NODE_RANK"], env["PET_MASTER_ADDR"]) == ("2", "1", "127.0.0.1")
+    assert env["PET_MASTER_PORT"] == "20042" and env["GSCHED_NUM_DEVICES"] == "2" and env["GSCHED_NODES"] == "2"
+    assert env["GLOO_SOCKET_IFNAME"] == "lo"  # the interface the first node is reached by
+    assert out["token"] == env[TOKEN_VAR] == "tok-1"  # its clean-up stays on its node
+    chosen = from_slurm({**json.loads(json.dumps(spec)), "env": {"GLOO_SOCKET_IFNAME": "ib0"}}, environ)
+    assert chosen["env"]["GLOO_SOCKET_IFNAME"] == "ib0"  # the job's own choice stands
+    one = from_slurm({"result_path": "/s/r-{restart}.json", "token": "t", "env": {}, "inherit_env": []},
+                     {"SLURM_RESTART_COUNT": "0", "CUDA_VISIBLE_DEVICES": "0"})
+    assert one["result_path"] == "/s/r-0.json" and "PET_NNODES" not in one["env"] and one["token"] == "t"

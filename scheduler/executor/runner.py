@@ -27,7 +27,7 @@ from typing import Any
 
 from scheduler.errors import GschedError
 from scheduler.executor.energy import CpuEstimateMeter, choose_meter
-from scheduler.executor.procs import RunGroup, proc_start_ticks
+from scheduler.executor.procs import TOKEN_VAR, RunGroup, proc_start_ticks
 
 METRICS_PREFIX = b"gsched-metrics "
 MAX_METRICS_LINE = 64 * 1024
@@ -197,6 +197,9 @@ def from_slurm(spec: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
         if not rank.isdigit() or not environ.get("SLURM_LAUNCH_NODE_IPADDR"):
             raise GschedError("a run across nodes needs SLURM_NODEID and SLURM_LAUNCH_NODE_IPADDR (started by srun)")
         spec["result_path"] = spec["result_path"].replace("{node}", rank)
+        # each node's runner cleans up its own node's processes only, wherever the nodes share a host
+        spec["token"] = f"{spec['token']}-{rank}"
+        spec["env"][TOKEN_VAR] = spec["token"]
         spec["env"].update(PET_NNODES=str(nodes), PET_NODE_RANK=rank,
                            PET_MASTER_ADDR=environ["SLURM_LAUNCH_NODE_IPADDR"],
                            PET_MASTER_PORT=str(20000 + int(job) % 10000 if job.isdigit() else 29500),
