@@ -107,7 +107,7 @@ def test_a_run_across_nodes_is_one_result_with_every_nodes_energy(tmp_path: Path
     merged = runs.read_result(5, "tok", 0, 2)
     result = parse_result(merged)
     assert result.energy_j == 140.0 and result.duration_s == 11.0 and result.metrics.steps == 50, result
-    assert merged["energy_detail"].startswith("summed over 2 nodes")
+    assert merged["node_energy_j"] == [100.0, 40.0]  # each node's, for the job's history
     (out / "result-tok-1-0.json").write_text(json.dumps(node0))
     (out / "result-tok-1-1.json").write_text(json.dumps({**node0, "exit_code": 3, "error": "boom", "energy_j": "x"}))
     bad = runs.read_result(5, "tok", 1, 2)

@@ -137,9 +137,7 @@ class SlurmExecutor:
         try:
             owner = pwd.getpwuid(job.owner_uid).pw_name
             uid, gid = acting_ids(job.owner_uid, job.owner_uid)
-            runfile = self.launcher.runfile(job.id, spec, [], uid, gid, mode, token,
-                                            int(mode["gpus"]) // spread(mode), spread(mode))
-            script = self.runs.prepare(job.id, token, runfile, uid, gid, spread(mode))
+            script = self._write_run(job.id, spec, mode, token, uid, gid)
             if spec.time_limit_s:  # the runner ends it at its limit; Slurm's is a backstop after that
                 limit_s = spec.time_limit_s + self.config.daemon.kill_grace_s + 120
             else:
@@ -184,16 +182,19 @@ class SlurmExecutor:
         """A pending Slurm job takes the mode a replan chose (a requeued job resumes on another device or node
         count): Slurm's request first, then the run file the runner reads when it starts, then the handle."""
         assert job.id is not None
-        spec = JobSpec.from_json(json.loads(job.spec_json))
         uid, gid = acting_ids(job.owner_uid, job.owner_uid)
-        per_node = int(mode["gpus"]) // spread(mode)
-        self.ctl.reshape(sj.job_id, spread(mode), per_node, nodes, mode_comment(mode))
-        runfile = self.launcher.runfile(job.id, spec, [], uid, gid, mode, handle["token"], per_node, spread(mode))
-        self.runs.prepare(job.id, handle["token"], runfile, uid, gid, spread(mode))
+        self.ctl.reshape(sj.job_id, spread(mode), int(mode["gpus"]) // spread(mode), nodes, mode_comment(mode))
+        self._write_run(job.id, JobSpec.from_json(json.loads(job.spec_json)), mode, handle["token"], uid, gid)
         self.store.set_handle(job.id, {**handle, "mode": mode})
         where = f" on {','.join(nodes)}" if nodes else ""
         self.store.note(job.id, at=now, reason=f"Slurm job {sj.job_id} now asks for {mode['gpus']} GPU(s) on "
                                                f"{spread(mode)} node(s){where}, {mode.get('precision')}")
+
+    def _write_run(self, job_id: int, spec: JobSpec, mode: dict[str, Any], token: str, uid: int, gid: int) -> Path:
+        """The run file (the mode's GPUs on each of its nodes) and batch script in shared_dir; returns the script."""
+        runfile = self.launcher.runfile(job_id, spec, [], uid, gid, mode, token, int(mode["gpus"]) // spread(mode),
+                                        spread(mode))
+        return self.runs.prepare(job_id, token, runfile, uid, gid, spread(mode))
 
     # --- following runs ----------------------------------------------------------------------------------------
 

@@ -412,8 +412,6 @@ def merge_results(raws: list[Any]) -> Any:
         merged.update({k: failed.get(k) for k in ("exit_code", "signal", "error") if k in failed})
     merged["terminated"] = any(r.get("terminated") is True for r in raws) or merged.get("terminated")
     merged["node_energy_j"] = energies
-    details = [str(r.get("energy_detail") or r.get("energy_source") or "") for r in raws]
-    merged["energy_detail"] = f"summed over {len(raws)} nodes: " + "; ".join(d[:200] for d in details)
     return merged
 
 

@@ -16,11 +16,6 @@ from scheduler.planner.options import Costing, Option
 from scheduler.planner.problem import Mode
 
 
-def largest_node(costing: Costing) -> int:
-    nodes = np.asarray(costing.problem.nodes)
-    return int(nodes.max()) if nodes.size else int(costing.capacity.max(initial=0))
-
-
 def _best_fit(free: np.ndarray, a: int, b: int, mode: Mode) -> tuple[int, ...] | None:
     """The mode's nodes with room for its share throughout [a, b) that are left with the least room: big holes stay
     big."""
