@@ -384,8 +384,14 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
 
 
 def splits(gpus_min: int, gpus_max: int, nodes_min: int, nodes_max: int) -> list[tuple[int, int]]:
-    """Every (GPUs, nodes) a job may run on: its GPUs split evenly over its nodes."""
-    return [(n, k) for n in range(gpus_min, gpus_max + 1) for k in range(nodes_min, nodes_max + 1) if n % k == 0]
+    """Every (GPUs, nodes) a job may run on: its GPUs split evenly over its nodes. Each node count is a divisor of
+    its GPU count, found up to the square root: the ranges are a user's to choose (up to 4096 x 1024)."""
+    out = []
+    for n in range(gpus_min, gpus_max + 1):
+        small = [k for k in range(1, math.isqrt(n) + 1) if n % k == 0]
+        divisors = sorted({*small, *(n // k for k in small)})
+        out += [(n, k) for k in divisors if nodes_min <= k <= nodes_max]
+    return out
 
 
 def _parse_nodes(r: "_Reader", nodes: Any, gpus_min: int, gpus_max: int) -> tuple[int, int]:

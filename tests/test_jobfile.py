@@ -72,6 +72,15 @@ def test_good_job_round_trips_and_builds_argv(tmp_path: Path) -> None:
     assert spec.name == "j" and spec.workdir == str(tmp_path.resolve())
 
 
+def test_the_splits_of_gpus_over_nodes_are_every_divisor_in_range() -> None:
+    from scheduler.jobfile import splits
+
+    for ranges in ((1, 24, 1, 8), (5, 30, 2, 6), (7, 7, 2, 3), (1, 64, 3, 1024)):
+        g0, g1, k0, k1 = ranges
+        assert splits(*ranges) == [(n, k) for n in range(g0, g1 + 1) for k in range(k0, k1 + 1) if n % k == 0]
+    assert len(splits(1, 4096, 1, 1024)) == 30283  # the widest a job file allows, found by divisors
+
+
 def test_a_job_across_nodes_gets_each_even_split_of_its_gpus(tmp_path: Path) -> None:
     from scheduler.planner.estimate import NODE_EFFICIENCY, job_modes
 
