@@ -4,12 +4,15 @@
 Installs the Debian packages when root and apt are available (about 10 s), writes its own slurm.conf under a
 temporary directory (``SLURM_CONF`` points the client tools at it), starts the daemons by hand (no systemd here)
 and stops them by pid; a multi-node cluster then deletes its namespaces, links and bridge, leaving nothing behind.
+A run killed before it could stop (a CI job cut off) leaves its network behind, so a new cluster deletes the
+networks of clusters whose process is gone, takes a subnet no route uses and a controller port nothing listens on.
 Facts behind each setting: ../shared/slurm/NOTES.md.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,18 +40,64 @@ def why_not_available() -> str | None:
     return None
 
 
-NET = "10.251.37"  # the multi-node cluster's private /24: the bridge is .1, node k is .(10 + k)
+NETS = [f"10.251.{x}" for x in range(37, 255)]  # candidate private /24s: the bridge is .1, node k is .(10 + k)
+STALE = re.compile(r"gs[bnv](\d+)(-\d+)?")  # a cluster's bridge, namespaces and veths, tagged with its pid
+
+
+def _alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def remove_stale_networks() -> list[str]:
+    """Deletes the namespaces and links of multi-node clusters whose test process is gone; says which."""
+    gone = []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout.split()
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=30).stdout.splitlines()
+    for kind, names in (("netns", netns),
+                        ("link", [line.split(":")[1].strip().split("@")[0] for line in links if ":" in line])):
+        for name in names:
+            m = STALE.fullmatch(name)
+            if m and not _alive(int(m.group(1))):
+                argv = ["ip", "netns", "del", name] if kind == "netns" else ["ip", "link", "del", name]
+                if subprocess.run(argv, capture_output=True, timeout=30).returncode == 0:
+                    gone.append(name)
+    return gone
+
+
+def free_subnet() -> str:
+    """The first candidate /24 that no route on this host uses (a live cluster's, or any other)."""
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"], capture_output=True, text=True,
+                            timeout=30).stdout
+    used = set(re.findall(r"\b(\d+\.\d+\.\d+)\.\d+", routes))
+    for net in NETS:
+        if net not in used:
+            return net
+    raise RuntimeError("no free private /24 for the test nodes in 10.251.37-254.0")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("0.0.0.0", 0))
+        return int(probe.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"({exc.strerror})"
 
 
 class SlurmCluster:
     def __init__(self, base: Path, gpus: int = 4, cpus: int = 8, nodes: int = 1) -> None:
-        """``gpus`` and ``cpus`` per node. Several nodes listen on ports of their own (6917/6918), so that they may
-        run beside a single-node cluster."""
+        """``gpus`` and ``cpus`` per node. The controller listens on a free port, so that clusters may run side by
+        side and beside anything a killed run left."""
         self.base, self.gpus, self.cpus, self.nodes = base, gpus, cpus, nodes
         self.conf = base / "slurm.conf"
         self.procs: list[subprocess.Popen[bytes]] = []
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
-        tag = f"{os.getpid() % 100000}"
+        tag = f"{os.getpid()}"  # whole, so that a later cluster can tell whether this one's process lives
+        self.net = ""  # the multi-node cluster's /24, chosen when it starts
         self.bridge = f"gsb{tag}"
         self.netns = [f"gsn{tag}-{k}" for k in range(1, nodes + 1)] if nodes > 1 else []
         self.veths = [f"gsv{tag}-{k}" for k in range(1, nodes + 1)] if nodes > 1 else []
@@ -59,21 +108,23 @@ class SlurmCluster:
         subprocess.run(["ip", *argv], check=True, capture_output=True, timeout=30)
 
     def _network(self) -> None:
+        remove_stale_networks()
+        self.net = free_subnet()
         self._ip("link", "add", self.bridge, "type", "bridge")
-        self._ip("addr", "add", f"{NET}.1/24", "dev", self.bridge)
+        self._ip("addr", "add", f"{self.net}.1/24", "dev", self.bridge)
         self._ip("link", "set", self.bridge, "up")
         for k, (ns, veth) in enumerate(zip(self.netns, self.veths), start=1):
             self._ip("netns", "add", ns)
             self._ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
             self._ip("link", "set", veth, "master", self.bridge)
             self._ip("link", "set", veth, "up")
-            self._ip("-n", ns, "addr", "add", f"{NET}.{10 + k}/24", "dev", "eth0")
+            self._ip("-n", ns, "addr", "add", f"{self.net}.{10 + k}/24", "dev", "eth0")
             self._ip("-n", ns, "link", "set", "eth0", "up")
             self._ip("-n", ns, "link", "set", "lo", "up")
 
     def _write_config(self) -> None:
         self.base.chmod(0o755)  # slurmctld runs as the slurm user and must reach its state directory
-        for sub in ("state", "spool", "log"):
+        for sub in ("state", "spool", "log", *(f"spool-{n}" for n in self.node_names)):
             (self.base / sub).mkdir(parents=True, exist_ok=True)
         for sub in ("state", "log"):  # slurmctld writes these as the slurm user
             shutil.chown(self.base / sub, "slurm", "slurm")
@@ -86,16 +137,16 @@ class SlurmCluster:
         (self.base / "gres.conf").write_text(
             f"AutoDetect=off\nNodeName={names} Name=gpu File={FAKE_GPUS}/nvidia[0-{self.gpus - 1}]\n")
         if self.nodes == 1:
-            host = "SlurmctldHost=localhost\n"
+            host = f"SlurmctldHost=localhost\nSlurmctldPort={free_port()}\nSlurmdPort={free_port()}\n"
             node_lines = (f"NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory=1000 "
                           f"Gres=gpu:{self.gpus} State=UNKNOWN\n")
             per_node = (f"SlurmdSpoolDir={self.base}/spool\nSlurmdPidFile={self.base}/slurmd.pid\n"
                         f"SlurmdLogFile={self.base}/log/slurmd.log\n")
         else:  # slurmctld accepts only this host's own name, at the bridge's address; a node an admin set down
             # stays down until resumed (ReturnToService=1), one that stopped answering returns when it answers
-            host = (f"SlurmctldHost={socket.gethostname().split('.')[0]}({NET}.1)\nSlurmctldPort=6917\n"
-                    "SlurmdPort=6918\n")
-            node_lines = "".join(f"NodeName=n{k} NodeAddr={NET}.{10 + k} CPUs={self.cpus} RealMemory=1000 "
+            host = (f"SlurmctldHost={socket.gethostname().split('.')[0]}({self.net}.1)\n"
+                    f"SlurmctldPort={free_port()}\nSlurmdPort=6918\n")  # each slurmd has its namespace's ports
+            node_lines = "".join(f"NodeName=n{k} NodeAddr={self.net}.{10 + k} CPUs={self.cpus} RealMemory=1000 "
                                  f"Gres=gpu:{self.gpus} State=UNKNOWN\n" for k in range(1, self.nodes + 1))
             per_node = (f"SlurmdSpoolDir={self.base}/spool-%n\nSlurmdPidFile={self.base}/slurmd-%n.pid\n"
                         f"SlurmdLogFile={self.base}/log/slurmd-%n.log\n")
@@ -127,7 +178,6 @@ PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """)
 
     def start(self) -> "SlurmCluster":
-        self._write_config()
         for path, owner in ((Path("/run/munge"), "munge"), (Path("/var/log/munge"), "munge"),
                             (Path("/var/lib/munge"), "munge")):
             path.mkdir(parents=True, exist_ok=True)
@@ -140,6 +190,7 @@ PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             except subprocess.CalledProcessError as exc:
                 self.stop()
                 raise RuntimeError(f"cannot make the test network: {exc.cmd}: {exc.stderr.decode()[-300:]}") from exc
+        self._write_config()
         self._popen(["slurmctld", "-D", "-f", str(self.conf)])
         for name in self.node_names:
             self.start_node(name)
@@ -150,7 +201,9 @@ PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 return self
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"slurm did not come up (sinfo says {state!r}); logs in {self.base / 'log'}")
+        logs = sorted((self.base / "log").glob("slurm*.log"))
+        raise RuntimeError(f"slurm did not come up (sinfo says {state!r}); the ends of its logs:\n"
+                           + "\n".join(f"--- {log}\n{_tail(log)}" for log in logs))
 
     def _popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
         devnull = subprocess.DEVNULL
