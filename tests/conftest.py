@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -125,6 +126,19 @@ class DaemonProc:
                 return job
             time.sleep(0.25)
         raise AssertionError(f"job {job_id} never got there: {json.dumps(job, default=str)[:3000]}\n"
+                             f"{self.stderr_path.read_text()[-3000:]}")
+
+    def wait_trained(self, job_id: int, timeout_s: float = 60) -> str:
+        """Poll `gsched logs` until the job's training loop has reported a step: a stop from here on finds the
+        workload's checkpoint handler in place (before it, during torch's import, SIGTERM simply ends the run)."""
+        deadline = time.monotonic() + timeout_s
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.cli("logs", str(job_id)).stdout
+            if re.search(r"^step \d+/\d+ ", text, re.MULTILINE):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} reported no step in {timeout_s} s: {text[-2000:]}\n"
                              f"{self.stderr_path.read_text()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:

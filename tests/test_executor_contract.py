@@ -253,7 +253,7 @@ def test_requeue_resumes_from_the_checkpoint_to_the_identical_loss(backend: Back
             work, 'workload = "jobs.linear"\nsteps = 6000\nargs = { seed = 3 }\npreemptible = true\ngpus = 1\n')),
             "--now")
         d.wait_state(jid, {"RUNNING"})
-        time.sleep(3)  # some steps done
+        d.wait_trained(jid)
         requeued = d.cli("requeue", str(jid))
         assert requeued.returncode == 0, requeued.stderr
         d.until(jid, lambda j: events(j, "PREEMPTED"))
@@ -363,7 +363,7 @@ def test_a_checkpoint_asked_for_before_a_daemon_sigkill_still_pauses_and_resumes
         work, 'workload = "jobs.linear"\nsteps = 6000\nargs = { seed = 5 }\npreemptible = true\ngpus = 1\n')),
         "--now")
     d.wait_state(jid, {"RUNNING"})
-    time.sleep(3)  # some steps done
+    d.wait_trained(jid)
     assert d.cli("requeue", str(jid)).returncode == 0
     d.stop(signal.SIGKILL)
     again = backend.daemon(CHEAP, home=home).start()

@@ -124,7 +124,7 @@ def test_a_node_that_goes_down_requeues_its_preemptible_job_onto_the_other_and_f
         node = first[preemptible]["slurm_nodes"]
         assert first[rigid]["slurm_nodes"] == node, first  # best fit: the second job fills the first one's node
         other = next(n for n in cluster.node_names if n != node)
-        time.sleep(8)  # past torch's import: some steps done
+        d.wait_trained(preemptible)
         down = cluster.run("scontrol", "update", f"nodename={node}", "state=down", "reason=gsched-test")
         assert down.returncode == 0, down.stderr
 
