@@ -128,18 +128,22 @@ class DaemonProc:
         raise AssertionError(f"job {job_id} never got there: {json.dumps(job, default=str)[:3000]}\n"
                              f"{self.stderr_path.read_text()[-3000:]}")
 
-    def wait_trained(self, job_id: int, timeout_s: float = 60) -> str:
-        """Poll `gsched logs` until the job's training loop has reported a step: a stop from here on finds the
-        workload's checkpoint handler in place (before it, during torch's import, SIGTERM simply ends the run)."""
+    def wait_output(self, job_id: int, pattern: str, timeout_s: float = 60, user: str | None = None) -> str:
+        """Poll `gsched logs` until the job's output matches ``pattern`` (a regex, per line)."""
         deadline = time.monotonic() + timeout_s
         text = ""
         while time.monotonic() < deadline:
-            text = self.cli("logs", str(job_id)).stdout
-            if re.search(r"^step \d+/\d+ ", text, re.MULTILINE):
+            text = self.cli("logs", str(job_id), user=user).stdout
+            if re.search(pattern, text, re.MULTILINE):
                 return text
             time.sleep(0.2)
-        raise AssertionError(f"job {job_id} reported no step in {timeout_s} s: {text[-2000:]}\n"
+        raise AssertionError(f"job {job_id}: no {pattern!r} in its output after {timeout_s} s: {text[-2000:]}\n"
                              f"{self.stderr_path.read_text()[-3000:]}")
+
+    def wait_trained(self, job_id: int, timeout_s: float = 60) -> str:
+        """Wait until the job's training loop has reported a step: a stop from here on finds the workload's
+        checkpoint handler in place (before it, during torch's import, SIGTERM simply ends the run)."""
+        return self.wait_output(job_id, r"^step \d+/\d+ ", timeout_s)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None

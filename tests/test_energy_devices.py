@@ -121,9 +121,9 @@ def test_a_failed_power_limit_undoes_what_it_set() -> None:
 def test_daemon_caps_a_gpu_job_and_restores_the_limit_after(tmp_path: Path) -> None:
     """In process, on fake GPUs: the planner picks the capped mode, the daemon applies it, the job runs (its runner
     falls back to the CPU estimate without NVML), and the original limit comes back."""
-    from datetime import datetime, timezone
+    from datetime import datetime, timedelta, timezone
 
-    from scheduler.clock import SystemClock
+    from scheduler.clock import ScaledClock
     from scheduler.config import Config, Paths, PlannerSettings
     from scheduler.daemon import Daemon
     from scheduler.devices import Device
@@ -141,12 +141,16 @@ def test_daemon_caps_a_gpu_job_and_restores_the_limit_after(tmp_path: Path) -> N
     # Planned on carbon (always > 0): on price alone a negative-price hour would make the uncapped mode cheaper.
     config = Config(planner=PlannerSettings(objective="carbon"))
     executor = LocalExecutor(config, paths, store, devices, Launcher(paths, config), PowerLimiter(FakeNvml(gpus)))
-    daemon = Daemon(config, paths, store, SystemClock(), executor, TraceProvider(), {})
-    # 20 minutes of slack leave only "now" whatever the minute (a run from the next 15-minute slot would end past
-    # the deadline's slot), and the planner still picks the cheaper capped mode (11.7 minutes at 200 W).
+    # The wall clock's time at a slot's first minute: with 20 minutes of slack only "now" is on time (a run from the
+    # next 15-minute slot would end past the deadline's slot), and the planner still picks the cheaper capped mode
+    # (11.7 minutes at 200 W). At a later minute a capped run from now could end in the deadline's slot: late.
+    wall = datetime.now(timezone.utc)
+    clock = ScaledClock(1.0, origin=wall.replace(minute=wall.minute // 15 * 15, second=0, microsecond=0)
+                        + timedelta(minutes=1))
+    daemon = Daemon(config, paths, store, clock, executor, TraceProvider(), {})
     spec = parse_job('command = ["true"]\nduration = "10m"\nmax_delay = "20m"\n[optimisations]\npower_cap_w = [200]\n',
-                     source="j.toml", base_dir=tmp_path, now=datetime.now(timezone.utc))
-    job = store.add_job(spec, owner_uid=os.geteuid(), owner_name="me", urgent=False, now=datetime.now(timezone.utc))
+                     source="j.toml", base_dir=tmp_path, now=clock.now())
+    job = store.add_job(spec, owner_uid=os.geteuid(), owner_name="me", urgent=False, now=clock.now())
     daemon.tick()
     assert store.get(job.id).state.value == "RUNNING"
     assert gpus[0].set_calls == [200_000]  # the capped mode costs less energy per unit of work

@@ -103,7 +103,7 @@ def test_bad_metrics_neither_stop_the_tick_nor_a_restart(root_daemon: DaemonProc
             "signal.signal(signal.SIGTERM, stop)\nprint('up', flush=True)\ntime.sleep(60)")
     pre = root_daemon.submit(job(shared, "pre", py_command(trap, "1m", "preemptible = true\n")), "--now", user=b)
     root_daemon.wait_state(pre, {"RUNNING"})
-    time.sleep(1.0)
+    root_daemon.wait_output(pre, "^up$", user=b)  # its handler is in place
     assert root_daemon.cli("requeue", str(pre), user=b).returncode == 0
     deadline = time.monotonic() + 30
     while not any(e["state"] == "PREEMPTED" for e in root_daemon.show(pre)["events"]):
