@@ -208,8 +208,10 @@ class Daemon:
     def _preempt_for_priority(self, now: datetime, running: list[Job], queued: list[Job],
                               free_now: dict[str, int]) -> None:
         def fastest_h(job: Job) -> float:
-            jm = self.profiles.modes_of(spec_of(job), job.owner_uid)
-            return min(jm.work * remaining_fraction(self.store, job) / m.rate for m in jm.modes)
+            spec = spec_of(job)
+            jm = self.profiles.modes_of(spec, job.owner_uid)
+            left = remaining_fraction(spec, self.store.steps_done([job.id or 0]).get(job.id or 0, 0))
+            return min(jm.work * left / m.rate for m in jm.modes)
 
         for job, why, victims in priority_preemptions(running, queued, now, free_now,
                                                       lambda j: node_of(j, free_now), self.executor.started,

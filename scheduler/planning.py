@@ -18,8 +18,8 @@ import numpy as np
 
 from scheduler.config import Config
 from scheduler.errors import GschedError
-from scheduler.executor.untrusted import parse_metrics
 from scheduler.forecasts.base import Provider
+from scheduler.jobfile import JobSpec
 from scheduler.models import Job, JobState, Profile
 from scheduler.outcomes import spec_of
 from scheduler.planner.nodes import first_fit_on_nodes
@@ -99,14 +99,10 @@ def free_per_node(offered: dict[str, list[int]], running: list[Job], now: dateti
     return free
 
 
-def remaining_fraction(store: Store, job: Job) -> float:
-    """Of a requeued workload, the share of its steps still to run (from its runs' metrics)."""
-    if job.state != JobState.PREEMPTED:
-        return 1.0
-    spec = spec_of(job)
-    done = max((parse_metrics(json.loads(m.metrics_json), spec.steps).steps or 0
-                for m in store.measurements(job.id or 0)), default=0)
-    return max(0.05, 1 - done / spec.steps) if spec.steps else 1.0
+def remaining_fraction(spec: JobSpec, steps_done: int) -> float:
+    """The share of a workload's steps still to run, after the most steps its runs reported (Store.steps_done):
+    whatever its state, since a paused job replanned once is PLANNED again (it was planned from scratch then)."""
+    return max(0.05, 1 - steps_done / spec.steps) if spec.steps and steps_done else 1.0
 
 
 def previous_plan(plan: dict[str, Any], described: list[dict[str, Any]], grid0: datetime, slot: timedelta
@@ -195,6 +191,7 @@ class Planning:
         pjobs, modes_of, previous = [], {}, {}
         profiles: dict[tuple[str, int], list[Profile]] = {}
         planned_jobs: list[Job] = []  # the queued jobs the planner gets, in the order of pjobs
+        steps_done = self.store.steps_done([j.id for j in queued if j.id is not None])
         for job in sorted(queued, key=lambda j: not j.urgent):  # urgent first: the queue plans place them first
             assert job.id is not None
             spec = spec_of(job)
@@ -226,11 +223,11 @@ class Planning:
             if job.urgent:  # --now: as soon as devices allow; any wait shows as lateness, so none is chosen
                 deadline_slot = min(deadline_slot, max(1, math.ceil(((now - grid0) / slot) - 1e-9
                                                                     + jm.work / modes[0].rate / slot_h)))
-            work = jm.work * remaining_fraction(self.store, job)
+            left = remaining_fraction(spec, steps_done.get(job.id, 0))
             elastic = settings.elastic and spec.preemptible and not job.urgent
-            pjobs.append(PJob(str(job.id), 0, deadline_slot, work, modes, 0 if job.urgent else jm.requested,
+            pjobs.append(PJob(str(job.id), 0, deadline_slot, jm.work * left, modes, 0 if job.urgent else jm.requested,
                               preemptible=elastic, resume_overhead_minutes=spec.overhead_minutes(
-                                  settings.resume_overhead_minutes) if elastic else 0.0))
+                                  settings.resume_overhead_minutes) if elastic else 0.0, resumes=elastic and left < 1))
             modes_of[str(job.id)] = described
             if job.plan_json:
                 kept = previous_plan(json.loads(job.plan_json), described, grid0, slot)
@@ -269,7 +266,8 @@ class Planning:
             mode = pjob.modes[option.mode]
             seg_modes = [option.mode_at(i) for i in range(len(option.segments))]
             start = max(now, grid0 + option.start * slot)
-            end = start + timedelta(hours=pjob.work / mode.rate)
+            run_h = pjob.work / mode.rate + pjob.overhead_h(0)
+            end = start + timedelta(hours=run_h)
             plan: dict[str, Any] = {
                 "mode": modes_of[pjob.id][option.mode], "label": mode.label,
                 "segments": [[rfc3339(grid0 + a * slot), rfc3339(grid0 + b * slot)] for a, b in option.segments],
@@ -277,12 +275,12 @@ class Planning:
                 "segment_labels": [pjob.modes[m].label for m in seg_modes]}
             if nodes:
                 plan["nodes"] = [[names[k] for k in seg.nodes] for seg in solution.plan[pjob.id]]
-            plan["work_s"] = pjob.work / mode.rate * 3600
+            plan["work_s"] = run_h * 3600
             if pjob.id in solution.late:
                 plan["late"] = True
             if len(option.segments) > 1:
                 a0, b0 = option.segments[0]
-                tail_h = max(0.0, pjob.work - mode.rate * (b0 - a0) * problem.slot_h) / mode.rate
+                tail_h = max(0.0, pjob.work - mode.rate * ((b0 - a0) * problem.slot_h - pjob.overhead_h(0))) / mode.rate
                 if tail_h * 60 <= settings.elastic_extend_minutes:  # a pause would cost more than it saves
                     # the planner's own segments, for the next replan to start from (hysteresis, repair)
                     plan["planner_segments"] = [list(ab) for ab in plan["segments"]]

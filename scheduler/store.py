@@ -335,6 +335,17 @@ class Store:
             return list(s.exec(select(Measurement).where(Measurement.job_id == job_id)
                                .order_by(col(Measurement.id))).all())
 
+    def steps_done(self, job_ids: Sequence[int]) -> dict[int, int]:
+        """The most steps any run of each job reported, for the jobs that reported some."""
+        out: dict[int, int] = {}
+        with self.read() as s:
+            for k in range(0, len(job_ids), 500):  # within SQLite's bound on an IN list's variables
+                rows = s.exec(select(Measurement.job_id, func.max(Measurement.steps))
+                              .where(col(Measurement.job_id).in_(job_ids[k:k + 500]))
+                              .group_by(col(Measurement.job_id))).all()
+                out.update({job_id: steps for job_id, steps in rows if steps})
+        return out
+
     def count_by_state(self) -> dict[JobState, int]:
         with self.read() as s:
             return {state: n for state, n in s.exec(select(Job.state, func.count()).group_by(Job.state)).all()}

@@ -254,6 +254,22 @@ def test_sim_an_elastic_job_pauses_through_dear_hours_and_its_steps_add_up(tmp_p
     assert sum(run.work_done for run in runs) == pytest.approx(r._physics(job, spec_of(job), runs[0].mode)[0])
 
 
+def test_sim_a_resumed_job_ends_when_its_plan_says_its_resume_overhead_counted(tmp_path: Path) -> None:
+    """A paused job goes on from its checkpoint, and the resume overhead burns the start of each run after the first.
+    Each plan made while it waits counts that overhead: its last plan's end is when it ends (not 10 minutes before),
+    and it never runs in a dear hour to make up a shortfall."""
+    r = trace_replay(tmp_path, start="2024-01-01T00:57:00Z")
+    extra = 'preemptible = true\nresume_overhead_minutes = 10\ndeadline = "2024-01-01T12:00:00Z"\n'
+    jid = r.submit(job_text(150, extra), "ann", 20000, "e.toml")
+    r.run_until(lambda: state(r, jid) == "COMPLETED", r.clock.now() + timedelta(hours=12))
+    job = r.store.get(jid)
+    runs = [(run.start.strftime("%H:%M"), run.end.strftime("%H:%M")) for run in r.executor.runs if run.job_id == jid]
+    # about 60 + 50 + 40 minutes of work (a checkpoint asked for takes the simulated executor's next tick, a minute)
+    assert [start for start, _end in runs] == ["01:00", "03:00", "05:00"], runs
+    assert job.finished_at is not None and job.planned_end is not None
+    assert abs(job.finished_at - job.planned_end) <= timedelta(minutes=1), (job.planned_end, job.finished_at, runs)
+
+
 def test_sim_an_urgent_job_preempts_a_running_preemptible_one_and_both_complete(tmp_path: Path) -> None:
     r = trace_replay(tmp_path, start="2024-01-01T01:05:00Z")
     wide = r.submit(job_text(40, 'preemptible = true\nmax_delay = "20h"\n', gpus=2), "ann", 20000, "w.toml")

@@ -118,7 +118,7 @@ def _scale(costing: Costing, job: PJob, free: np.ndarray) -> list[Segment] | Non
         push(heap, t)
         segments = _segments(level, ladder)
         done = sum(job.modes[s.mode].rate * (s.end_slot - s.start_slot) * slot_h for s in segments)
-        overhead = sum(job.modes[s.mode].rate * job.resume_overhead_minutes / 60 for s in segments[1:])
+        overhead = sum(job.modes[s.mode].rate * job.overhead_h(i) for i, s in enumerate(segments))
         if done - overhead >= target - EPS:
             return segments
     return None

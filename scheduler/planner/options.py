@@ -74,7 +74,7 @@ class Costing:
 
     def slots_needed(self, job: PJob, mode: int) -> tuple[int, float]:
         """(whole slots, fraction of the last slot used) for one contiguous run that starts after slot 0."""
-        slots_f = job.work / job.modes[mode].rate / self.slot_h
+        slots_f = (job.work / job.modes[mode].rate + job.overhead_h(0)) / self.slot_h
         n = max(1, math.ceil(slots_f - EPS))
         return n, slots_f - (n - 1)
 
@@ -83,7 +83,7 @@ class Costing:
         elapsed part of a slot later than one from a slot's start, and may need one slot more."""
         key = (job.id, mode)
         if key not in self._first:
-            run_h, kw = job.work / job.modes[mode].rate, job.modes[mode].power_kw
+            run_h, kw = job.work / job.modes[mode].rate + job.overhead_h(0), job.modes[mode].power_kw
             first_h = min(run_h, self.len_h[0])
             n = 1 + max(0, math.ceil((run_h - first_h) / self.slot_h - EPS))
             if n > self.horizon:
@@ -150,7 +150,7 @@ class Costing:
         remaining, cost = job.work, 0.0
         for i, (a, b) in enumerate(segments):
             m = job.modes[seg_modes[i] if seg_modes else mode]
-            overhead_h = job.resume_overhead_minutes / 60 if i else 0.0
+            overhead_h = job.overhead_h(i)
             for t in range(a, b):
                 if remaining <= EPS:
                     return cost, True
@@ -185,7 +185,7 @@ class Costing:
         for _ in range(50):
             chosen = np.sort(order[:k])
             runs = 1 + int(np.count_nonzero(np.diff(chosen) != 1))
-            lost_h = (runs - 1) * overhead_h + (self.elapsed_h if chosen[0] == 0 else 0.0)
+            lost_h = (runs - 1) * overhead_h + job.overhead_h(0) + (self.elapsed_h if chosen[0] == 0 else 0.0)
             needed = max(n, math.ceil((job.work / job.modes[mode].rate + lost_h) / self.slot_h - EPS))
             if needed <= k:
                 break
@@ -246,7 +246,7 @@ class Costing:
         order = np.lexsort((kk, ii, marginal[ii, kk]))
         ii, kk = ii[order], kk[order]
         done_after = np.cumsum(step_work[ii, kk])
-        target, overhead_h = job.work, job.resume_overhead_minutes / 60
+        target = job.work
         for _ in range(20):
             cut = int(np.searchsorted(done_after, target - EPS))
             if cut >= len(ii):
@@ -257,7 +257,7 @@ class Costing:
             done = float(done_after[cut])
             segments, seg_modes = _mode_runs(slots, chosen)
             # work lost to resumes, each at its segment's rate
-            lost = sum(rates[m] / self.slot_h * overhead_h for m in seg_modes[1:])
+            lost = sum(rates[m] / self.slot_h * job.overhead_h(i) for i, m in enumerate(seg_modes))
             if done >= job.work + lost - EPS:
                 break
             target = job.work + lost + EPS
@@ -325,7 +325,7 @@ class Costing:
                 rows.append(zz_row0 + i - 1)
                 vals.append(-1.0)
             column(0.0, rows, vals, (-3, i), False)
-        credit = min(mode.rate for mode in job.modes) * overhead_h
+        credit = 0.0 if job.resumes else min(mode.rate for mode in job.modes) * overhead_h
         row_lo = np.concatenate([[job.work - credit + EPS], np.full(n + n * n_modes + len(fits) + n, -np.inf),
                                  np.zeros(2 * n)])
         row_hi = np.concatenate([[np.inf], np.ones(n), np.zeros(n * n_modes + len(fits)), np.ones(n),
@@ -410,7 +410,7 @@ def _trim_elastic(costing: Costing, job: PJob, segments: tuple[tuple[int, int], 
     out: list[tuple[int, int]] = []
     for i, ((a, b), m) in enumerate(zip(segments, seg_modes)):
         rate = job.modes[m].rate
-        overhead_h = job.resume_overhead_minutes / 60 if i else 0.0
+        overhead_h = job.overhead_h(i)
         for t in range(a, b):
             idle_h = min(overhead_h, costing.len_h[t])
             overhead_h -= idle_h
@@ -435,7 +435,7 @@ def _trim(costing: Costing, job: PJob, mode: int, segments: tuple[tuple[int, int
     remaining = job.work
     out = []
     for i, (a, b) in enumerate(segments):
-        overhead_h = job.resume_overhead_minutes / 60 if i else 0.0
+        overhead_h = job.overhead_h(i)
         for t in range(a, b):
             idle_h = min(overhead_h, costing.len_h[t])
             overhead_h -= idle_h

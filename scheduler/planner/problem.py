@@ -55,6 +55,13 @@ class PJob:
     # A rigid job that must start by this slot (an urgent one: now, or when devices free): a deadline alone cannot
     # say so, since a run that would spill into the next slot may as well start there.
     start_by_slot: int | None = None
+    # The job goes on from a checkpoint (it was paused or preempted): its first segment, too, starts with the resume
+    # overhead. Unmodelled, each resume ran that much short of its plan, and the shortfall was placed "now".
+    resumes: bool = False
+
+    def overhead_h(self, segment: int) -> float:
+        """Powered hours without progress at the start of segment ``segment`` (0 = the first)."""
+        return self.resume_overhead_minutes / 60 if segment or self.resumes else 0.0
 
 
 @dataclass(frozen=True)
@@ -194,7 +201,7 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
                 errors.append(f"job {job.id}: segments overlap at slot {seg.start_slot}")
             prev_end = seg.end_slot
             mode = job.modes[seg.mode]
-            overhead_h = job.resume_overhead_minutes / 60 if i > 0 else 0.0
+            overhead_h = job.overhead_h(i)
             on_nodes = problem.nodes and len(set(seg.nodes)) == len(seg.nodes) == mode.nodes \
                 and all(0 <= k < len(problem.nodes) for k in seg.nodes)
             if problem.nodes and not on_nodes:
@@ -302,7 +309,9 @@ def problem_from_json(data: Any, source: str = "problem") -> Problem:
         job = PJob(job_id, _need(raw, "release_slot", int, where), _need(raw, "deadline_slot", int, where),
                    float(_need(raw, "work", num, where)), tuple(modes), int(raw.get("requested_mode", 0)),
                    bool(raw.get("preemptible", False)), float(raw.get("resume_overhead_minutes", 0.0)),
-                   raw.get("start_by_slot"))
+                   raw.get("start_by_slot"), raw.get("resumes", False))
+        if not isinstance(job.resumes, bool):
+            raise InputError(f"{where}.resumes: must be true or false")
         if job.start_by_slot is not None and (not isinstance(job.start_by_slot, int)
                                               or isinstance(job.start_by_slot, bool) or job.start_by_slot < 0):
             raise InputError(f"{where}.start_by_slot: must be an integer >= 0")
@@ -346,7 +355,8 @@ def problem_to_json(problem: Problem) -> dict[str, Any]:
                   "requested_mode": j.requested_mode,
                   "modes": [{"gpus": m.gpus, "rate": m.rate, "power_kw": m.power_kw,
                              **({} if m.nodes == 1 else {"nodes": m.nodes})} for m in j.modes],
-                  **({} if j.start_by_slot is None else {"start_by_slot": j.start_by_slot})}
+                  **({} if j.start_by_slot is None else {"start_by_slot": j.start_by_slot}),
+                  **({"resumes": True} if j.resumes else {})}
                  for j in problem.jobs],
     }
     if problem.capacity:

@@ -530,7 +530,7 @@ class Planner:
     def why_late(self, j: int, option: Option | None) -> str:
         job, costing = self.jobs[j], self.costing
         fastest = min(range(len(job.modes)), key=lambda m: costing.slots_needed(job, m)[0])
-        need_h = job.work / job.modes[fastest].rate
+        need_h = job.work / job.modes[fastest].rate + job.overhead_h(0)
         left_h = max(0, min(job.deadline_slot, costing.horizon) - job.release_slot) * costing.slot_h
         if need_h > left_h + 1e-9:
             return (f"needs {need_h:.1f} h at {job.modes[fastest].gpus} GPUs, {left_h:.1f} h left before its deadline"
