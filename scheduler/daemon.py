@@ -402,10 +402,23 @@ class Daemon:
                 "metrics": self.config.metrics.listen or None}
 
 
-def install_signal_handlers(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: Any) -> None:
-        log.info("received %s: stopping (running jobs keep running)", signal.Signals(signum).name)
-        stop.set()
+class StopSignals:
+    """SIGTERM and SIGINT, waited for by the main thread. Python runs a signal handler in the main thread between two
+    of its bytecodes, possibly while that thread holds a lock: a handler that set a threading.Event (as this one
+    did) blocked forever on the Event's own lock when the signal came inside Event.wait, and the daemon never
+    stopped. So the handlers do nothing, and the signal number reaches ``wait`` through the interpreter's C-level
+    wakeup pipe. Create it in the main thread."""
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    def __init__(self) -> None:
+        self._read, write = os.pipe()
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda _signum, _frame: None)
+
+    def wait(self) -> str:
+        """Block until SIGTERM or SIGINT arrives; its name."""
+        while True:
+            for byte in os.read(self._read, 64):
+                if byte in (signal.SIGTERM, signal.SIGINT):
+                    return signal.Signals(byte).name

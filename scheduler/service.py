@@ -116,7 +116,7 @@ def run_daemon(config: Config) -> None:
     from jobs import WORKLOADS
     from scheduler.api import Api
     from scheduler.apiserver import ApiServer
-    from scheduler.daemon import Daemon, install_signal_handlers, sd_notify
+    from scheduler.daemon import Daemon, StopSignals, sd_notify
     from scheduler.store import Store
 
     _setup_logging(config.daemon.log_level)
@@ -131,8 +131,7 @@ def run_daemon(config: Config) -> None:
     provider = forecast_provider(config, store, clock.now)
     daemon = Daemon(config, paths, store, clock, executor, provider,
                     {name: info.steps_per_s for name, info in WORKLOADS.items()})
-    stop = threading.Event()
-    install_signal_handlers(stop)
+    signals = StopSignals()
     server = ApiServer(paths.socket, Api(daemon), config.api)
     daemon.start()
     threading.Thread(target=server.serve_forever, name="api", daemon=True).start()
@@ -153,8 +152,7 @@ def run_daemon(config: Config) -> None:
              f", clock x{clock.speed:g}" if clock.speed != 1 else "")
     sd_notify("READY=1\nSTATUS=scheduling")
     try:
-        while not stop.wait(1.0):
-            pass
+        log.info("received %s: stopping (running jobs keep running)", signals.wait())
     finally:
         sd_notify("STOPPING=1")
         if metrics is not None:

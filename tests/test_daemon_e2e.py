@@ -219,3 +219,26 @@ def test_config_is_taken_before_or_after_the_subcommand(daemon: DaemonProc, tmp_
         assert json.loads(result.stdout)["jobs"] == []
     unknown = cli("status", "--config", str(tmp_path / "missing.toml"))
     assert unknown.returncode == 2 and "missing.toml" in unknown.stderr
+
+
+STOP_WHILE_LOCKED = """
+import os, signal, threading, time
+from scheduler.daemon import StopSignals
+signals = StopSignals()
+busy = threading.Event()
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+end = time.monotonic() + 1.0
+while time.monotonic() < end:  # the main thread holds a lock nearly all the time, as Event.wait does between waits
+    with busy._cond:
+        sum(range(1000))
+print(signals.wait(), flush=True)
+"""
+
+
+def test_a_stop_signal_arriving_while_the_main_thread_holds_a_lock_still_stops_it() -> None:
+    """The daemon's SIGTERM handler once set a threading.Event: a signal that came while the main thread was inside
+    that Event's wait, holding its lock, deadlocked the handler and the daemon never stopped. The handlers now take no
+    lock; the signal arrives through the interpreter's wakeup pipe."""
+    done = subprocess.run([sys.executable, "-c", STOP_WHILE_LOCKED], cwd=ROOT, capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "SIGTERM", done
