@@ -419,6 +419,27 @@ def test_problem_file_round_trips_and_bad_files_name_the_field(tmp_path: Path) -
         problem_from_json(data)
 
 
+def test_a_resumed_jobs_first_segment_pays_its_overhead_in_every_path_and_the_file_says_so() -> None:
+    """A job going on from a checkpoint ("resumes") loses its resume overhead at the start of its first segment too:
+    an hour holds 30 minutes of work after 30 of overhead, so 1 unit of work needs two slots, whichever path plans it."""
+    resumed = PJob("a", 0, 3, 1.0, ONE, preemptible=True, resume_overhead_minutes=30, resumes=True)
+    p = problem([1.0, 2.0, 3.0], [resumed])
+    assert problem_from_json(json.loads(json.dumps(problem_to_json(p)))) == p
+    assert not evaluate(p, {"a": [Segment(0, 1, 0)]}).valid
+    assert evaluate(p, {"a": [Segment(0, 2, 0)]}).valid
+    assert solve(p, 1.0).options["a"].segments == ((0, 2),)
+    costing = Costing(p)
+    assert costing.slots_needed(resumed, 0) == (2, pytest.approx(0.5))
+    assert costing.split_option(0, 0, costing.capacity.copy()).segments == ((0, 2),)
+    assert costing.simulate(resumed, 0, ((0, 1),))[1] is False  # not done in one slot
+    fresh = problem([1.0, 2.0, 3.0], [dataclasses.replace(resumed, resumes=False)])
+    assert solve(fresh, 1.0).options["a"].segments == ((0, 1),)
+    data = problem_to_json(p)
+    data["jobs"][0]["resumes"] = "yes"
+    with pytest.raises(InputError, match=r"jobs\[0\].resumes: must be true or false"):
+        problem_from_json(data)
+
+
 def test_gsched_plan_honours_the_file_contract(tmp_path: Path) -> None:
     data = {
         "start": "2024-03-04T00:00:00Z", "slot_minutes": 15, "horizon_slots": 8, "gpus": 2,
