@@ -448,6 +448,10 @@ def plan_cmd(problem: Path = typer.Option(..., "--problem", help="problem file (
     if summary.get("bound") is not None:
         gap_pct = max(0.0, round(100 * summary["gap_to_bound"], 2)) + 0.0  # never "-0.00%": the bound is below
         print(f"LP lower bound {summary['bound']:.6g}: at most {gap_pct:.2f}% above the optimum")
+    for phase in summary["phases"]:  # where the time went and what it bought
+        note = f": {phase['note']}" if phase.get("note") else ""
+        gain = "-" if phase["gain"] is None else f"{phase['gain']:.6g}"
+        print(f"  {phase['phase']:<15} {phase['seconds']:6.2f} s  gain {gain}{note}")
     for name, other in summary.get("baselines", {}).items():
         print(f"  vs {name:<12} {other['objective']:.6g} ({other['saving_pct']:+.1f}% saved by gsched, "
               f"{other['late_jobs']} late)")

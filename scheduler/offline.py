@@ -41,7 +41,7 @@ def plan_file(problem_path: Path, output: Path, time_limit_s: float, compare: bo
         "objective": evaluation.objective, "objective_unit": "gCO2" if problem.objective == "carbon" else "EUR",
         "cost_eur": evaluation.cost_eur, "energy_kwh": evaluation.energy_kwh, "co2_kg": evaluation.co2_g / 1000,
         "bound": solution.bound, "gap_to_bound": solution.stats.get("gap_to_bound"),
-        "late": solution.late, "unplanned": solution.unplanned,
+        "late": solution.late, "unplanned": solution.unplanned, "phases": solution.phases,
     }
     if compare:
         summary["baselines"] = {}

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scheduler.planner.options import Costing
+from scheduler.planner.prices import RigidBlock, Rounding
 
 
 @dataclass
@@ -34,7 +35,9 @@ class Lagrangian:
     theta: float = 1.0  # the step scale reached: a replan that starts from these prices goes on from it
     # (share of the steps, job, mode, start, end, cost) of every run some step picked, on time, most picked first:
     # the averaged steps approximate the LP's solution, and the greedy places these first, as it rounds the LP's
-    rounding: list[tuple[float, int, int, int, int, float]] = field(default_factory=list)
+    rounding: list[Rounding] = field(default_factory=list)
+    rigid: list[RigidBlock] = field(default_factory=list)  # no columns: the LP's alone
+    preemptible_x: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 class Runs:

@@ -11,12 +11,13 @@ cost - bound) is in no better plan: the MILP may leave it out without losing the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from scheduler.planner.highs import column_lp, new_highs
 from scheduler.planner.options import Costing
+from scheduler.planner.prices import RigidBlock, Rounding
 
 
 @dataclass
@@ -24,9 +25,10 @@ class Relaxation:
     bound: float
     status: str
     capacity_price: np.ndarray  # >= 0 per slot: what one GPU in that slot is worth at the LP optimum
-    rigid: list[tuple[int, int, np.ndarray, int, np.ndarray, np.ndarray, np.ndarray]]  # job, mode, starts, n,
-    # costs, reduced costs, LP values
+    rigid: list[RigidBlock]
     preemptible_x: dict[int, np.ndarray]  # job -> x[mode, slot] over the horizon
+    theta: float = 1.0
+    rounding: list[Rounding] = field(default_factory=list)  # the LP's rigid values say it (``rigid``)
 
 
 def size(costing: Costing) -> int:
