@@ -191,8 +191,9 @@ class Api:
         jobs = self.store.jobs()
         totals = self.store.totals([j.id for j in jobs if j.id is not None and j.started_at is not None])
         return 200, {"now": self.daemon.clock.now(),
-                     "jobs": [job_json(j, totals.get(j.id), None, caller.uid in (0, j.owner_uid),
-                                      self.daemon.executor.describe(j)) for j in jobs]}
+                     "jobs": [job_json(j, None if j.id is None else totals.get(j.id), None,
+                                      caller.uid in (0, j.owner_uid), self.daemon.executor.describe(j))
+                              for j in jobs]}
 
     def show(self, caller: Caller, query: dict[str, str], body: Any, id_text: str) -> tuple[int, Any]:
         jid = job_id(id_text)

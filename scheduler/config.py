@@ -258,7 +258,7 @@ class Config:
             raise ConfigError(f"{self.source}: default_max_delay: {exc}") from exc
 
 
-def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
+def _build(cls: Any, data: dict[str, Any], source: str, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
     kwargs: dict[str, Any] = {}

@@ -73,8 +73,8 @@ class JobSpec:
     def from_json(cls, data: dict[str, Any]) -> "JobSpec":
         data = dict(data)
         data["deadline"] = parse_rfc3339(data["deadline"])
-        data["optimisations"] = Optimisations(**{k: tuple(v) if isinstance(v, list) else v
-                                                 for k, v in data["optimisations"].items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data["optimisations"].items()}
+        data["optimisations"] = Optimisations(**fields)
         if data.get("command") is not None:
             data["command"] = tuple(data["command"])
         if isinstance(data.get("export"), list):
@@ -227,7 +227,9 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
     checks the workdir: the daemon passes one that does so as the job's owner. Every error found is
     reported at once, each naming the file and the field."""
     if workloads is None:
-        from jobs import WORKLOADS as workloads  # noqa: N811 - cheap import, no torch
+        from jobs import WORKLOADS  # cheap import, no torch
+
+        workloads = WORKLOADS
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -47,9 +47,8 @@ def plan_file(problem_path: Path, output: Path, time_limit_s: float, compare: bo
         summary["baselines"] = {}
         for name, policy in BASELINES.items():
             other = evaluate(problem, policy(problem))
-            late = sum(1 for job in problem.jobs if not other.jobs[job.id].finished
-                       or other.jobs[job.id].finish_h is None
-                       or other.jobs[job.id].finish_h > job.deadline_slot * problem.slot_h + 1e-9)
+            late = sum(1 for job in problem.jobs if _late(other.jobs[job.id].finish_h if other.jobs[job.id].finished
+                                                          else None, job.deadline_slot * problem.slot_h))
             summary["baselines"][name] = {
                 "objective": other.objective, "cost_eur": other.cost_eur, "co2_kg": other.co2_g / 1000,
                 "late_jobs": late,
@@ -57,6 +56,10 @@ def plan_file(problem_path: Path, output: Path, time_limit_s: float, compare: bo
                 if other.objective else 0.0,
             }
     return summary
+
+
+def _late(finish_h: float | None, deadline_h: float) -> bool:
+    return finish_h is None or finish_h > deadline_h + 1e-9
 
 
 def fetch_forecast(config: "Config", hours: float) -> dict[str, Any]:

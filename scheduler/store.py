@@ -171,7 +171,7 @@ class Store:
             while version < SCHEMA_VERSION:
                 MIGRATIONS[version](conn)
                 version += 1
-            conn.execute(sa.update(Meta).where(Meta.key == "schema_version").values(value=str(version)))
+            conn.execute(sa.update(Meta).where(col(Meta.key) == "schema_version").values(value=str(version)))
 
     @property
     def schema_version(self) -> int:
@@ -210,6 +210,7 @@ class Store:
         with self.write() as s:
             s.add(job)
             s.flush()
+            assert job.id is not None  # the flush assigned it
             s.add(JobEvent(job_id=job.id, at=now, state=JobState.PENDING, reason="submitted"))
         return job
 
@@ -348,17 +349,18 @@ class Store:
 
     def count_by_state(self) -> dict[JobState, int]:
         with self.read() as s:
-            return {state: n for state, n in s.exec(select(Job.state, func.count()).group_by(Job.state)).all()}
+            rows = s.exec(select(Job.state, func.count()).group_by(col(Job.state))).all()
+            return {JobState(state): n for state, n in rows}
 
     def first_starts(self) -> list[tuple[datetime, datetime]]:
         """(submitted_at, first start) of every job that has started: its first run, or its current one."""
         with self.read() as s:
             firsts = dict(s.exec(select(Measurement.job_id, func.min(Measurement.started_at))
-                                 .group_by(Measurement.job_id)).all())
+                                 .group_by(col(Measurement.job_id))).all())
             rows = s.exec(select(Job.id, Job.submitted_at, Job.started_at)).all()
         out = []
         for job_id, submitted, started in rows:
-            first = firsts.get(job_id) or started
+            first = (firsts.get(job_id) if job_id is not None else None) or started
             if first is not None:
                 out.append((to_utc(submitted), to_utc(first)))
         return out
@@ -396,7 +398,7 @@ class Store:
                  "value": v, "currency": currency, "fetched_at": fetched_at} for i, v in enumerate(values)]
         if not rows:
             return
-        table = ForecastPoint.__table__
+        table = ForecastPoint.__table__  # type: ignore[attr-defined]  # SQLModel's table classes have one
         statement = sa.dialects.sqlite.insert(table).values(rows)
         statement = statement.on_conflict_do_update(
             index_elements=["provider", "signal", "start"],
@@ -438,9 +440,10 @@ class Store:
 
 
 def _totals(s: Session, job_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
-    query = (select(Measurement.job_id, func.sum(Measurement.energy_j), func.sum(Measurement.cost_eur),
-                    func.sum(Measurement.co2_g), func.max(Measurement.id))
-             .where(col(Measurement.job_id).in_(list(job_ids))).group_by(Measurement.job_id))
+    # sqlmodel's select() is typed for at most four columns
+    query = (select(Measurement.job_id, func.sum(Measurement.energy_j),  # type: ignore[call-overload]
+                    func.sum(Measurement.cost_eur), func.sum(Measurement.co2_g), func.max(Measurement.id))
+             .where(col(Measurement.job_id).in_(list(job_ids))).group_by(col(Measurement.job_id)))
     rows = s.exec(query).all()
     sources = dict(s.exec(select(Measurement.id, Measurement.energy_source)
                           .where(col(Measurement.id).in_([row[4] for row in rows]))).all())

@@ -332,7 +332,11 @@ def train_loop(model: Any, batch: Callable[[Any, Any], Any], loss_fn: Callable[[
         inputs, targets = pair
         made.zero_grad(set_to_none=True)
         with autocast:
-            loss = step_fn(trained, inputs, targets) if step_fn is not None else loss_fn(trained(inputs), targets)
+            if step_fn is not None:
+                loss = step_fn(trained, inputs, targets)
+            else:
+                assert loss_fn is not None  # fit() checked that exactly one was given
+                loss = loss_fn(trained(inputs), targets)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
             raise TrainError(f"fit({'step_fn' if step_fn is not None else 'loss_fn'}=...): must return a "
                              f"one-element loss tensor; step {step} got {type(loss).__name__}")

@@ -8,9 +8,11 @@ import json
 import math
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -254,22 +256,71 @@ def test_elastic_options_change_the_gpu_count_where_one_mode_cannot_fit_the_chea
         assert set(gpus_by_slot.values()) == {1, 2}, s.plan
 
 
-def test_neighbourhood_search_keeps_every_rule_and_never_loses() -> None:
-    import random
-    import time
-
+def test_repair_makes_room_for_a_wide_job_that_narrow_ones_crowded_out() -> None:
+    """Placed one at a time, four narrow jobs took the wide job's only window: the repair moves them out of its way
+    (where they are still on time) and puts it in, instead of leaving it late."""
+    from scheduler.planner.repair import repair
     from scheduler.planner.solve import Planner
 
-    rnd = random.Random(7)
+    narrow = [PJob(f"n{i}", 0, 16, 4.0, (Mode(1, 1.0, 0.3),)) for i in range(4)]
+    wide = PJob("wide", 0, 8, 4.0, (Mode(4, 1.0, 1.2),))
+    p = problem([50.0] * 8 + [40.0] * 8, [*narrow, wide], gpus=4)
+    planner = Planner(p)
+    chosen = {j: planner._checked(j, 0, ((a, a + 4),)) for j, a in enumerate([0, 0, 4, 4])}
+    late = planner.earliest_option(4, np.array([4 - 2] * 8 + [4] * 8))
+    assert late is not None and late.late  # its earliest finish, given the narrow jobs, is past its deadline
+    chosen[4] = late
+    assert repair(planner, chosen, time.monotonic() + 10) == 1
+    assert planner.lateness(chosen) == (0, 0)
+    plan = {p.jobs[j].id: [Segment(a, b, o.mode) for a, b in o.segments] for j, o in chosen.items()}
+    e = evaluate(p, plan)
+    assert e.valid, e.errors
+    assert plan["wide"][0].end_slot <= 8
+
+
+def _busy_day(seed: int, n: int, gpus: int) -> Problem:
+    import random
+
+    rnd = random.Random(seed)
     horizon = 96  # one day of 15-minute slots
     prices = [60 + 50 * math.sin(t / 10) + rnd.uniform(-10, 10) for t in range(horizon)]
     jobs = []
-    for i in range(24):
+    for i in range(n):
         modes = (Mode(1, 1.0, 0.4), Mode(2, 1.8, 0.85), Mode(4, 3.2, 1.8))
         release = rnd.randrange(0, 48)
         jobs.append(PJob(f"j{i}", release, min(horizon, release + rnd.randrange(16, 60)), rnd.uniform(0.5, 4.0), modes,
                          0, rnd.random() < 0.4, 10.0))
-    p = problem(prices, jobs, gpus=4, slot_minutes=15)
+    return problem(prices, jobs, gpus=gpus, slot_minutes=15)
+
+
+def test_a_converged_replan_returns_before_its_limit_and_says_why() -> None:
+    """A plan proven optimal ends the replan; so does a neighbourhood search whose sweeps stopped gaining. Each phase
+    reports its time and gain."""
+    import time
+
+    from scheduler.planner.solve import Planner
+
+    s = solve(_busy_day(7, 16, 4), time_limit_s=300)
+    assert s.stats["solve_s"] < 150 and s.stats["proven_optimal"] == 1.0, s.phases
+    assert [p["phase"] for p in s.phases][:3] == ["queues", "pricing", "construction"]
+    assert all(p["seconds"] >= 0 and p["gain"] is not None for p in s.phases)
+    assert sum(p["gain"] for p in s.phases) > 0  # on FIFO's price: the plan is cheaper, or less late, than the queue
+    planner = Planner(_busy_day(8, 16, 4))
+    chosen = planner.fifo()
+    columns, _truncated = planner.candidates(chosen, None, math.inf, 3000)
+    stats: dict = {}
+    began = time.monotonic()
+    planner.neighbourhoods(chosen, columns, began + 300, stats)
+    assert time.monotonic() - began < 150 and stats["lns_sweeps"] >= 2  # two sweeps without a gain end it
+
+
+def test_neighbourhood_search_keeps_every_rule_and_never_loses() -> None:
+    import time
+
+    from scheduler.planner.solve import Planner
+
+    p = _busy_day(7, 24, 4)
+    jobs = p.jobs
     planner = Planner(p)
     chosen = planner.fifo()
     before = sum(planner.price(o) for o in chosen.values())

@@ -139,7 +139,9 @@ def choose_meter(kind: str, uuids: list[str], cpu_watts_per_core: float, sample_
                  nvml: ModuleType | None = None, powercap: Path = POWERCAP) -> Meter:
     if kind == "gpu":
         if nvml is None:
-            import pynvml as nvml
+            import pynvml
+
+            return NvmlMeter(pynvml, uuids, sample_s)
         return NvmlMeter(nvml, uuids, sample_s)
     if RaplMeter.available(powercap):
         return RaplMeter(powercap)

@@ -23,8 +23,8 @@ from typing import Any
 from scheduler.config import Config, Paths
 from scheduler.devices import Device
 from scheduler.errors import GschedError, StoreError
-from scheduler.executor.base import (Broken, Capabilities, CapacityChanged, Ended, Handle, Intent, LaunchFailed,
-                                     Lost, NeverStarted, Observation, handle_of)
+from scheduler.executor.base import (Broken, Capabilities, CapacityChanged, Ended, Executor, Handle, Intent,
+                                     LaunchFailed, Lost, NeverStarted, Observation, handle_of)
 from scheduler.executor.launch import Launcher
 from scheduler.executor.power import PowerLimiter
 from scheduler.executor.procs import RunGroup, alive
@@ -37,7 +37,7 @@ from scheduler.userpath import acting_ids
 log = logging.getLogger("gsched.executor.local")
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     capabilities = Capabilities(holds_pending=False)
 
     def __init__(self, config: Config, paths: Paths, store: Store, devices: list[Device], launcher: Launcher,

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from scheduler.devices import Device
-from scheduler.executor.base import Capabilities, Ended, Handle, Intent, NeverStarted, Observation, handle_of
+from scheduler.executor.base import (Capabilities, Ended, Executor, Handle, Intent, NeverStarted, Observation,
+                                     handle_of)
 from scheduler.jobfile import JobSpec
 from scheduler.models import Job, JobState
 from scheduler.timeutil import parse_rfc3339, rfc3339
@@ -42,7 +43,7 @@ class SimRun:
     completed: bool
 
 
-class SimExecutor:
+class SimExecutor(Executor):
     capabilities = Capabilities(holds_pending=False)
     where = "in simulation"
 

@@ -24,7 +24,7 @@ from scheduler.clock import Clock
 from scheduler.config import Config
 from scheduler.devices import Device
 from scheduler.errors import GschedError, StoreError
-from scheduler.executor.base import (Broken, Capabilities, CapacityChanged, Dropped, Ended, Handle, Intent,
+from scheduler.executor.base import (Broken, Capabilities, CapacityChanged, Dropped, Ended, Executor, Handle, Intent,
                                      LaunchDeferred, LaunchFailed, Lost, NeverStarted, Observation, Requeued,
                                      Started, handle_of)
 from scheduler.executor.launch import Launcher
@@ -68,7 +68,7 @@ def slurm_why(sj: SlurmJob) -> str:
     return f"Slurm ended job {sj.job_id}: {sj.state}{reason}"
 
 
-class SlurmExecutor:
+class SlurmExecutor(Executor):
     capabilities = Capabilities(holds_pending=True)
 
     def __init__(self, config: Config, store: Store, clock: Clock, devices: list[Device], ctl: Slurm,

@@ -8,6 +8,7 @@ held from the step before (ENTSO-E's A03 curves omit repeats), a missing intensi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -38,7 +39,7 @@ def utc(text: str) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-def from_points(what: str, signal: str, points: list[tuple[datetime, float | None]], step_s: int | None = None,
+def from_points(what: str, signal: str, points: Sequence[tuple[datetime, float | None]], step_s: int | None = None,
                 currency: str | None = None, hold: bool = False) -> Series:
     """Points at a common resolution (inferred when not given) -> a regular Series."""
     clean = sorted((t, v) for t, v in points if v is None or math.isfinite(v))

@@ -16,67 +16,84 @@ import heapq
 
 import numpy as np
 
-from scheduler.planner.options import Costing, _runs
+from scheduler.planner.options import Costing, Option, _runs
 from scheduler.planner.problem import EPS, PJob, Plan, Problem, Segment
 
 
-def _fifo(problem: Problem) -> list[int]:
+def fifo_order(problem: Problem) -> list[int]:
     return sorted(range(len(problem.jobs)), key=lambda j: (problem.jobs[j].release_slot, j))
 
 
-def _contiguous(costing: Costing, job: PJob, mode: int, free: np.ndarray, cheapest: bool) -> tuple[int, int] | None:
-    for end in ((job.deadline_slot, costing.horizon) if cheapest else (costing.horizon,)):
-        starts, costs, n = costing.rigid_costs(job, mode, end)
-        if not len(starts):
-            continue
-        ok = costing.fits(job, mode, starts, n, free)
+def edf_order(problem: Problem) -> list[int]:
+    jobs = problem.jobs
+    return sorted(range(len(jobs)), key=lambda j: (jobs[j].deadline_slot, jobs[j].release_slot, j))
+
+
+def queue_option(costing: Costing, j: int, free: np.ndarray, cheapest: bool = False) -> Option | None:
+    """Job ``j`` in its requested mode, as early as ``free`` allows (late or not); with ``cheapest``, in its cheapest
+    window that ends by its deadline where one fits (Let's Wait Awhile), else as early as it can."""
+    job = costing.problem.jobs[j]
+    m = job.requested_mode
+    if cheapest:
+        starts, costs, n = costing.rigid_costs(job, m, job.deadline_slot)
+        ok = costing.fits(job, m, starts, n, free)
         if ok.any():
-            s = int(starts[ok][np.argmin(costs[ok])] if cheapest and end == job.deadline_slot else starts[ok][0])
-            return s, costing.run_end(job, mode, s, n)
-    return None
+            i = int(np.flatnonzero(ok)[np.argmin(costs[ok])])
+            s = int(starts[i])
+            return Option(j, m, ((s, costing.run_end(job, m, s, n)),), float(costs[i]))
+    starts, costs, n = costing.rigid_costs(job, m, costing.horizon)
+    if not len(starts):
+        return None
+    first = costing.first_fit(job, m, starts, n, free)
+    if first is None:
+        return None
+    s = int(starts[first])
+    e = costing.run_end(job, m, s, n)
+    return Option(j, m, ((s, e),), float(costs[first]), late=e > job.deadline_slot)
 
 
-def _edf(problem: Problem) -> list[int]:
-    return sorted(range(len(problem.jobs)), key=lambda j: (problem.jobs[j].deadline_slot, problem.jobs[j].release_slot, j))
-
-
-def _shifted(problem: Problem, cheapest: bool, order: list[int] | None = None) -> Plan:
-    costing = Costing(problem)
+def queue(costing: Costing, order: list[int], cheapest: bool = False) -> dict[int, Option]:
+    """A plain queue: each job in ``order``, in its requested mode, where queue_option puts it: the one FIFO and EDF
+    that the planner (its deadline guarantee), `gsched plan --compare` and `gsched simulate` all use."""
     free = costing.capacity.copy()
-    plan: Plan = {}
-    for j in order if order is not None else _fifo(problem):
-        job = problem.jobs[j]
-        window = _contiguous(costing, job, job.requested_mode, free, cheapest)
-        if window is not None:
-            free[window[0]:window[1]] -= job.modes[job.requested_mode].gpus
-            plan[job.id] = [Segment(window[0], window[1], job.requested_mode)]
-    return plan
+    chosen: dict[int, Option] = {}
+    for j in order:
+        option = queue_option(costing, j, free, cheapest)
+        if option is not None:
+            chosen[j] = option
+            a, b = option.segments[0]
+            free[a:b] -= costing.problem.jobs[j].modes[option.mode].gpus
+    return chosen
+
+
+def _plan(problem: Problem, chosen: dict[int, Option]) -> Plan:
+    return {problem.jobs[j].id: [Segment(a, b, o.mode) for a, b in o.segments] for j, o in sorted(chosen.items())}
 
 
 def run_now(problem: Problem) -> Plan:
-    return _shifted(problem, cheapest=False)
+    return _plan(problem, queue(Costing(problem), fifo_order(problem)))
 
 
 def edf(problem: Problem) -> Plan:
-    return _shifted(problem, cheapest=False, order=_edf(problem))
+    return _plan(problem, queue(Costing(problem), edf_order(problem)))
 
 
 def lwa(problem: Problem) -> Plan:
-    return _shifted(problem, cheapest=True)
+    return _plan(problem, queue(Costing(problem), fifo_order(problem), cheapest=True))
 
 
 def carbonscaler(problem: Problem) -> Plan:
     costing = Costing(problem)
     free = costing.capacity.copy()
     plan: Plan = {}
-    for j in _fifo(problem):
+    for j in fifo_order(problem):
         job = problem.jobs[j]
         segments = _scale(costing, job, free) if job.preemptible else None
         if segments is None:
-            window = _contiguous(costing, job, job.requested_mode, free, True)
-            if window is None:
+            option = queue_option(costing, j, free, cheapest=True)
+            if option is None:
                 continue
-            segments = [Segment(window[0], window[1], job.requested_mode)]
+            segments = [Segment(a, b, option.mode) for a, b in option.segments]
         for seg in segments:
             free[seg.start_slot:seg.end_slot] -= job.modes[seg.mode].gpus
         plan[job.id] = segments

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 CANDIDATES = 3  # on-time runs tried per late job and round, the least obstructed first
 DEPTH = 3  # how far a chain of moved jobs, each repaired in turn, may go
 REPAIR_S = 0.25  # the most one late job's repair may take: a chain that has not found room by then will not
+REPAIR_TRIES = 5  # failed repairs in a row after which the rest are not tried: an overloaded burst, not a crowded job
 
 
 def repair(planner: Planner, chosen: dict[int, Option], deadline_s: float) -> int:
@@ -31,9 +32,9 @@ def repair(planner: Planner, chosen: dict[int, Option], deadline_s: float) -> in
     free = planner.costing.capacity.copy()
     for option in chosen.values():
         planner._take(option, free)
-    fixed = 0
+    fixed = failed = 0
     tried: set[int] = set()
-    while time.monotonic() < deadline_s:
+    while time.monotonic() < deadline_s and failed < REPAIR_TRIES:
         late = [j for j in range(len(planner.jobs)) if j not in tried and (j not in chosen or chosen[j].late)]
         if not late:
             break
@@ -42,9 +43,11 @@ def repair(planner: Planner, chosen: dict[int, Option], deadline_s: float) -> in
         j = late[0]
         tried.add(j)
         if repair_one(planner, j, chosen, free, min(deadline_s, time.monotonic() + REPAIR_S)):
-            fixed += 1
+            fixed, failed = fixed + 1, 0
             tried.clear()  # the moves may have opened room for a job tried before
             tried.add(j)
+        else:
+            failed += 1
     planner.repaired_jobs += fixed
     return fixed
 

@@ -37,13 +37,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from scheduler.planner.highs import SOLVE_NNZ_PER_S, column_lp, new_highs
+from scheduler.planner.baselines import edf_order, fifo_order, queue, queue_option
 from scheduler.planner.budget import Budget
 from scheduler.planner.lagrange import Lagrangian, lagrangian
 from scheduler.planner.nodes import place
 from scheduler.planner.options import Costing, Option, _mode_runs, _runs
 from scheduler.planner.prices import Prices
 from scheduler.planner.problem import Plan, Problem, Segment
-from scheduler.planner.repair import REPAIR_S, repair, repair_one
+from scheduler.planner.repair import REPAIR_S, REPAIR_TRIES, repair, repair_one
 
 log = logging.getLogger("gsched.planner")
 TIE = 1e-9
@@ -54,7 +55,7 @@ LATE_COLUMNS = 24  # late runs per mode of a late job in the MILPs' candidates
 LNS_JOBS, LNS_MIN_JOBS = 20, 6  # jobs freed at a time in the neighbourhood search: the first size, and the least
 WARM_MILP_JOBS = 150  # a replan from a previous plan of more jobs skips the whole-problem MILP
 PRICING_SHARE = 0.3  # of the time left, for an LP predicted to solve in it
-LP_NNZ_AT_1S = 4.5e5  # an LP of this many nonzeros takes about 1 s here (lp_seconds)
+LP_NNZ_JOBS_PER_S = 8e7  # nonzeros x jobs of an LP solved in a second here (lp_seconds)
 LAGRANGE_SHARE = 0.15  # of the limit, for the prices and bound of a problem too big for the LP
 PLACE_SHARE = 0.1  # of the limit, on a partition of several nodes: 2,000 runs on 100 nodes took 1 s (bench/nodes.py)
 EXACT_ELASTIC_JOBS = 8  # up to this many jobs, each preemptible one also gets its exact mode-per-slot option
@@ -156,17 +157,7 @@ class Planner:
 
     def queue_option(self, j: int, free: np.ndarray) -> Option | None:
         """Job ``j`` in its requested mode, as early as ``free`` allows (late or not)."""
-        job = self.jobs[j]
-        m = job.requested_mode
-        starts, costs, n = self.costing.rigid_costs(job, m, self.costing.horizon)
-        if not len(starts):
-            return None
-        i = self.costing.first_fit(job, m, starts, n, free)
-        if i is None:
-            return None
-        s = int(starts[i])
-        e = self.costing.run_end(job, m, s, n)
-        return Option(j, m, ((s, e),), float(costs[i]), late=e > job.deadline_slot)
+        return queue_option(self.costing, j, free)
 
     def repaired(self, deadline_s: float) -> dict[int, Option]:
         """The previous plan on today's problem: each job's last option where it still fits (earliest first), the
@@ -174,16 +165,19 @@ class Planner:
         previous = sorted(self.previous.items(), key=lambda item: (item[1].start, item[0]))
         return self.seeded([option for _j, option in previous], deadline_s)[0]
 
-    def seeded(self, seeds: list[Option], deadline_s: float) -> tuple[dict[int, Option], np.ndarray, list[int]]:
+    def seeded(self, seeds: list[Option], deadline_s: float, relative: bool = True
+               ) -> tuple[dict[int, Option], np.ndarray, list[int]]:
         """``seeds`` where they fit (the first per job), then every other job in tightness order at its cheapest
         priced option (as a plain queue would place it, past ``deadline_s``): (plan, capacity left, order)."""
         free = self.costing.capacity.copy()
         chosen: dict[int, Option] = {}
+        option: Option | None
         for option in seeds:
             if option.job not in chosen and self._fits(option, free):
                 chosen[option.job] = option
                 self._take(option, free)
-        order = self.order()
+        order = self.order(relative)
+        failed = 0
         for j in order:
             if j in chosen:
                 continue
@@ -192,32 +186,24 @@ class Planner:
             else:
                 option = self.best_option(j, free, priced=True)
                 # No on-time room left: make room now, while the jobs not yet placed leave the others space to move
-                if option is None and repair_one(self, j, chosen, free, min(deadline_s, time.monotonic() + REPAIR_S)):
-                    self.repaired_jobs += 1
-                    continue
+                # (not after REPAIR_TRIES failures in a row: in an overloaded burst most jobs cannot be on time)
+                if option is None and failed < REPAIR_TRIES:
+                    if repair_one(self, j, chosen, free, min(deadline_s, time.monotonic() + REPAIR_S)):
+                        self.repaired_jobs += 1
+                        failed = 0
+                        continue
+                    failed += 1
                 option = option or self.earliest_option(j, free)
             if option is not None:
                 chosen[j] = option
                 self._take(option, free)
         return chosen, free, order
 
-    def queue_plan(self, order: list[int]) -> dict[int, Option]:
-        """A plain queue: each job in ``order``, in its requested mode, as early as the GPUs allow."""
-        free = self.costing.capacity.copy()
-        chosen: dict[int, Option] = {}
-        for j in order:
-            option = self.queue_option(j, free)
-            if option is not None:
-                chosen[j] = option
-                self._take(option, free)
-        return chosen
-
     def fifo(self) -> dict[int, Option]:
-        return self.queue_plan(sorted(range(len(self.jobs)), key=lambda j: (self.jobs[j].release_slot, j)))
+        return queue(self.costing, fifo_order(self.problem))
 
     def edf(self) -> dict[int, Option]:
-        return self.queue_plan(sorted(range(len(self.jobs)),
-                                      key=lambda j: (self.jobs[j].deadline_slot, self.jobs[j].release_slot, j)))
+        return queue(self.costing, edf_order(self.problem))
 
     def _gpu_slots_price(self, option: Option) -> float:
         job = self.jobs[option.job]
@@ -253,10 +239,10 @@ class Planner:
             for m, mode in enumerate(job.modes):
                 if not _better(floors[m], best_key):
                     continue
-                key = None
+                slot_key: np.ndarray | None = None
                 if priced and mode.power_kw > 0:
-                    key = costing.w + self.lam * mode.gpus / (mode.power_kw * costing.slot_h)
-                split = costing.split_option(j, m, free, key)
+                    slot_key = costing.w + self.lam * mode.gpus / (mode.power_kw * costing.slot_h)
+                split = costing.split_option(j, m, free, slot_key)
                 if split is not None:
                     split_key = (split.cost + costing.tiebreak * split.start
                                  + (self._gpu_slots_price(split) if priced else 0.0))
@@ -271,8 +257,8 @@ class Planner:
                     best, best_key = elastic, elastic_key
         previous = self.previous.get(j)
         if previous is not None and self._fits(previous, free):
-            key = self.price(previous) + (self._gpu_slots_price(previous) if priced else 0.0)
-            if not _better(best_key, key):
+            previous_key = self.price(previous) + (self._gpu_slots_price(previous) if priced else 0.0)
+            if not _better(best_key, previous_key):
                 best = previous
         return best
 
@@ -300,16 +286,17 @@ class Planner:
     def _take(self, option: Option, free: np.ndarray, sign: int = -1) -> None:
         free[option.slots()] += sign * option.gpus(self.jobs[option.job])
 
-    def order(self) -> list[int]:
-        """Tightest first, by the slack of its window relative to its longest run: a 33-hour job with 47 hours of
-        slack goes before a 15-minute one with 2 hours; placed after the short ones, it found its window full
-        (absolute slack put it last on the foreign benchmark's full weeks, and late)."""
+    def order(self, relative: bool = True) -> list[int]:
+        """Tightest first. ``relative``: by the slack of its window relative to its longest run: a 33-hour job with
+        47 hours of slack goes before a 15-minute one with 2 hours (by absolute slack it went last on the foreign
+        benchmark's full weeks, found its window full, and was late). Absolute slack, the other order, leaves fewer
+        jobs late in a burst where every job has the same slack (Philly's weeks: 26 against 39)."""
         def tightness(j: int) -> tuple[float, float]:
             job = self.jobs[j]
             window = min(job.deadline_slot, self.costing.horizon) - job.release_slot
             needed = [self.costing.slots_needed(job, m)[0] for m in range(len(job.modes))]
             size = max(mode.gpus * n for mode, n in zip(job.modes, needed))
-            return ((window - min(needed)) / max(needed), -size)
+            return ((window - min(needed)) / max(needed) if relative else window - min(needed), -size)
 
         return sorted(range(len(self.jobs)), key=tightness)
 
@@ -325,16 +312,16 @@ class Planner:
         out.sort(key=lambda item: -item[0])
         return out
 
-    def greedy(self, deadline_s: float, relaxation: Prices | None = None, improve_until_s: float | None = None
-               ) -> dict[int, Option]:
-        """Every job placed by ``deadline_s`` (the rest as a queue would, past it); the local search that follows
-        stops at ``improve_until_s``."""
+    def greedy(self, deadline_s: float, relaxation: Prices | None = None, improve_until_s: float | None = None,
+               relative: bool = True) -> dict[int, Option]:
+        """Every job placed by ``deadline_s`` (the rest as a queue would, past it), in ``order(relative)``; the local
+        search that follows stops at ``improve_until_s``."""
         # LP rounding: jobs the LP places (nearly) whole go first, where the LP put them, while they fit; the
         # Lagrangian's rounding likewise: each job's run most of its (recent) steps picked.
         seeds = [option for _value, option in self.rounded(relaxation)]  # on-time columns only
         seeds += [Option(j, m, ((start, end),), cost)
                   for _value, j, m, start, end, cost in (relaxation.rounding if relaxation is not None else [])]
-        chosen, free, order = self.seeded(seeds, deadline_s)
+        chosen, free, order = self.seeded(seeds, deadline_s, relative)
         until = deadline_s if improve_until_s is None else min(deadline_s, improve_until_s)
         self.improve(chosen, free, order, until)
         if self.lateness(chosen)[0]:  # one at a time, a wide job can find its window fragmented: make room for it
@@ -374,8 +361,8 @@ class Planner:
     def exact_elastic(self, chosen: dict[int, Option], deadline_s: float) -> None:
         """Few jobs: each preemptible one takes its exact cheapest mode per slot, given the others, if cheaper."""
         free = self.costing.capacity.copy()
-        for option in chosen.values():
-            self._take(option, free)
+        for placed in chosen.values():
+            self._take(placed, free)
         for j, job in enumerate(self.jobs):
             current = chosen.get(j)
             if not job.preemptible or time.monotonic() >= deadline_s or (current is not None and current.late):
@@ -452,11 +439,11 @@ class Planner:
                         s = int(starts[i])
                         run = ((s, costing.run_end(job, m, s, n)),)
                         per_job[j][(m, run, ())] = Option(j, m, run, float(costs[i]))
-                keys = [None]
+                slot_keys: list[np.ndarray | None] = [None]
                 if mode.power_kw > 0:
-                    keys.append(costing.w + self.lam * mode.gpus / (mode.power_kw * costing.slot_h))
-                for key in keys:
-                    split = costing.split_option(j, m, costing.capacity, key)
+                    slot_keys.append(costing.w + self.lam * mode.gpus / (mode.power_kw * costing.slot_h))
+                for slot_key in slot_keys:
+                    split = costing.split_option(j, m, costing.capacity, slot_key)
                     if split is not None:
                         per_job[j][split.key] = split
             for price in (None, self.lam):
@@ -468,15 +455,15 @@ class Planner:
                 m = int(np.argmax(x.sum(axis=1)))
                 slots = np.flatnonzero(x.sum(axis=0) > 1e-6)
                 if len(slots):
-                    option = self._checked(j, m, _runs(slots))
-                    if option is not None:
-                        per_job[j][option.key] = option
+                    dominant = self._checked(j, m, _runs(slots))
+                    if dominant is not None:
+                        per_job[j][dominant.key] = dominant
                     per_slot = np.full(x.shape[1], -1)
                     per_slot[slots] = np.argmax(x[:, slots], axis=0)
                     segments, seg_modes = _mode_runs(np.arange(x.shape[1]), per_slot)
-                    option = self._checked(j, seg_modes[0], segments, seg_modes)
-                    if option is not None:
-                        per_job[j][option.key] = option
+                    per_slot_option = self._checked(j, seg_modes[0], segments, seg_modes)
+                    if per_slot_option is not None:
+                        per_job[j][per_slot_option.key] = per_slot_option
         for j, job in enumerate(self.jobs):
             if only is not None and not rigid and j not in only:
                 continue
@@ -692,14 +679,14 @@ class Planner:
             log.warning("highspy is not installed: planning with the greedy alone")
             return None
         nnz = size(self.costing)
-        predicted_s = lp_seconds(nnz)
+        predicted_s = lp_seconds(nnz, len(self.jobs))
         share_s = PRICING_SHARE * budget.left()
         if predicted_s <= share_s:
-            relaxation = relax(self.costing, share_s)
-            if relaxation is not None and relaxation.status == "Optimal":
+            lp = relax(self.costing, share_s)
+            if lp is not None and lp.status == "Optimal":
                 budget.record("pricing", started, note=f"LP of {nnz} nonzeros: optimal")
-                return relaxation
-            why = f"LP of {nnz} nonzeros cut off ({relaxation.status if relaxation else 'empty'})"
+                return lp
+            why = f"LP of {nnz} nonzeros cut off ({lp.status if lp else 'empty'})"
         else:
             why = f"LP of {nnz} nonzeros predicted {predicted_s:.1f} s > {share_s:.1f} s"
         # Polyak's steps aim at a plan's cost: an on-time queue plan's or the previous plan's, if any (late
@@ -734,12 +721,18 @@ class Planner:
             if self.lateness(starts["previous"])[0]:
                 repair(self, starts["previous"], t0 + 0.4 * limit)
         if not warm or isinstance(relaxation, Lagrangian):  # a Lagrangian's prices went on: a fresh greedy may win
-            greedy = self.greedy(t0 + 0.65 * limit, relaxation)
-            starts["greedy"] = greedy
-            if relaxation is not None and relaxation.rounding and self.lateness(greedy)[0] and \
-                    time.monotonic() < t0 + 0.5 * limit:
-                # Rounding can crowd a job out of its window: the prices alone, placing every job as the greedy does
-                starts["greedy, unrounded"] = self.greedy(t0 + 0.75 * limit, None)
+            starts["greedy"] = self.greedy(t0 + 0.65 * limit, relaxation)
+            # A portfolio, while the best start leaves jobs late and a second construction fits in the time: the
+            # other order; then the prices alone (rounding can crowd a job out of its window).
+            variants = [("greedy, absolute slack", relaxation, False)]
+            if relaxation is not None and relaxation.rounding:
+                variants.append(("greedy, unrounded", None, True))
+            for name, prices, relative in variants:
+                spent = time.monotonic() - started
+                if min(self.lateness(plan)[0] for plan in starts.values()) == 0 or \
+                        time.monotonic() + spent > t0 + 0.9 * limit:
+                    break
+                starts[name] = self.greedy(t0 + 0.9 * limit, prices, relative=relative)
         ranks = {k: self.rank(v) for k, v in starts.items()}
         name = min(starts, key=lambda k: ranks[k])
         chosen = dict(starts[name])
@@ -768,8 +761,11 @@ class Planner:
         budget_columns = max_columns
         milp_deadline = deadline - (LNS_SHARE if use_lns else 0.0) * (deadline - time.monotonic())
         note = ""
-        proven = False
-        if warm and use_lns and len(self.jobs) > WARM_MILP_JOBS:
+        proven = bound is not None and sum(self.true_cost(o) for o in chosen.values()) - bound <= 1e-7 * max(
+            1.0, abs(bound))  # at the bound already (tie-breaks are not costs): nothing can be cheaper
+        if proven:
+            note = "at the bound"
+        elif warm and use_lns and len(self.jobs) > WARM_MILP_JOBS:
             note = "skipped: a warm replan of many jobs goes to the neighbourhoods"
         elif use_lns and (relaxation is None or not relaxation.rigid):
             # The whole MILP is larger than the LP, which was predicted too slow (or cut off): its time goes to the
@@ -808,13 +804,13 @@ class Planner:
                 # as wide; it ends when the set stopped growing and gave nothing.
                 best = sum(self.price(o) for o in chosen.values())
                 slack = best - bound if bound is not None else math.inf
-                columns = Columns(self, chosen, relaxation, slack, pool, deadline - 0.3)
-                if self.neighbourhoods(chosen, columns, deadline, stats, rotate):
+                lazy = Columns(self, chosen, relaxation, slack, pool, deadline - 0.3)
+                if self.neighbourhoods(chosen, lazy, deadline, stats, rotate):
                     searched_gain = True
-                elif columns.size() <= searched:
+                elif lazy.size() <= searched:
                     converged = True
                     break
-                pool, searched = 2 * pool, columns.size()
+                pool, searched = 2 * pool, lazy.size()
             if searched_gain:
                 stats["method"] = f"{stats['method']}+lns"
             after = sum(self.price(o) for o in chosen.values())
@@ -865,10 +861,11 @@ class Columns:
         return sum(len(c) for c in self.lists.values())
 
 
-def lp_seconds(nnz: int) -> float:
-    """The LP's predicted solve time: measured on the benchmark's problems here (2 cores), it grows with the square
-    of its nonzeros: 0.43 M in 1.0 s, 0.84 M in 1.2 s, 1.49 M in 11.6 s. Pessimistic in between, by design."""
-    return (nnz / LP_NNZ_AT_1S) ** 2
+def lp_seconds(nnz: int, jobs: int) -> float:
+    """The LP's predicted solve time. Measured here (2 cores) on the foreign benchmark's and our own weeks, it grows
+    with nonzeros x jobs: 0.43 M nonzeros of 150 jobs in 1.0 s, 0.87 M of 150 in 0.7 s, 0.85 M of 124 in 1.2 s,
+    0.76 M of 249 in 0.8 s, 1.49 M of 500 in 11.6 s; this is pessimistic on all of them."""
+    return nnz * jobs / LP_NNZ_JOBS_PER_S
 
 
 def solve(problem: Problem, time_limit_s: float = 10.0, previous: Previous | None = None,

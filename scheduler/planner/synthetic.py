@@ -22,7 +22,8 @@ def job_modes(rnd: random.Random, counts: list[int], requested_gpus: int) -> tup
     alpha = rnd.uniform(0.70, 0.95)
     precisions = [("fp32", 1.0)] + ([("bf16", rnd.uniform(1.3, 2.0))] if rnd.random() < 0.6 else [])
     gpu_kw = rnd.choice([0.4, 0.7])
-    modes, requested = [], 0
+    modes: list[Mode] = []
+    requested = 0
     for g in counts:
         for name, speed in precisions:
             for cap in (1.0, 0.75):
