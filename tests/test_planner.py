@@ -278,6 +278,30 @@ def test_repair_makes_room_for_a_wide_job_that_narrow_ones_crowded_out() -> None
     assert plan["wide"][0].end_slot <= 8
 
 
+def test_trade_gives_up_one_large_run_for_several_small_ones() -> None:
+    """Beyond capacity, one late job beats four: the wide run that holds the small jobs' only window goes late."""
+    from scheduler.planner.repair import trade
+    from scheduler.planner.solve import Planner
+
+    small = [PJob(f"s{i}", 0, 4, 2.0, (Mode(1, 1.0, 0.3),)) for i in range(4)]
+    wide = PJob("wide", 0, 4, 4.0, (Mode(2, 1.0, 0.6),))
+    p = problem([50.0] * 8, [*small, wide], gpus=2)
+    planner = Planner(p)
+    chosen = {4: planner._checked(4, 0, ((0, 4),))}
+    free = np.array([0] * 4 + [2] * 4)
+    for j in range(4):
+        option = planner.earliest_option(j, free)
+        assert option is not None and option.late
+        chosen[j] = option
+        planner._take(option, free)
+    assert planner.lateness(chosen)[0] == 4
+    assert trade(planner, chosen, time.monotonic() + 10) == 3
+    assert planner.lateness(chosen)[0] == 1 and chosen[4].late
+    loose = dataclasses.replace(p, jobs=tuple(dataclasses.replace(job, deadline_slot=8) for job in p.jobs))
+    e = evaluate(loose, {p.jobs[j].id: [Segment(a, b, o.mode) for a, b in o.segments] for j, o in chosen.items()})
+    assert e.valid, e.errors  # capacity holds (a late run is outside its window, as the evaluator says)
+
+
 def _busy_day(seed: int, n: int, gpus: int) -> Problem:
     import random
 

@@ -139,3 +139,53 @@ def _slack(planner: Planner, k: int) -> int:
     job = planner.jobs[k]
     window = min(job.deadline_slot, planner.costing.horizon) - job.release_slot
     return window - min(planner.costing.slots_needed(job, m)[0] for m in range(len(job.modes)))
+
+
+def trade(planner: Planner, chosen: dict[int, Option], deadline_s: float) -> int:
+    """Where more jobs are late than can be brought on time by moving others (a burst beyond the cluster's capacity),
+    give up one large run instead of several small ones, as Moore and Hodgson's rule does on one machine: take out an
+    on-time job that holds many GPU-slots in the windows of late jobs, let the late jobs that now fit in go on time,
+    and put it back at its best option, on time or not. Kept only if fewer jobs are late; returns how many fewer."""
+    free = planner.costing.capacity.copy()
+    for option in chosen.values():
+        planner._take(option, free)
+    gained = 0
+    tried: set[int] = set()
+    while time.monotonic() < deadline_s:
+        late = [j for j, o in chosen.items() if o.late and j not in tried]
+        if not late:
+            break
+        j = min(late, key=lambda k: (chosen[k].gpus(planner.jobs[k]).sum(), k))  # the smallest late job first
+        tried.add(j)
+        job = planner.jobs[j]
+        a, b = job.release_slot, chosen[j].end
+        big = sorted((k for k, o in chosen.items() if not o.late and o.start < b and o.end > a),
+                     key=lambda k: -int(chosen[k].gpus(planner.jobs[k]).sum()))[:CANDIDATES]
+        before = planner.rank(chosen)
+        for k in big:
+            if time.monotonic() >= deadline_s:
+                break
+            saved_chosen, saved_free = dict(chosen), free.copy()
+            out = chosen.pop(k)
+            planner._take(out, free, +1)
+            window_a, window_b = out.start, out.end
+            # the late jobs whose windows the run overlapped, smallest first
+            for m in sorted((m for m, o in chosen.items() if o.late and planner.jobs[m].release_slot < window_b
+                             and planner.jobs[m].deadline_slot > window_a),
+                            key=lambda m: int(chosen[m].gpus(planner.jobs[m]).sum())):
+                planner._take(chosen[m], free, +1)
+                chosen[m] = planner.best_option(m, free, priced=True) or chosen[m]
+                planner._take(chosen[m], free)
+            back = planner.best_option(k, free, priced=True) or planner.earliest_option(k, free)
+            if back is not None:
+                chosen[k] = back
+                planner._take(back, free)
+            after = planner.rank(chosen)
+            if after[0] < before[0] or (after[0] == before[0] and after < before):
+                gained += before[0] - after[0]
+                tried.clear()
+                break
+            chosen.clear()
+            chosen.update(saved_chosen)
+            free[:] = saved_free
+    return gained

@@ -44,7 +44,7 @@ from scheduler.planner.nodes import place
 from scheduler.planner.options import Costing, Option, _mode_runs, _runs
 from scheduler.planner.prices import Prices
 from scheduler.planner.problem import Plan, Problem, Segment
-from scheduler.planner.repair import REPAIR_S, REPAIR_TRIES, repair, repair_one
+from scheduler.planner.repair import REPAIR_S, REPAIR_TRIES, repair, repair_one, trade
 
 log = logging.getLogger("gsched.planner")
 TIE = 1e-9
@@ -165,7 +165,7 @@ class Planner:
         previous = sorted(self.previous.items(), key=lambda item: (item[1].start, item[0]))
         return self.seeded([option for _j, option in previous], deadline_s)[0]
 
-    def seeded(self, seeds: list[Option], deadline_s: float, relative: bool = True
+    def seeded(self, seeds: list[Option], deadline_s: float, relative: bool = True, make_room: bool = True
                ) -> tuple[dict[int, Option], np.ndarray, list[int]]:
         """``seeds`` where they fit (the first per job), then every other job in tightness order at its cheapest
         priced option (as a plain queue would place it, past ``deadline_s``): (plan, capacity left, order)."""
@@ -177,7 +177,7 @@ class Planner:
                 chosen[option.job] = option
                 self._take(option, free)
         order = self.order(relative)
-        failed = 0
+        failed = 0 if make_room else REPAIR_TRIES
         for j in order:
             if j in chosen:
                 continue
@@ -313,19 +313,21 @@ class Planner:
         return out
 
     def greedy(self, deadline_s: float, relaxation: Prices | None = None, improve_until_s: float | None = None,
-               relative: bool = True) -> dict[int, Option]:
-        """Every job placed by ``deadline_s`` (the rest as a queue would, past it), in ``order(relative)``; the local
-        search that follows stops at ``improve_until_s``."""
+               relative: bool = True, make_room: bool = True) -> dict[int, Option]:
+        """Every job placed by ``deadline_s`` (the rest as a queue would, past it), in ``order(relative)``; with
+        ``make_room``, a job that finds no on-time room has room made for it as it is placed. The local search that
+        follows stops at ``improve_until_s``."""
         # LP rounding: jobs the LP places (nearly) whole go first, where the LP put them, while they fit; the
         # Lagrangian's rounding likewise: each job's run most of its (recent) steps picked.
         seeds = [option for _value, option in self.rounded(relaxation)]  # on-time columns only
         seeds += [Option(j, m, ((start, end),), cost)
                   for _value, j, m, start, end, cost in (relaxation.rounding if relaxation is not None else [])]
-        chosen, free, order = self.seeded(seeds, deadline_s, relative)
+        chosen, free, order = self.seeded(seeds, deadline_s, relative, make_room)
         until = deadline_s if improve_until_s is None else min(deadline_s, improve_until_s)
         self.improve(chosen, free, order, until)
         if self.lateness(chosen)[0]:  # one at a time, a wide job can find its window fragmented: make room for it
-            if repair(self, chosen, deadline_s):
+            # and, where that is not enough, give up one large run for several small ones
+            if repair(self, chosen, deadline_s) + trade(self, chosen, deadline_s):
                 free = self.costing.capacity.copy()
                 for option in chosen.values():
                     self._take(option, free)
@@ -721,18 +723,23 @@ class Planner:
             if self.lateness(starts["previous"])[0]:
                 repair(self, starts["previous"], t0 + 0.4 * limit)
         if not warm or isinstance(relaxation, Lagrangian):  # a Lagrangian's prices went on: a fresh greedy may win
-            starts["greedy"] = self.greedy(t0 + 0.65 * limit, relaxation)
-            # A portfolio, while the best start leaves jobs late and a second construction fits in the time: the
-            # other order; then the prices alone (rounding can crowd a job out of its window).
-            variants = [("greedy, absolute slack", relaxation, False)]
+            # A portfolio, while the best start leaves jobs late and another construction fits in the time. Where even
+            # the queues leave jobs late (a burst beyond the cluster's capacity), making room for each job as it
+            # comes takes the room later jobs needed (Philly's week: 40 late, 28 without), and absolute slack leaves
+            # fewer late: that goes first there; on a full but feasible week, relative slack and making room (a
+            # 2,000-job week: 0 late where the other left 3). Then the prices alone (rounding can crowd a job out).
+            variants = [("greedy", relaxation, True, True), ("greedy, absolute slack", relaxation, False, False)]
+            if min(self.lateness(plan)[0] for plan in queues.values()):
+                variants.reverse()
             if relaxation is not None and relaxation.rounding:
-                variants.append(("greedy, unrounded", None, True))
-            for name, prices, relative in variants:
+                variants.append(("greedy, unrounded", None, True, True))
+            for k, (name, prices, relative, make_room) in enumerate(variants):
                 spent = time.monotonic() - started
-                if min(self.lateness(plan)[0] for plan in starts.values()) == 0 or \
-                        time.monotonic() + spent > t0 + 0.9 * limit:
+                if k and (min(self.lateness(plan)[0] for plan in starts.values()) == 0
+                          or time.monotonic() + spent / k > t0 + 0.9 * limit):
                     break
-                starts[name] = self.greedy(t0 + 0.9 * limit, prices, relative=relative)
+                starts[name] = self.greedy(t0 + (0.65 if not k else 0.9) * limit, prices, relative=relative,
+                                           make_room=make_room)
         ranks = {k: self.rank(v) for k, v in starts.items()}
         name = min(starts, key=lambda k: ranks[k])
         chosen = dict(starts[name])
