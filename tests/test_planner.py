@@ -322,6 +322,7 @@ def test_a_converged_replan_returns_before_its_limit_and_says_why() -> None:
     reports its time and gain."""
     import time
 
+    from scheduler.planner.improve import candidates, neighbourhoods
     from scheduler.planner.solve import Planner
 
     s = solve(_busy_day(7, 16, 4), time_limit_s=300)
@@ -331,16 +332,17 @@ def test_a_converged_replan_returns_before_its_limit_and_says_why() -> None:
     assert sum(p["gain"] for p in s.phases) > 0  # on FIFO's price: the plan is cheaper, or less late, than the queue
     planner = Planner(_busy_day(8, 16, 4))
     chosen = planner.fifo()
-    columns, _truncated = planner.candidates(chosen, None, math.inf, 3000)
+    columns, _truncated = candidates(planner, chosen, None, math.inf, 3000)
     stats: dict = {}
     began = time.monotonic()
-    planner.neighbourhoods(chosen, columns, began + 300, stats)
+    neighbourhoods(planner, chosen, columns, began + 300, stats)
     assert time.monotonic() - began < 150 and stats["lns_sweeps"] >= 2  # two sweeps without a gain end it
 
 
 def test_neighbourhood_search_keeps_every_rule_and_never_loses() -> None:
     import time
 
+    from scheduler.planner.improve import candidates, neighbourhoods
     from scheduler.planner.solve import Planner
 
     p = _busy_day(7, 24, 4)
@@ -348,10 +350,10 @@ def test_neighbourhood_search_keeps_every_rule_and_never_loses() -> None:
     planner = Planner(p)
     chosen = planner.fifo()
     before = sum(planner.price(o) for o in chosen.values())
-    columns, _truncated = planner.candidates(chosen, None, math.inf, 3000)
+    columns, _truncated = candidates(planner, chosen, None, math.inf, 3000)
     stats: dict = {}
     assert any(o.late for o in chosen.values())  # a plain queue leaves jobs late here ...
-    planner.neighbourhoods(chosen, columns, time.monotonic() + 5, stats)
+    neighbourhoods(planner, chosen, columns, time.monotonic() + 5, stats)
     assert stats["lns_sweeps"] >= 1 and sum(planner.price(o) for o in chosen.values()) <= before
     assert not any(o.late for o in chosen.values())  # ... which re-placing a window's jobs together repairs
     plan = {jobs[j].id: [Segment(a, b, o.mode) for a, b in o.segments] for j, o in chosen.items()}

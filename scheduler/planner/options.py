@@ -16,6 +16,20 @@ import numpy as np
 from scheduler.planner.problem import EPS, PJob, Problem
 
 
+TIE = 1e-9  # relative: costs closer than this are equal
+
+
+def _better(a: float, b: float) -> bool:
+    """a < b beyond rounding noise (prefix sums make equal windows differ in the last bits)."""
+    return a < b - TIE * max(1.0, abs(b)) if math.isfinite(b) else a < b
+
+
+def _first_min(costs: np.ndarray) -> int:
+    """Index of the cheapest entry; near-equal costs tie, and the first (earliest start) wins."""
+    low = costs.min()
+    return int(np.flatnonzero(costs <= low + TIE * max(1.0, abs(low)))[0])
+
+
 @dataclass(frozen=True)
 class Option:
     job: int  # index into problem.jobs
