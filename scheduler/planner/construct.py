@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scheduler.planner.baselines import queue_option
 from scheduler.planner.budget import Budget
 from scheduler.planner.lagrange import Lagrangian
 from scheduler.planner.options import Option, _better
@@ -44,7 +45,7 @@ def seeded(planner: Planner, seeds: list[Option], deadline_s: float, relative: b
         if j in chosen:
             continue
         if time.monotonic() > deadline_s:  # out of time: the rest as a plain queue would place them
-            option = planner.queue_option(j, free) or planner.earliest_option(j, free)
+            option = queue_option(planner.costing, j, free) or planner.earliest_option(j, free)
         else:
             option = planner.best_option(j, free, priced=True)
             # No on-time room left: make room now, while the jobs not yet placed leave the others space to move
@@ -75,8 +76,8 @@ def rounded(planner: Planner, relaxation: Prices | None) -> list[tuple[float, Op
     return out
 
 
-def greedy(planner: Planner, deadline_s: float, relaxation: Prices | None = None, improve_until_s: float | None = None,
-           relative: bool = True, make_room: bool = True) -> dict[int, Option]:
+def greedy(planner: Planner, deadline_s: float, relaxation: Prices | None = None,
+           improve_until_s: float | None = None, relative: bool = True, make_room: bool = True) -> dict[int, Option]:
     """Every job placed by ``deadline_s`` (the rest as a queue would, past it), in ``order(relative)``; with
     ``make_room``, a job that finds no on-time room has room made for it as it is placed. The local search that
     follows stops at ``improve_until_s``."""
@@ -98,7 +99,8 @@ def greedy(planner: Planner, deadline_s: float, relaxation: Prices | None = None
     return chosen
 
 
-def local_search(planner: Planner, chosen: dict[int, Option], free: np.ndarray, order: list[int], deadline_s: float) -> bool:
+def local_search(planner: Planner, chosen: dict[int, Option], free: np.ndarray, order: list[int],
+                 deadline_s: float) -> bool:
     """Best response: each job in turn moves to its cheapest option given the others, until nothing moves.
     Returns whether anything moved; ``free`` must be the capacity left by ``chosen``."""
     moved = False
@@ -158,7 +160,7 @@ def construct(planner: Planner, budget: Budget, queues: dict[str, dict[int, Opti
                       or time.monotonic() + spent / k > t0 + 0.9 * limit):
                 break
             starts[name] = greedy(planner, t0 + (0.65 if not k else 0.9) * limit, prices, relative=relative,
-                                       make_room=make_room)
+                                  make_room=make_room)
     ranks = {k: planner.rank(v) for k, v in starts.items()}
     name = min(starts, key=lambda k: ranks[k])
     chosen = dict(starts[name])

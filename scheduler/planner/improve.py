@@ -195,8 +195,8 @@ def milp(planner: Planner, columns: dict[int, list[Option]], capacity: np.ndarra
     return (picked if len(picked) == len(jobs) else None), status
 
 
-def neighbourhoods(planner: Planner, chosen: dict[int, Option], columns: list[list[Option]] | Columns, deadline_s: float,
-                   stats: dict[str, float | str], rotate: int = 0) -> bool:
+def neighbourhoods(planner: Planner, chosen: dict[int, Option], columns: list[list[Option]] | Columns,
+                   deadline_s: float, stats: dict[str, float | str], rotate: int = 0) -> bool:
     """Large neighbourhood search: free a group of jobs, keep the others, and let a small MILP re-place the
     freed ones over their whole candidate sets. A group is each late job with the jobs in its way, then runs of
     consecutive jobs in start order, half overlapping, sweeping the horizon. The group's size adapts to what
@@ -235,10 +235,11 @@ def neighbourhoods(planner: Planner, chosen: dict[int, Option], columns: list[li
             for j in freed:
                 planner._take(chosen[j], capacity, +1)
             before = sum(planner.price(chosen[j]) for j in freed)
-            step_s = min(LNS_STEP_S, deadline_s - 0.1 - time.monotonic())
-            began = time.monotonic()
             if isinstance(columns, Columns):
                 columns.build(freed)
+            # the MILP's own time decides the group's size: building a job's candidates once is not its cost
+            step_s = min(LNS_STEP_S, deadline_s - 0.1 - time.monotonic())
+            began = time.monotonic()
             picked, status = milp(planner, {j: columns[j] for j in freed}, capacity, chosen, step_s)
             took = time.monotonic() - began
             stats["lns_windows"] = stats.get("lns_windows", 0.0) + 1  # type: ignore[operator]

@@ -181,7 +181,7 @@ def trade(planner: Planner, chosen: dict[int, Option], deadline_s: float) -> int
                 chosen[k] = back
                 planner._take(back, free)
             after = planner.rank(chosen)
-            if after[0] < before[0] or (after[0] == before[0] and after < before):
+            if after < before:  # fewer late jobs, or as many and fewer late slots
                 gained += before[0] - after[0]
                 tried.clear()
                 break

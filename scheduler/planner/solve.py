@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scheduler.planner.baselines import edf_order, fifo_order, queue, queue_option
+from scheduler.planner.baselines import edf_order, fifo_order, queue
 from scheduler.planner.budget import Budget
 from scheduler.planner.construct import construct
 from scheduler.planner.improve import exact_elastic, improvement
@@ -131,10 +131,6 @@ class Planner:
 
     def rank(self, chosen: dict[int, Option]) -> tuple[int, int, float]:
         return (*self.lateness(chosen), sum(self.price(o) for o in chosen.values()))
-
-    def queue_option(self, j: int, free: np.ndarray) -> Option | None:
-        """Job ``j`` in its requested mode, as early as ``free`` allows (late or not)."""
-        return queue_option(self.costing, j, free)
 
 
     def fifo(self) -> dict[int, Option]:
