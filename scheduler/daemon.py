@@ -167,12 +167,17 @@ class Daemon:
         if queued and (self._dirty.is_set() or grid0 != self._planned_grid or self._may_improve(now, queued)):
             self._dirty.clear()
             self._planned_grid = grid0
-            horizon = settings.horizon_hours * 60 // settings.slot_minutes
-            offered = self.executor.capacity(grid0, slot.total_seconds(), horizon)
             running = self.store.jobs([JobState.RUNNING])
             held_modes = {j.id: m for j in queued if j.id is not None and (m := self.executor.held_mode(j))}
-            self.planning.replan(now, grid0, queued, free_per_node(offered, running, now, grid0, slot, horizon),
-                                 held_modes)
+            offers: dict[int, dict[str, list[int]]] = {}
+
+            def free(horizon: int) -> dict[str, list[int]]:
+                """The devices free per node for a horizon of ``horizon`` slots (the planner picks it)."""
+                offers[horizon] = self.executor.capacity(grid0, slot.total_seconds(), horizon)
+                return free_per_node(offers[horizon], running, now, grid0, slot, horizon)
+
+            self.planning.replan(now, grid0, queued, free, held_modes)
+            offered = offers[max(offers)]
             queued = self.store.jobs(QUEUED)
             if settings.elastic:
                 staying = [j for j in running if not j.preempt_requested]

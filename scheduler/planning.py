@@ -11,7 +11,7 @@ import logging
 import math
 from dataclasses import replace
 from datetime import datetime, timedelta
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from scheduler.planner.nodes import first_fit_on_nodes
 from scheduler.planner.options import Costing
 from scheduler.planner.problem import Mode, PJob, Problem
 from scheduler.planner.solve import Solution, solve
-from scheduler.profiles import Profiles, mode_key
+from scheduler.profiles import JobModes, Profiles, mode_key
 from scheduler.store import Store
 from scheduler.timeutil import parse_rfc3339, rfc3339
 
@@ -174,24 +174,20 @@ class Planning:
             self.forecast_error = str(exc)
             return [1.0] * horizon, [1.0] * horizon
 
-    def replan(self, now: datetime, grid0: datetime, queued: list[Job], free: dict[str, list[int]],
+    def replan(self, now: datetime, grid0: datetime, queued: list[Job],
+               free: dict[str, list[int]] | Callable[[int], dict[str, list[int]]],
                held_modes: dict[int, dict[str, Any]]) -> None:
-        """Plan the queued jobs on ``free`` (devices free per node, per slot from grid0). ``held_modes``: jobs an
-        executor holds keep the mode they were handed over in; replans move their start only. On several nodes a
-        mode's devices are on its number of nodes, named in the plan (``nodes``, a list per segment)."""
+        """Plan the queued jobs on ``free`` (devices free per node, per slot from grid0; or a function of the
+        horizon's slots that says so: the horizon is then planner.horizon_hours, or longer where a queued job's
+        deadline or a queue's last end needs it). ``held_modes``: jobs an executor holds keep the mode they were
+        handed over in; replans move their start only. On several nodes a mode's devices are on its number of
+        nodes, named in the plan (``nodes``, a list per segment)."""
         settings = self.config.planner
         slot = timedelta(minutes=settings.slot_minutes)
-        names = sorted(free)
-        horizon = min((len(free[n]) for n in names), default=0)
-        capacity = [sum(max(0, free[n][t]) for n in names) for t in range(horizon)]
-        nodes = tuple(tuple(max(0, c) for c in free[n][:horizon]) for n in names) if len(names) > 1 else ()
-        largest = max((max(n) for n in nodes), default=None)  # the most one node offers in the horizon
         slot_h = slot / timedelta(hours=1)
-        price, carbon = self.signals(grid0, slot, horizon)
-        pjobs, modes_of, previous = [], {}, {}
         profiles: dict[tuple[str, int], list[Profile]] = {}
-        planned_jobs: list[Job] = []  # the queued jobs the planner gets, in the order of pjobs
         steps_done = self.store.steps_done([j.id for j in queued if j.id is not None])
+        modelled: list[tuple[Job, JobSpec, JobModes, float]] = []
         for job in sorted(queued, key=lambda j: not j.urgent):  # urgent first: the queue plans place them first
             assert job.id is not None
             spec = spec_of(job)
@@ -201,6 +197,26 @@ class Planning:
                 if job.plan_reason != str(exc):
                     self.store.update(job.id, plan_reason=str(exc))
                 continue
+            modelled.append((job, spec, jm, remaining_fraction(spec, steps_done.get(job.id, 0))))
+        if callable(free):
+            base = settings.horizon_hours * 60 // settings.slot_minutes
+            offered = free(base)
+            pooled = [sum(max(0, c[t]) for c in offered.values())
+                      for t in range(min(map(len, offered.values()), default=0))]
+            wanted = horizon_slots(base, pooled, [(job.deadline, jm.modes[jm.requested].gpus,
+                                                   left * jm.work / jm.modes[jm.requested].rate)
+                                                  for job, _s, jm, left in modelled], grid0, slot)
+            free = free(wanted) if wanted > base else offered
+        names = sorted(free)
+        horizon = min((len(free[n]) for n in names), default=0)
+        capacity = [sum(max(0, free[n][t]) for n in names) for t in range(horizon)]
+        nodes = tuple(tuple(max(0, c) for c in free[n][:horizon]) for n in names) if len(names) > 1 else ()
+        largest = max((max(n) for n in nodes), default=None)  # the most one node offers in the horizon
+        price, carbon = self.signals(grid0, slot, horizon)
+        pjobs, modes_of, previous = [], {}, {}
+        planned_jobs: list[Job] = []  # the queued jobs the planner gets, in the order of pjobs
+        for job, spec, jm, left in modelled:
+            assert job.id is not None
             planned_jobs.append(job)
             indices = [jm.requested] if job.urgent else list(range(len(jm.modes)))
             held = held_modes.get(job.id)
@@ -211,7 +227,7 @@ class Planning:
             if fit != indices:
                 indices = fit
                 if not indices:
-                    reason = _no_room(jm.modes, len(names), largest, settings.horizon_hours)
+                    reason = _no_room(jm.modes, len(names), largest, round(horizon * slot_h))
                     if job.plan_reason != reason:
                         self.store.update(job.id, plan_reason=reason, state=JobState.PENDING, planned_start=None,
                                           planned_end=None, planned_gpus=None, plan_json=None)
@@ -223,7 +239,6 @@ class Planning:
             if job.urgent:  # --now: as soon as devices allow; any wait shows as lateness, so none is chosen
                 deadline_slot = min(deadline_slot, max(1, math.ceil(((now - grid0) / slot) - 1e-9
                                                                     + jm.work / modes[0].rate / slot_h)))
-            left = remaining_fraction(spec, steps_done.get(job.id, 0))
             elastic = settings.elastic and spec.preemptible and not job.urgent
             pjobs.append(PJob(str(job.id), 0, deadline_slot, jm.work * left, modes, 0 if job.urgent else jm.requested,
                               preemptible=elastic, resume_overhead_minutes=spec.overhead_minutes(
@@ -298,6 +313,38 @@ class Planning:
                                                                      planned_jobs[j].urgent),
             }
         self.store.save_plans(updates, at=now)
+
+
+HORIZON_CAP = timedelta(days=35)  # a deadline further out is planned for within this; the queue's end always is
+
+
+def horizon_slots(base: int, pooled: list[int], jobs: list[tuple[datetime, int, float]], grid0: datetime,
+                  slot: timedelta) -> int:
+    """The slots a replan must see so that every job has a plan: ``base`` (planner.horizon_hours), or up to the
+    latest deadline (within HORIZON_CAP), or to where a plain queue would end them all, whichever is longest. ``jobs``:
+    (deadline, GPUs, hours) of each queued job in its requested mode; ``pooled``: the GPUs free per slot, the last
+    value holding after. A 60-hour job due in four days was never planned in a 48-hour horizon."""
+    slot_h = slot / timedelta(hours=1)
+    latest = max((math.ceil((d - grid0) / slot) for d, _g, _h in jobs), default=0)
+    wanted = max(base, min(latest, math.ceil(HORIZON_CAP / slot)))
+    runs = [(g, max(1, math.ceil(h / slot_h + 1e-9))) for _d, g, h in jobs]
+    need = sum(n for _g, n in runs) + 1
+    if need <= 1:
+        return wanted
+    # The queue in submission order on the pool, each run at its first fit: where the last one ends.
+    tail = pooled[-1] if pooled else 0
+    free = np.array(pooled[:need] + [tail] * max(0, need - len(pooled)), dtype=np.int64)
+    end = 0
+    for gpus, n in runs:
+        if gpus > tail and gpus > max(pooled, default=0):
+            continue  # never fits: the planner says why
+        ok = np.flatnonzero(np.lib.stride_tricks.sliding_window_view(free >= gpus, n).all(axis=1))
+        if not len(ok):
+            continue
+        s = int(ok[0])
+        free[s:s + n] -= gpus
+        end = max(end, s + n)
+    return max(wanted, end + max(4, end // 10))  # room for a mode or order other than the queue's
 
 
 def with_urgent_pinned(problem: Problem, urgent: list[int]) -> Problem:

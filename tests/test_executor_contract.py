@@ -310,6 +310,27 @@ def test_an_urgent_job_preempts_a_running_preemptible_one(backend: Backend) -> N
         d.stop()
 
 
+def test_a_job_longer_than_the_horizon_runs(backend: Backend) -> None:
+    """planner.horizon_hours is a minimum: a 5-hour job due in 6 hours, on a 3-hour horizon, is planned and runs;
+    so is one that cannot meet its deadline (it runs now, saying how late it will be). Both stayed PENDING for good
+    ("no room in the horizon")."""
+    work = backend.workdir("w")
+    d = backend.daemon(CHEAP).start()
+    try:
+        long = d.submit(write_job(work, "long", job_text(
+            work, 'command = ["sleep", "600"]\nduration = "5h"\nmax_delay = "6h"\n')))
+        late = d.submit(write_job(work, "late", job_text(
+            work, 'command = ["sleep", "600"]\nduration = "5h"\nmax_delay = "1h"\n')))
+        job = d.until(late, lambda j: j["state"] == "RUNNING", 60)
+        assert any("planned for its earliest finish" in r for r in events(job, "PLANNED")), job["events"]
+        job = d.until(long, lambda j: j["state"] in ("PLANNED", "RUNNING") and j.get("planned_start"), 60)
+        assert job["planned_end"] <= job["deadline"], job
+    finally:
+        for jid in (long, late):
+            d.cli("cancel", str(jid))
+        d.stop()
+
+
 def test_a_running_job_survives_a_daemon_sigkill_and_completes_with_its_energy(backend: Backend) -> None:
     work = backend.workdir("w")
     home = make_home()

@@ -73,7 +73,7 @@ listen = "127.0.0.1:{port}"
                        "--now")
         sid = submitted(d, jid)
         argv = next(c for c in json.loads(state.read_text())["calls"] if c[0] == "sbatch")
-        for flag in ("--parsable", "--gres=gpu:2", f"--job-name=gsched-{jid}-", "--begin=", "--time=", "--deadline=",
+        for flag in ("--parsable", "--gres=gpu:2", f"--job-name=gsched-{jid}-", "--begin=", "--time=",
                      "--comment=gsched:gpus=2,", "--nodes=1", "--export=NONE"):
             assert any(a.startswith(flag) for a in argv), (flag, argv)
         assert not any(a.startswith("--requeue") for a in argv)  # not preemptible

@@ -42,7 +42,7 @@ def test_submit_move_find_requeue_cancel_on_a_real_slurm(slurm_cluster: SlurmClu
     now = datetime.now(timezone.utc)
     later = now + timedelta(hours=1)
     mode = {"gpus": 2, "precision": "bf16", "power_limit_w": None}
-    argv = sbatch_argv(7, "abc123", user, 2, later, timedelta(minutes=5), now + timedelta(hours=3), mode, True, 60,
+    argv = sbatch_argv(7, "abc123", user, 2, later, timedelta(minutes=5), mode, True, 60,
                        "gpu", "", str(script), "/dev/null")
     job_id = slurm.submit([*argv, str(tmp_path / "ran.txt")])
     found = next((j for j in slurm.jobs() if j.gsched_id == (7, "abc123")), None)  # as a restarted daemon finds it

@@ -69,20 +69,21 @@ def test_malformed_documents_are_errors_and_odd_entries_are_skipped() -> None:
 def test_sbatch_runs_as_the_owner_with_the_plan_in_its_flags() -> None:
     begin = datetime(2026, 6, 2, 11, tzinfo=timezone.utc)
     mode = {"gpus": 2, "precision": "bf16", "power_limit_w": 250}
-    argv = sbatch_argv(7, "abc123", "ann", 2, begin, timedelta(minutes=90, seconds=1), begin + timedelta(hours=6),
-                       mode, True, 90, "gpu", "", "/shared/runs/7/batch.sh", "/shared/runs/7/slurm.out")
+    argv = sbatch_argv(7, "abc123", "ann", 2, begin, timedelta(minutes=90, seconds=1), mode,
+                       True, 90, "gpu", "", "/shared/runs/7/batch.sh", "/shared/runs/7/slurm.out")
     assert argv[:5] == ["runuser", "-u", "ann", "--", "sbatch"] and argv[-1] == "/shared/runs/7/batch.sh"
     assert "--job-name=gsched-7-abc123" in argv and "--gres=gpu:2" in argv and "--time=91" in argv
     assert "--comment=gsched:gpus=2,precision=bf16,power_limit_w=250" in argv
     assert "--signal=B:TERM@90" in argv and "--requeue" in argv and not any(a.startswith("--account") for a in argv)
     assert mode_comment({"gpus": 1, "precision": "fp32", "power_limit_w": None}) == "gsched:gpus=1,precision=fp32"
     assert not any(a.startswith("--nodelist") for a in argv)
-    pinned = sbatch_argv(7, "abc123", "ann", 2, begin, timedelta(minutes=90), None, mode, False, 90, "gpu", "",
+    assert not any(a.startswith("--deadline") for a in argv)  # Slurm would end a job whose limit passes it
+    pinned = sbatch_argv(7, "abc123", "ann", 2, begin, timedelta(minutes=90), mode, False, 90, "gpu", "",
                          "/shared/runs/7/batch.sh", "/shared/runs/7/slurm.out", nodes=["n2"])
     assert "--nodelist=n2" in pinned and "--requeue" not in pinned and "--no-requeue" in pinned
     assert "--nodes=1" in pinned and not any(a.startswith("--ntasks-per-node") for a in pinned)
     # across nodes: one task a node, its GPUs split over them, both nodes pinned, the split in its comment
-    wide = sbatch_argv(7, "abc123", "ann", 4, begin, timedelta(minutes=90), None, {**mode, "gpus": 4, "nodes": 2},
+    wide = sbatch_argv(7, "abc123", "ann", 4, begin, timedelta(minutes=90), {**mode, "gpus": 4, "nodes": 2},
                        True, 90, "gpu", "", "/shared/runs/7/batch.sh", "/shared/runs/7/slurm.out", nodes=["n1", "n2"])
     for flag in ("--nodes=2", "--ntasks-per-node=1", "--gres=gpu:2", "--nodelist=n1,n2",
                  "--comment=gsched:gpus=4,precision=bf16,nodes=2,power_limit_w=250"):

@@ -142,9 +142,8 @@ class SlurmExecutor(Executor):
                 limit_s = spec.time_limit_s + self.config.daemon.kill_grace_s + 120
             else:
                 limit_s = float(plan.get("work_s") or 3600) * (1 + settings.time_margin_pct / 100) + 600
-            deadline = None if plan.get("late") else self.clock.to_wall(job.deadline)
             argv = sbatch_argv(job.id, token, owner, int(mode["gpus"]), self.clock.to_wall(job.planned_start),
-                               timedelta(seconds=limit_s / self.clock.speed), deadline, mode, spec.preemptible,
+                               timedelta(seconds=limit_s / self.clock.speed), mode, spec.preemptible,
                                settings.requeue_grace_s, settings.partition, settings.account, str(script),
                                str(self.runs.log_path(job.id)), str(self.runs.run_dir(job.id) / "work"),
                                planned_nodes(job))

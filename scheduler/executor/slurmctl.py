@@ -194,11 +194,13 @@ def mode_comment(mode: dict[str, Any]) -> str:
 
 
 def sbatch_argv(job_id: int, token: str, owner: str, gpus: int, begin: datetime, time_limit: timedelta,
-                deadline: datetime | None, mode: dict[str, Any], preemptible: bool, grace_s: int, partition: str,
+                mode: dict[str, Any], preemptible: bool, grace_s: int, partition: str,
                 account: str, script: str, output: str, chdir: str = "/", nodes: Sequence[str] = ()) -> list[str]:
     """``runuser -u OWNER -- sbatch ...``: Slurm authenticates the owner (``--uid`` is not portable). The mode's
     number of nodes, one task on each and gpus / nodes GPUs a node, on ``nodes`` where gsched planned them; none
-    of the root daemon's environment goes into the job."""
+    of the root daemon's environment goes into the job. No ``--deadline``: Slurm ends a job as DEADLINE when its begin
+    plus its time limit (a backstop with a margin) passes it, which ended a 5-hour job due in 6 hours at once; and
+    a job that cannot meet its deadline still runs. gsched plans deadlines itself."""
     minutes = max(1, -(-int(time_limit.total_seconds()) // 60))
     spread = max(1, int(mode.get("nodes") or 1))
     argv = ["runuser", "-u", owner, "--", "sbatch", "--parsable", f"--job-name={NAME_PREFIX}{job_id}-{token}",
@@ -209,8 +211,6 @@ def sbatch_argv(job_id: int, token: str, owner: str, gpus: int, begin: datetime,
         argv.append("--ntasks-per-node=1")
     if nodes:
         argv.append(f"--nodelist={','.join(nodes)}")
-    if deadline is not None:
-        argv.append(f"--deadline={_slurm_time(deadline)}")
     if account:
         argv.append(f"--account={account}")
     if preemptible:

@@ -32,18 +32,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from scheduler.planner.baselines import edf_order, fifo_order, queue
 from scheduler.planner.budget import Budget
-from scheduler.planner.construct import construct
+from scheduler.planner.construct import construct, seeded
 from scheduler.planner.improve import exact_elastic, improvement
 from scheduler.planner.nodes import place
 from scheduler.planner.options import Costing, Option, _better, _first_min
 from scheduler.planner.pricing import pricing
 from scheduler.planner.problem import Plan, Problem, Segment
+from scheduler.planner.prices import Prices
 
 PLACE_SHARE = 0.1  # of the limit, on a partition of several nodes: 2,000 runs on 100 nodes took 1 s (bench/nodes.py)
 EXACT_ELASTIC_JOBS = 8  # up to this many jobs, each preemptible one also gets its exact mode-per-slot option
@@ -245,12 +246,13 @@ class Planner:
         fastest = min(range(len(job.modes)), key=lambda m: costing.slots_needed(job, m)[0])
         need_h = job.work / job.modes[fastest].rate + job.overhead_h(0)
         left_h = max(0, min(job.deadline_slot, costing.horizon) - job.release_slot) * costing.slot_h
+        over_h = (option.end - job.deadline_slot) * costing.slot_h if option is not None else 0.0
         if need_h > left_h + 1e-9:
             return (f"needs {need_h:.1f} h at {job.modes[fastest].gpus} GPUs, {left_h:.1f} h left before its deadline"
-                    + ("; planned for its earliest finish" if option else "; no room in the horizon"))
+                    + (f"; planned for its earliest finish, {over_h:.2f} h late" if option
+                       else "; no room in the horizon"))
         if option is None:
             return "no room for it anywhere in the planning horizon"
-        over_h = (option.end - job.deadline_slot) * costing.slot_h
         return f"GPUs are busy: earliest finish is {over_h:.2f} h after its deadline; planned for that"
 
     def solve(self, time_limit_s: float = 10.0, max_columns: int = 1500, use_milp: bool = True,
@@ -285,6 +287,11 @@ class Planner:
             stats["proven_optimal"] = float(proven)
         if later(self.lateness(chosen), self.lateness(fallback)):  # never later than a plain queue would be
             chosen, stats["method"] = dict(fallback), f"{fallback_name} (fallback)"
+        return self.finish(chosen, stats, budget, relaxation, bound)
+
+    def finish(self, chosen: dict[int, Option], stats: dict[str, float | str], budget: Budget,
+               relaxation: Prices | None = None, bound: float | None = None) -> Solution:
+        """The chosen options placed on nodes (where there are several) and written out as a Solution."""
         on_node: dict[int, tuple[tuple[int, ...], ...]] = {}
         if self.problem.nodes:
             placing = time.monotonic()
@@ -318,12 +325,65 @@ class Planner:
                         [p.as_dict() for p in budget.phases])
 
 
+FIFO_FIX_ROUNDS = 3
+FIFO_FIX_SHARE = 0.05  # of the limit, at most, for each round's placing of the jobs pushed out
+
+
 def solve(problem: Problem, time_limit_s: float = 10.0, previous: Previous | None = None,
           hysteresis: float = 0.0, use_milp: bool = True, use_lns: bool = True,
           prices: tuple[np.ndarray, float] | None = None) -> Solution:
     """``use_lns=False``: the MILP alone for the whole limit (the benchmark's long-run yardstick). ``prices``: the
-    last replan's Solution.prices, moved onto this problem's slots."""
-    return Planner(problem, previous, hysteresis, prices).solve(time_limit_s, use_milp=use_milp, use_lns=use_lns)
+    last replan's Solution.prices, moved onto this problem's slots.
+
+    A job that cannot meet its deadline starts no later than FIFO would start it (Slurm's backfill keeps such a
+    reservation for the head of its queue): fewest late jobs first let a stream of narrow jobs pass a late wide one
+    for ever. Where the plan starts a late job after its FIFO start, the job takes its FIFO run and is pinned there
+    (``start_by_slot``); the plan's other runs stay where they still fit, the rest are placed again around them
+    (construct.seeded). FIFO itself where that leaves a late job behind it still, or more late jobs than FIFO."""
+    solution = Planner(problem, previous, hysteresis, prices).solve(time_limit_s, use_milp=use_milp,
+                                                                    use_lns=use_lns)
+    if not solution.late and not solution.unplanned:
+        return solution
+    fifo = queue(Costing(problem), fifo_order(problem))
+    behind = behind_fifo(problem, solution, fifo)
+    if not behind:
+        return solution
+    fixing = time.monotonic()
+    stats, phases = dict(solution.stats), solution.phases
+    pins: dict[int, int] = {}
+    chosen: dict[int, Option] = {}
+    for _ in range(FIFO_FIX_ROUNDS):
+        pins.update(behind)
+        pinned = replace(problem, jobs=tuple(replace(job, start_by_slot=pins[j]) if j in pins else job
+                                             for j, job in enumerate(problem.jobs)))
+        planner = Planner(pinned)
+        seeds = [fifo[j] for j in sorted(pins)] + sorted(solution.options.values(), key=lambda o: (o.start, o.job))
+        chosen = seeded(planner, seeds, time.monotonic() + FIFO_FIX_SHARE * time_limit_s, make_room=False)[0]
+        stats["method"], stats["fifo_pins"] = f"{stats['method']}+fifo pins", len(pins)
+        solution = planner.finish(chosen, stats, Budget(0.0), bound=None)
+        behind = behind_fifo(pinned, solution, fifo)
+        if not behind:
+            break
+    planner = Planner(problem)
+    if behind or later(planner.lateness(chosen), planner.lateness(fifo)):
+        solution = planner.finish(fifo, {**stats, "method": "fifo (late jobs behind it)"}, Budget(0.0))
+    solution.stats["solve_s"] = float(stats["solve_s"]) + time.monotonic() - fixing
+    solution.phases = [*phases, {"phase": "fifo pins", "seconds": round(time.monotonic() - fixing, 3), "gain": None,
+                                 "note": f"{len(pins)} late job(s) take FIFO's start"}]
+    return solution
+
+
+def behind_fifo(problem: Problem, solution: Solution, fifo: dict[int, Option]) -> dict[int, int]:
+    """The jobs a plan leaves late (or without a plan) that start after FIFO would start them: job -> FIFO start."""
+    out = {}
+    for j, job in enumerate(problem.jobs):
+        queued = fifo.get(j)
+        if queued is None or not (job.id in solution.late or job.id in solution.unplanned):
+            continue
+        option = solution.options.get(job.id)
+        if option is None or option.start > queued.start:
+            out[j] = queued.start
+    return out
 
 
 def later(mine: tuple[int, int], queue: tuple[int, int]) -> bool:
