@@ -325,8 +325,8 @@ class Planner:
                         [p.as_dict() for p in budget.phases])
 
 
-FIFO_FIX_ROUNDS = 3
-FIFO_FIX_SHARE = 0.05  # of the limit, at most, for each round's placing of the jobs pushed out
+FIFO_FIX_ROUNDS = 30  # a pinned job pushes others out, some of them late behind FIFO in turn: 5 rounds on Philly
+FIFO_FIX_SHARE = 0.2  # of the limit, more, at most, for the rounds
 
 
 def solve(problem: Problem, time_limit_s: float = 10.0, previous: Previous | None = None,
@@ -337,48 +337,69 @@ def solve(problem: Problem, time_limit_s: float = 10.0, previous: Previous | Non
 
     A job that cannot meet its deadline starts no later than FIFO would start it (Slurm's backfill keeps such a
     reservation for the head of its queue): fewest late jobs first let a stream of narrow jobs pass a late wide one
-    for ever. Where the plan starts a late job after its FIFO start, the job takes its FIFO run and is pinned there
-    (``start_by_slot``); the plan's other runs stay where they still fit, the rest are placed again around them
-    (construct.seeded). FIFO itself where that leaves a late job behind it still, or more late jobs than FIFO."""
+    for ever. Each late job the plan starts after its FIFO start (one FIFO leaves late too) takes its FIFO run,
+    pinned there (``start_by_slot``), the plan's other runs staying where they still fit and the rest placed again
+    around them (pins()). FIFO itself where a late job is still behind it, or more jobs are late than with FIFO.
+    (A second pass improving the pinned plan with part of the limit left more jobs late on Philly's bursts.)"""
     solution = Planner(problem, previous, hysteresis, prices).solve(time_limit_s, use_milp=use_milp,
                                                                     use_lns=use_lns)
     if not solution.late and not solution.unplanned:
         return solution
-    fifo = queue(Costing(problem), fifo_order(problem))
-    behind = behind_fifo(problem, solution, fifo)
-    if not behind:
-        return solution
     fixing = time.monotonic()
-    stats, phases = dict(solution.stats), solution.phases
-    pins: dict[int, int] = {}
-    chosen: dict[int, Option] = {}
-    for _ in range(FIFO_FIX_ROUNDS):
-        pins.update(behind)
-        pinned = replace(problem, jobs=tuple(replace(job, start_by_slot=pins[j]) if j in pins else job
-                                             for j, job in enumerate(problem.jobs)))
-        planner = Planner(pinned)
-        seeds = [fifo[j] for j in sorted(pins)] + sorted(solution.options.values(), key=lambda o: (o.start, o.job))
-        chosen = seeded(planner, seeds, time.monotonic() + FIFO_FIX_SHARE * time_limit_s, make_room=False)[0]
-        stats["method"], stats["fifo_pins"] = f"{stats['method']}+fifo pins", len(pins)
-        solution = planner.finish(chosen, stats, Budget(0.0), bound=None)
-        behind = behind_fifo(pinned, solution, fifo)
-        if not behind:
-            break
+    fifo = queue(Costing(problem), fifo_order(problem))
+    phases, spent = solution.phases, float(solution.stats["solve_s"])
+    pinned, solution, behind = pins(problem, solution, fifo, fixing + FIFO_FIX_SHARE * time_limit_s)
+    if pinned is problem:
+        return solution
     planner = Planner(problem)
-    if behind or later(planner.lateness(chosen), planner.lateness(fifo)):
-        solution = planner.finish(fifo, {**stats, "method": "fifo (late jobs behind it)"}, Budget(0.0))
-    solution.stats["solve_s"] = float(stats["solve_s"]) + time.monotonic() - fixing
+    if behind or later(_lateness(solution), planner.lateness(fifo)):
+        solution = planner.finish(fifo, {**solution.stats, "method": "fifo (late jobs behind it)"}, Budget(0.0))
+    solution.stats["fifo_pins"] = len(_pins_of(pinned))
+    solution.stats["solve_s"] = spent + time.monotonic() - fixing
     solution.phases = [*phases, {"phase": "fifo pins", "seconds": round(time.monotonic() - fixing, 3), "gain": None,
-                                 "note": f"{len(pins)} late job(s) take FIFO's start"}]
+                                 "note": f"{len(_pins_of(pinned))} late job(s) start by FIFO's start"}]
     return solution
 
 
+def _pins_of(problem: Problem) -> dict[int, int]:
+    return {j: job.start_by_slot for j, job in enumerate(problem.jobs) if job.start_by_slot is not None}
+
+
+def _lateness(solution: Solution) -> tuple[int, int]:
+    return int(solution.stats["late_jobs"]), int(solution.stats["late_slots"])
+
+
+def pins(problem: Problem, solution: Solution, fifo: dict[int, Option], until_s: float
+         ) -> tuple[Problem, Solution, dict[int, int]]:
+    """Pin each late job the solution starts after FIFO to FIFO's run, the other runs kept where they fit and the
+    rest placed again around them, until none is behind (or the rounds or the time run out): (the problem with its
+    pins, the solution, the jobs still behind)."""
+    at: dict[int, int] = {}
+    pinned = problem
+    behind = behind_fifo(problem, solution, fifo)
+    for _ in range(FIFO_FIX_ROUNDS):
+        if not behind or time.monotonic() > until_s:
+            break
+        at.update(behind)
+        pinned = replace(problem, jobs=tuple(replace(job, start_by_slot=min(at[j], job.start_by_slot or at[j]))
+                                             if j in at else job for j, job in enumerate(problem.jobs)))
+        planner = Planner(pinned)
+        seeds = [fifo[j] for j in sorted(at)] + sorted(solution.options.values(), key=lambda o: (o.start, o.job))
+        chosen = seeded(planner, seeds, until_s, make_room=False)[0]
+        stats = {**solution.stats, "method": str(solution.stats["method"]).removesuffix("+fifo pins") + "+fifo pins"}
+        solution = planner.finish(chosen, stats, Budget(0.0))
+        behind = behind_fifo(pinned, solution, fifo)
+    return (pinned if at else problem), solution, behind
+
+
 def behind_fifo(problem: Problem, solution: Solution, fifo: dict[int, Option]) -> dict[int, int]:
-    """The jobs a plan leaves late (or without a plan) that start after FIFO would start them: job -> FIFO start."""
+    """The jobs that cannot meet their deadline (FIFO leaves them late too, and so does the plan, or it has none for
+    them) that the plan starts after FIFO would: job -> FIFO start. A job FIFO finishes on time can meet its
+    deadline; the plan may leave it late to keep more others on time."""
     out = {}
     for j, job in enumerate(problem.jobs):
         queued = fifo.get(j)
-        if queued is None or not (job.id in solution.late or job.id in solution.unplanned):
+        if queued is None or not queued.late or not (job.id in solution.late or job.id in solution.unplanned):
             continue
         option = solution.options.get(job.id)
         if option is None or option.start > queued.start:
