@@ -112,6 +112,10 @@ def _mass(grams: float | None) -> str:
     return _scaled(grams, "g", ((1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ")))
 
 
+def _times(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
@@ -227,7 +231,7 @@ def report(since: Optional[str] = typer.Option(None, "--since", help="jobs that 
         print(f"{job['id']:>6} {_safe(job['name'])[:16]:<16} {_safe(job['owner'])[:10]:<10} {job['state']:<10} "
               f"{job['runs']:>4} {_energy(job['energy_kwh'] * 3.6e6):>10} {_energy(job['measured_kwh'] * 3.6e6):>10} "
               f"{_money(job['cost_eur']):>10} {_mass(job['co2_kg'] * 1000):>9} {_money(job['baseline_cost_eur']):>10} "
-              f"{_money(job['saved_cost_eur']):>10} {_mass(job['saved_co2_kg'] * 1000):>10}  {job['signals']}")
+              f"{_money(job['saved_cost_eur']):>10} {_mass(_times(job['saved_co2_kg'], 1000)):>10}  {job['signals']}")
     rows = [(_safe(name), t) for name, t in data["users"].items()] + [("TOTAL", data["total"])]
     print(f"\n{'USER':<10} {'JOBS':>5} {'ENERGY':>10} {'MEASURED':>10} {'COST':>10} {'CO2':>9} "
           f"{'SAVED':>10} {'SAVED%':>7} {'SAVED_CO2':>10} {'SAVED%':>7}")
@@ -238,9 +242,10 @@ def report(since: Optional[str] = typer.Option(None, "--since", help="jobs that 
               f"{_mass(t['saved_co2_kg'] * 1000):>10} {_pct(t['saved_co2_pct']):>7}")
     t = data["total"]
     print(f"\n{t['jobs']} job(s) ran: {_energy(t['energy_kwh'] * 3.6e6)} ({_energy(t['measured_kwh'] * 3.6e6)} "
-          f"measured), {_money(t['cost_eur'])}, {_mass(t['co2_kg'] * 1000)} CO2; saved {_money(t['saved_cost_eur'])} "
-          f"({_pct(t['saved_cost_pct'])}) and {_mass(t['saved_co2_kg'] * 1000)} CO2 ({_pct(t['saved_co2_pct'])}) "
-          "against run-now (each job in its requested mode as soon as the devices allowed)")
+          f"measured), {_money(t['cost_eur'])}, {_mass(t['co2_kg'] * 1000)} CO2; over the {t['compared_jobs']} that "
+          f"completed, saved {_money(t['saved_cost_eur'])} ({_pct(t['saved_cost_pct'])}) and "
+          f"{_mass(t['saved_co2_kg'] * 1000)} CO2 ({_pct(t['saved_co2_pct'])}) against run-now (each job in its "
+          "requested mode as soon as the devices allowed)")
     if plot is not None:
         print(f"savings over time drawn in {plot}")
 
@@ -538,6 +543,7 @@ def simulate(
     report = {**result.report, "files": files}
     if as_json:
         _print_json(report)
+        _simulate_exit(report)
         return
     g, r, h, saved = report["gsched"], report["run_now"], report["hindsight"], report["saved_vs_run_now"]
     print(f"{report['jobs']} jobs, {report['period']['start']} to {report['period']['end']}, {report['gpus']} GPUs, "
@@ -548,13 +554,38 @@ def simulate(
         print(f"{name:<10} {row['cost_eur']:>10.2f} {row['energy_kwh']:>11.1f} {row['co2_kg']:>9.1f} "
               f"{row['late_jobs']:>5} {_num(row['wait_median_h'], 1, 2):>14} {_num(row['wait_p95_h'], 1, 2):>11} "
               f"{100 * row['gpu_utilisation']:>7.1f}%")
-    print(f"saved against run-now: {saved['cost_eur']:.2f} EUR ({saved['cost_pct']:.1f}%), {saved['co2_kg']:.1f} kg "
-          f"CO2 ({saved['co2_pct']:.1f}%); hindsight at {h['time_limit_s']:g} s")
+    if saved is not None:
+        print(f"saved against run-now: {saved['cost_eur']:.2f} EUR ({saved['cost_pct']:.1f}%), {saved['co2_kg']:.1f} "
+              f"kg CO2 ({saved['co2_pct']:.1f}%); hindsight at {h['time_limit_s']:g} s"
+              + ("" if h["complete"] else f" (left {len(h['not_run_in_full'])} job(s) without a full run)"))
+    fe = report["forecast_error"]
+    if fe["forecast"] == "perfect":
+        print("forecast: perfect (the realised signals): no forecast error in these figures")
+    elif fe["cost_eur"] is not None:
+        print(f"forecast {fe['forecast']}: price off by {_pct(fe['price_error_pct'])}, carbon by "
+              f"{_pct(fe['carbon_error_pct'])} (mean absolute); the error cost {fe['cost_eur']:.2f} EUR "
+              f"({fe['cost_pct']:+.1f}%) and {fe['co2_kg']:.1f} kg CO2 against the same replay on the perfect "
+              "forecast (negative: luck)")
     print(f"report: {output}; executed plan: {files['plan']} (problem: {files['problem']})")
+    _simulate_exit(report)
+
+
+def _simulate_exit(report: dict[str, Any]) -> None:
+    """Errors and jobs not run in full on stderr; exit 8 where the replay left jobs not run in full (it shows no
+    saving then: savings are over the same jobs run in full), 1 where the executed schedule is invalid."""
     for why in report["errors"][:10]:
         print(f"invalid: {why}", file=sys.stderr)
-    for job_id, why in list(report["unfinished"].items())[:10]:
-        print(f"not finished: job {why}", file=sys.stderr)
+    unfinished = list(report["unfinished"].values())
+    for why in unfinished[:20]:
+        print(f"not run in full: job {_safe(why)}", file=sys.stderr)
+    if len(unfinished) > 20:
+        print(f"... and {len(unfinished) - 20} more (the report's 'unfinished')", file=sys.stderr)
+    if not report["complete"]:
+        missing = len(unfinished) or len(report["run_now"].get("not_run_in_full", []))
+        print(f"gsched: error: no savings shown: {missing} job(s) did not run in full "
+              + ("in the replay" if unfinished else "in run-now") + "; savings are only over the same jobs run in full",
+              file=sys.stderr)
+        raise typer.Exit(8)
     if report["errors"]:
         raise typer.Exit(1)
 

@@ -139,9 +139,9 @@ def gantt_png(bars: list[Bar], n_lanes: int, times: list[datetime], price: list[
 
 def report_png(data: dict[str, Any], path: Path) -> None:
     """Cost and CO2 saved against run-now, accumulated over the jobs' end times, one line per user."""
-    jobs = data["jobs"]
+    jobs = [j for j in data["jobs"] if j.get("saved_cost_eur") is not None]  # those run in full
     if not jobs:
-        raise InputError("--plot: no finished jobs in the report to draw")
+        raise InputError("--plot: no completed jobs in the report to draw")
     plt = _pyplot()
     fig, (ax_cost, ax_co2) = plt.subplots(2, 1, sharex=True, figsize=(10, 6))
     total = data["total"]

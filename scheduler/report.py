@@ -18,7 +18,8 @@ from scheduler.planner.cost import J_PER_KWH, run_cost
 from scheduler.timeutil import rfc3339
 
 MEASURED_SOURCES = ("nvml", "nvml-power", "rapl")
-SUMS = ("energy_kwh", "measured_kwh", "estimated_kwh", "cost_eur", "co2_kg", "baseline_cost_eur", "baseline_co2_kg")
+SUMS = ("energy_kwh", "measured_kwh", "estimated_kwh", "cost_eur", "co2_kg")
+COMPARED = "COMPLETED"  # savings only over jobs run in full: a failed or cancelled run is not the job's whole work
 
 
 @dataclass(frozen=True)
@@ -104,20 +105,29 @@ def job_report(job: FinishedJob, signals: Signals, baseline_start: datetime) -> 
     forecast, basis = signals(baseline_start, max(base_end, baseline_start + timedelta(seconds=1)))
     bases.add(basis)
     base_cost, base_g = run_cost(energy_j, baseline_start, base_end, forecast)
+    compared = job.state == COMPARED
     return {"id": job.id, "name": job.name, "owner": job.owner, "state": job.state,
             "submitted_at": rfc3339(job.submitted_at), "finished_at": rfc3339(job.finished_at), "runs": len(job.runs),
             "energy_kwh": energy_j / J_PER_KWH, "measured_kwh": measured_j / J_PER_KWH,
             "estimated_kwh": (energy_j - measured_j) / J_PER_KWH, "cost_eur": cost_eur, "co2_kg": co2_g / 1000,
-            "baseline_start": rfc3339(baseline_start), "baseline_cost_eur": base_cost, "baseline_co2_kg": base_g / 1000,
-            "saved_cost_eur": base_cost - cost_eur, "saved_co2_kg": (base_g - co2_g) / 1000,
+            "baseline_start": rfc3339(baseline_start), "compared": compared,
+            "baseline_cost_eur": base_cost if compared else None,
+            "baseline_co2_kg": base_g / 1000 if compared else None,
+            "saved_cost_eur": base_cost - cost_eur if compared else None,
+            "saved_co2_kg": (base_g - co2_g) / 1000 if compared else None,
             "signals": "+".join(sorted(bases))}
 
 
 def totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Sums over the rows; the savings over the jobs run in full only (``compared_jobs``), each against its own
+    run-now, so that both sides price the same jobs."""
     out: dict[str, Any] = {key: sum(r[key] for r in rows) for key in SUMS}
-    out["jobs"] = len(rows)
-    out["saved_cost_eur"] = out["baseline_cost_eur"] - out["cost_eur"]
-    out["saved_co2_kg"] = out["baseline_co2_kg"] - out["co2_kg"]
+    compared = [r for r in rows if r["compared"]]
+    out["jobs"], out["compared_jobs"] = len(rows), len(compared)
+    out["baseline_cost_eur"] = sum(r["baseline_cost_eur"] for r in compared)
+    out["baseline_co2_kg"] = sum(r["baseline_co2_kg"] for r in compared)
+    out["saved_cost_eur"] = out["baseline_cost_eur"] - sum(r["cost_eur"] for r in compared)
+    out["saved_co2_kg"] = out["baseline_co2_kg"] - sum(r["co2_kg"] for r in compared)
     out["saved_cost_pct"] = _pct(out["saved_cost_eur"], out["baseline_cost_eur"])
     out["saved_co2_pct"] = _pct(out["saved_co2_kg"], out["baseline_co2_kg"])
     return out
@@ -134,7 +144,8 @@ def report(jobs: Sequence[FinishedJob], signals: Signals, devices: int) -> dict[
     users = {owner: totals([r for r in rows if r["owner"] == owner]) for owner in sorted({r["owner"] for r in rows})}
     return {"jobs": rows, "users": users, "total": totals(rows),
             "baseline": "run-now: the same measured energy, had each job run in its requested mode as soon as the "
-                        "devices allowed after its submission (FIFO), priced on the same signals"}
+                        "devices allowed after its submission (FIFO), priced on the same signals; savings over the "
+                        "jobs that completed (a failed, cancelled or timed-out job is listed, not compared)"}
 
 
 def from_store(store: Any, provider: Any, profiles: Any, since: datetime | None, until: datetime | None,

@@ -103,6 +103,14 @@ class KnownForecast:
     def __init__(self, realised: Provider, mode: ForecastMode, clock: SimClock) -> None:
         self.realised, self.mode, self.clock = realised, mode, clock
         self.name = f"{realised.name} ({mode.label})"
+        # over every future step handed to a replan: sum |forecast - realised| and sum |realised|, price and carbon
+        self.error_sums = [0.0, 0.0, 0.0, 0.0]
+
+    def error_pct(self) -> dict[str, float | None]:
+        """The weighted mean absolute error of the forecasts handed out, in % of the realised values."""
+        price_err, price, carbon_err, carbon = self.error_sums
+        return {"price_error_pct": round(100 * price_err / price, 2) if price else None,
+                "carbon_error_pct": round(100 * carbon_err / carbon, 2) if carbon else None}
 
     def forecast(self, start: datetime, end: datetime) -> Forecast:
         f = self.realised.forecast(start, end)
@@ -124,6 +132,11 @@ class KnownForecast:
                 sd = self.mode.error_pct / 100 * math.sqrt(math.pi / 2)  # mean absolute error = error_pct
                 price[i] *= max(0.0, 1 + rnd.gauss(0, sd))
                 carbon[i] *= max(0.0, 1 + rnd.gauss(0, sd))
+            sums = self.error_sums
+            sums[0] += abs(price[i] - f.price_eur_per_mwh[i])
+            sums[1] += abs(f.price_eur_per_mwh[i])
+            sums[2] += abs(carbon[i] - f.carbon_g_per_kwh[i])
+            sums[3] += abs(f.carbon_g_per_kwh[i])
         return dataclasses.replace(f, price_eur_per_mwh=tuple(price), carbon_g_per_kwh=tuple(carbon),
                                    source=self.name, estimated=True)
 
@@ -264,52 +277,82 @@ class Replay:
             self.tick(self.next_event())
 
 
+@dataclass
+class Replayed:
+    """What one replay left: when it ended, each job as the planner saw it, the runs, what did not run in full."""
+    end_at: datetime
+    pjobs: dict[int, Any]
+    executor: SimExecutor
+    ids: dict[int, Any]  # store id -> submission
+    unfinished: dict[str, str]
+    replans: int
+    ticks: int
+    seconds: float
+    forecast_error: dict[str, float | None]
+
+
 def simulate(history: History, config: Config, realised: Provider, forecast: ForecastMode, capacity: Capacity,
              hindsight_limit_s: float, progress: Callable[[str], None] | None = None) -> Simulated:
-    """Replay ``history`` through the daemon's code; price what ran, run-now and hindsight on ``realised``."""
+    """Replay ``history`` through the daemon's code; price what ran, run-now and hindsight on ``realised``. With a
+    forecast other than perfect, the history is replayed once more on the perfect forecast: the difference is what
+    the forecast's error cost (a saving is then told from forecast luck)."""
     too_wide = [j for j in history.jobs if j.gpus > capacity.most]
     if too_wide:
         raise InputError("\n".join(f"job {j.id}: gpus: {j.gpus} exceeds the simulated pool of {capacity.most} "
                                    "(--gpus or --capacity)" for j in too_wide[:50]))
+    replayed = replay(history, config, realised, forecast, capacity, progress)
+    perfect = None
+    if forecast.kind != "perfect":
+        if progress is not None:
+            progress("replaying once more on the perfect forecast, for what the forecast's error cost")
+        perfect = replay(history, config, realised, ForecastMode("perfect"), capacity, progress)
+    return _priced(history, config, realised, forecast, capacity, replayed, perfect, hindsight_limit_s)
+
+
+def replay(history: History, config: Config, realised: Provider, forecast: ForecastMode, capacity: Capacity,
+           progress: Callable[[str], None] | None = None) -> Replayed:
     slot = timedelta(minutes=config.planner.slot_minutes)
     t0 = floor_to(history.jobs[0].submit, slot)
     with tempfile.TemporaryDirectory(prefix="gsched-sim-") as scratch:
-        replay = Replay(config, Path(scratch), realised, forecast, capacity, t0)
+        run = Replay(config, Path(scratch), realised, forecast, capacity, t0)
         users = {name: 20000 + k for k, name in enumerate(sorted({j.user for j in history.jobs}))}
         arrivals = [(_ceil_minute(j.submit), j) for j in history.jobs]
         ids: dict[int, Any] = {}  # store id -> submission
         k, t = 0, t0
         last_deadline = max(j.deadline for j in history.jobs if j.deadline is not None)
-        give_up = max(last_deadline, arrivals[-1][0]) + timedelta(hours=config.planner.horizon_hours + 48)
+        total_h = sum(j.run_s * j.gpus for j in history.jobs) / 3600 / max(1, capacity.most)
+        give_up = max(last_deadline, arrivals[-1][0]) + timedelta(hours=config.planner.horizon_hours + 48 + total_h)
         started_wall, last_said = time.monotonic(), 0.0
         while True:
-            replay.clock.at = t
+            run.clock.at = t
             while k < len(arrivals) and arrivals[k][0] <= t:
                 job = arrivals[k][1]
                 assert job.deadline is not None
                 text = _job_text(job.name, job.run_s, job.gpus, job.gpus_max, job.preemptible, job.deadline)
-                ids[replay.submit(text, job.user, users[job.user], f"history job {job.id}")] = job
+                ids[run.submit(text, job.user, users[job.user], f"history job {job.id}")] = job
                 k += 1
-            replay.tick(t)
-            active = replay.active()
+            run.tick(t)
+            active = run.active()
             if progress is not None and time.monotonic() - last_said > 2.0:
                 last_said = time.monotonic()
                 progress(f"simulated to {rfc3339(t)}: {k}/{len(arrivals)} submitted, {len(active)} queued or running, "
-                         f"{replay.daemon.planning.replans} replans, {time.monotonic() - started_wall:.0f} s")
+                         f"{run.daemon.planning.replans} replans, {time.monotonic() - started_wall:.0f} s")
             if k == len(arrivals) and not active:
                 break
             if t > give_up:
                 log.warning("%d job(s) still queued at %s: the simulation stops there", len(active), rfc3339(t))
                 break
-            t = replay.next_event(arrivals[k][0] if k < len(arrivals) else None)
-        end_at = max([t, *(r.end for r in replay.executor.runs)])
-        jobs_by_id = {job.id: job for job in replay.store.jobs()}
-        unfinished = {str(i): f"{ids[i].id}: {jobs_by_id[i].state.value}: {jobs_by_id[i].reason}"
-                      for i in ids if jobs_by_id[i].state in (*QUEUED, JobState.RUNNING)}
-        pjobs = {i: _pjob(replay.daemon, jobs_by_id[i]) for i in ids}
-        replans, ticks, executor = replay.daemon.planning.replans, replay.ticks, replay.executor
-    return _priced(history, config, realised, forecast, capacity, t0, end_at, pjobs, executor, ids, unfinished,
-                   replans, ticks, hindsight_limit_s, time.monotonic() - started_wall)
+            t = run.next_event(arrivals[k][0] if k < len(arrivals) else None)
+        end_at = max([t, *(r.end for r in run.executor.runs)])
+        jobs_by_id = {job.id: job for job in run.store.jobs()}
+        unfinished = {str(i): f"{ids[i].id}: {jobs_by_id[i].state.value}: "
+                              f"{jobs_by_id[i].plan_reason or jobs_by_id[i].reason or 'no reason recorded'}"
+                      for i in ids if jobs_by_id[i].state != JobState.COMPLETED}
+        pjobs = {i: _pjob(run.daemon, jobs_by_id[i]) for i in ids}
+        known = run.daemon.provider
+        error = known.error_pct() if isinstance(known, KnownForecast) else {}
+        return Replayed(end_at, pjobs, run.executor, ids, unfinished, run.daemon.planning.replans, run.ticks,
+                        time.monotonic() - started_wall, error)
 
 
 def _ceil_minute(when: datetime) -> datetime:
@@ -328,55 +371,106 @@ def _pjob(daemon: Any, job: Job) -> tuple[float, tuple[Any, ...], list[tuple[Any
             spec.overhead_minutes(settings.resume_overhead_minutes) if elastic else 0.0)
 
 
-def _priced(history: History, config: Config, realised: Provider, forecast: ForecastMode, capacity: Capacity,
-            t0: datetime, end_at: datetime, pjobs: dict[int, Any], executor: SimExecutor, ids: dict[int, Any],
-            unfinished: dict[str, str], replans: int, ticks: int, hindsight_limit_s: float, sim_s: float
-            ) -> Simulated:
+def _executed(r: Replayed, t0: datetime, minutes: int, realised: Provider, capacity: Capacity, config: Config
+              ) -> tuple[Problem, Plan, Evaluation]:
+    """What ran in a replay, as a plan on a 1-minute grid, and its problem, priced."""
     settings = config.planner
-    slot = timedelta(minutes=settings.slot_minutes)
-    latest = max([end_at, *(s.deadline for s in history.jobs if s.deadline)])
-    # the executed schedule on whole minutes
-    minutes = math.ceil((latest - t0) / MINUTE) + 60
     fine = _problem(t0, 1, minutes, realised, capacity, settings.carbon_price_eur_per_t, settings.objective,
-                    pjobs, ids, lambda when: math.ceil((when - t0) / MINUTE - 1e-9),
+                    r.pjobs, r.ids, lambda when: math.ceil((when - t0) / MINUTE - 1e-9),
                     lambda when: math.floor((when - t0) / MINUTE + 1e-9))
     plan: Plan = {}
-    for run in executor.runs:
-        keys = pjobs[run.job_id][2]
+    for run in r.executor.runs:
+        keys = r.pjobs[run.job_id][2]
         a = round((run.start - t0) / MINUTE)
         b = max(a + 1, math.ceil((run.end - t0) / MINUTE - 1e-9))
         plan.setdefault(str(run.job_id), []).append(Segment(a, b, keys.index(mode_key(run.mode))))
-    executed = evaluate(fine, plan)
+    return fine, plan, evaluate(fine, plan)
+
+
+def _priced(history: History, config: Config, realised: Provider, forecast: ForecastMode, capacity: Capacity,
+            replayed: Replayed, perfect: Replayed | None, hindsight_limit_s: float) -> Simulated:
+    settings = config.planner
+    slot = timedelta(minutes=settings.slot_minutes)
+    t0 = floor_to(history.jobs[0].submit, slot)
+    pjobs, ids, unfinished = replayed.pjobs, replayed.ids, dict(replayed.unfinished)
+    end_at = max(replayed.end_at, perfect.end_at if perfect else replayed.end_at)
+    latest = max([end_at, *(s.deadline for s in history.jobs if s.deadline)])
+    minutes = math.ceil((latest - t0) / MINUTE) + 60
+    fine, plan, executed = _executed(replayed, t0, minutes, realised, capacity, config)
     # run-now and hindsight on the daemon's own slots, with room after the last deadline for late jobs
     slots = math.ceil((latest - t0) / slot) + 2 * 24 * 60 // settings.slot_minutes
-    coarse = _problem(t0, settings.slot_minutes, slots, realised, capacity, settings.carbon_price_eur_per_t,
-                      settings.objective, pjobs, ids, lambda when: math.ceil((when - t0) / slot - 1e-9),
-                      lambda when: math.floor((when - t0) / slot + 1e-9))
-    fifo_plan = run_now(coarse)
+    while True:  # room for run-now to run every job in full: a backlog can outlast the last deadline by days
+        coarse = _problem(t0, settings.slot_minutes, slots, realised, capacity, settings.carbon_price_eur_per_t,
+                          settings.objective, pjobs, ids, lambda when: math.ceil((when - t0) / slot - 1e-9),
+                          lambda when: math.floor((when - t0) / slot + 1e-9))
+        fifo_plan = run_now(coarse)
+        if len(fifo_plan) == len(coarse.jobs) or slots > 365 * 24 * 60 // settings.slot_minutes:
+            break
+        slots *= 2
     fifo = evaluate(coarse, fifo_plan)
     hindsight_plan = solve(coarse, hindsight_limit_s).plan
     hindsight = evaluate(coarse, hindsight_plan)
+    # Savings only over the same jobs run in full: a job that did not run (or not all of its work) in any of the
+    # three leaves no saving to report (a 60-hour job that never ran made a replay "save" 99%).
+    incomplete = {name: sorted((job.id for job in problem.jobs if not (e.jobs.get(job.id) and e.jobs[job.id].finished)),
+                               key=int)
+                  for name, problem, e in (("gsched", fine, executed), ("run_now", coarse, fifo),
+                                           ("hindsight", coarse, hindsight))}
     users = {str(i): ids[i].user for i in ids}
     report: dict[str, Any] = {
         "jobs": len(ids), "history_format": history.format, "skipped": history.skipped,
         "period": {"start": rfc3339(t0), "end": rfc3339(end_at)}, "gpus": capacity.most,
         "forecast": forecast.label, "signals": realised.name, "objective": settings.objective,
-        "planner_time_limit_s": settings.time_limit_s, "replans": replans, "ticks": ticks,
-        "simulation_s": round(sim_s, 1),
+        "planner_time_limit_s": settings.time_limit_s, "replans": replayed.replans, "ticks": replayed.ticks,
+        "simulation_s": round(replayed.seconds, 1),
         "gsched": _summary(fine, plan, executed, users),
         "run_now": _summary(coarse, fifo_plan, fifo, users),
         "hindsight": {**_summary(coarse, hindsight_plan, hindsight, users), "time_limit_s": hindsight_limit_s},
         "unfinished": unfinished,
         "errors": [e for e in executed.errors if "outside its window" not in e],
     }
+    for name, missing in incomplete.items():
+        report[name]["not_run_in_full"] = missing[:100]
+    for job_id in incomplete["gsched"]:
+        unfinished.setdefault(job_id, f"{ids[int(job_id)].id}: did not run all of its work")
     g, r = report["gsched"], report["run_now"]
+    report["complete"] = not unfinished and not incomplete["gsched"] and not incomplete["run_now"]
     report["saved_vs_run_now"] = {
         "cost_eur": r["cost_eur"] - g["cost_eur"], "cost_pct": _pct(r["cost_eur"] - g["cost_eur"], r["cost_eur"]),
-        "co2_kg": r["co2_kg"] - g["co2_kg"], "co2_pct": _pct(r["co2_kg"] - g["co2_kg"], r["co2_kg"])}
-    report["valid"] = not report["errors"]
+        "co2_kg": r["co2_kg"] - g["co2_kg"], "co2_pct": _pct(r["co2_kg"] - g["co2_kg"], r["co2_kg"])
+    } if report["complete"] else None
+    for name in ("run_now", "hindsight"):
+        report[name]["complete"] = not incomplete[name]
+    report["valid"] = not report["errors"] and report["complete"]
+    report["forecast_error"] = _forecast_error(forecast, replayed, perfect, report["gsched"], t0, minutes, realised,
+                                               capacity, config)
     series = {"run-now": _cumulative(coarse, fifo), "gsched": _cumulative(fine, executed),
               "hindsight": _cumulative(coarse, hindsight)}
     return Simulated(report, fine, plan, coarse, series)
+
+
+def _forecast_error(forecast: ForecastMode, replayed: Replayed, perfect: Replayed | None, ran: dict[str, Any],
+                    t0: datetime, minutes: int, realised: Provider, capacity: Capacity, config: Config
+                    ) -> dict[str, Any]:
+    """The forecast's error (weighted mean absolute error over every future step handed to a replan) and what it
+    cost: what ran on it against the same history replayed on the perfect forecast, both on the realised
+    signals. A negative cost is forecast luck, not skill."""
+    out: dict[str, Any] = {"forecast": forecast.label, "price_error_pct": 0.0, "carbon_error_pct": 0.0,
+                           "perfect_cost_eur": ran["cost_eur"], "perfect_co2_kg": ran["co2_kg"], "cost_eur": 0.0,
+                           "cost_pct": 0.0, "co2_kg": 0.0}
+    if perfect is None:
+        return out
+    out.update(replayed.forecast_error)
+    fine, plan, executed = _executed(perfect, t0, minutes, realised, capacity, config)
+    done = all(o.finished for o in executed.jobs.values()) and not perfect.unfinished
+    if not done or replayed.unfinished:
+        out.update(perfect_cost_eur=None, perfect_co2_kg=None, cost_eur=None, cost_pct=None, co2_kg=None)
+        return out
+    out.update(perfect_cost_eur=executed.cost_eur, perfect_co2_kg=executed.co2_g / 1000,
+               cost_eur=ran["cost_eur"] - executed.cost_eur, cost_pct=_pct(ran["cost_eur"] - executed.cost_eur,
+                                                                          executed.cost_eur),
+               co2_kg=ran["co2_kg"] - executed.co2_g / 1000)
+    return out
 
 
 def _problem(t0: datetime, slot_minutes: int, slots: int, realised: Provider, capacity: Capacity,

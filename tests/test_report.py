@@ -156,3 +156,32 @@ def test_run_now_queues_the_reported_jobs_fifo_with_backfill_on_the_pool() -> No
     # 1 holds both devices for an hour; 2 takes one after it; 5 (submitted third) asks for more than the pool and
     # gets both once 2 ends at 90; 4 (both) follows at 95; 3 (one device, submitted last) backfills beside 2 at 60
     assert starts == {1: 0, 2: 60, 5: 90, 4: 95, 3: 60}
+
+
+def test_savings_are_over_the_completed_jobs_only_a_cancelled_one_is_listed_and_priced_not_compared() -> None:
+    """A job cancelled after ten minutes ran a tenth of its work: against a run-now of that same tenth it would
+    show a saving nobody made. Savings are over the jobs run in full; cost and energy count every run."""
+    from datetime import datetime, timedelta, timezone
+
+    from scheduler.forecasts.base import Forecast
+    from scheduler.report import FinishedJob, Run, report as build
+
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    price = tuple(300.0 if h % 2 == 0 else 10.0 for h in range(48))  # even hours dear
+
+    def signals(start: datetime, end: datetime) -> tuple[Forecast, str]:
+        return Forecast(t0, 3600, price, (100.0,) * 48, (None,) * 48, "test"), "trace"
+
+    def job(i: int, state: str, start_h: float, run_min: float) -> FinishedJob:
+        at = t0 + timedelta(hours=start_h)
+        return FinishedJob(i, f"j{i}", "ann", state, t0, at + timedelta(minutes=run_min),
+                           (Run(at, at + timedelta(minutes=run_min), 3.6e6 * run_min / 60, "estimate"),))
+
+    out = build([job(1, "COMPLETED", 1, 60), job(2, "CANCELLED", 3, 10)], signals, devices=2)
+    rows = {r["id"]: r for r in out["jobs"]}
+    assert rows[1]["compared"] and rows[1]["saved_cost_eur"] == pytest.approx(0.29)  # 1 kWh: 300 vs 10 EUR/MWh
+    assert not rows[2]["compared"] and rows[2]["saved_cost_eur"] is None and rows[2]["cost_eur"] > 0
+    total = out["total"]
+    assert total["jobs"] == 2 and total["compared_jobs"] == 1
+    assert total["cost_eur"] == pytest.approx(rows[1]["cost_eur"] + rows[2]["cost_eur"])
+    assert total["saved_cost_eur"] == pytest.approx(0.29) and total["saved_cost_pct"] == pytest.approx(96.67, abs=0.01)

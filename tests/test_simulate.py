@@ -338,3 +338,39 @@ def test_a_wide_job_in_a_stream_of_narrow_ones_starts_no_later_than_fifo(tmp_pat
     fifo_start = min(s.start_slot for s in fifo_plan[str(wide)]) * result.hindsight_problem.slot_minutes
     assert ran <= fifo_start, (ran, fifo_start, ids)
     assert not result.report["unfinished"], result.report["unfinished"]
+
+
+def test_a_replay_that_leaves_a_job_unrun_names_it_shows_no_saving_and_exits_8(tmp_path: Path) -> None:
+    """The pool shrinks to 1 GPU after two hours, and a 2-GPU job arrives after that: it can never run. A saving
+    over the one job that ran would read as the replay's saving; none is shown, the job is named, the exit is 8."""
+    (tmp_path / "h.csv").write_text("id,submit,user,gpus,run_time,max_delay\n"
+                                    "small,2026-06-01T00:10:00Z,ann,1,1h,6h\n"
+                                    "wide,2026-06-01T03:00:00Z,bo,2,1h,6h\n")
+    (tmp_path / "pool.csv").write_text("start_utc,gpus\n2026-06-01T00:00:00Z,2\n2026-06-01T02:00:00Z,1\n")
+    out = tmp_path / "r.json"
+    done = cli("simulate", "--jobs", str(tmp_path / "h.csv"), "--capacity", str(tmp_path / "pool.csv"),
+               "--output", str(out), "--time-limit", "0.3", "--hindsight-limit", "1", "--quiet", timeout=600)
+    assert done.returncode == 8, (done.stdout, done.stderr)
+    assert "saved against run-now" not in done.stdout, done.stdout
+    assert "not run in full: job wide" in done.stderr and "no savings shown" in done.stderr, done.stderr
+    report = json.loads(out.read_text())
+    assert report["saved_vs_run_now"] is None and not report["complete"] and not report["valid"]
+    assert any(why.startswith("wide:") for why in report["unfinished"].values()), report["unfinished"]
+
+
+def test_a_noisy_forecast_reports_its_error_and_what_it_cost_beside_the_perfect_replay(tmp_path: Path) -> None:
+    history = generated_history(tmp_path / "h.csv", 8, seed=4, hours=20, gpus=(1, 2))
+    out = tmp_path / "r.json"
+    done = cli("simulate", "--jobs", str(history), "--gpus", "4", "--slack", "12h", "--forecast", "noise:40:1",
+               "--output", str(out), "--time-limit", "0.3", "--hindsight-limit", "1", "--quiet", timeout=600)
+    assert done.returncode == 0, done.stderr
+    fe = json.loads(out.read_text())["forecast_error"]
+    assert fe["forecast"] == "noise:40:1" and fe["price_error_pct"] > 10 and fe["carbon_error_pct"] > 10, fe
+    assert fe["cost_eur"] is not None and "forecast noise:40:1: price off by" in done.stdout, done.stdout
+    perfect = cli("simulate", "--jobs", str(history), "--gpus", "4", "--slack", "12h", "--output",
+                  str(tmp_path / "p.json"), "--time-limit", "0.3", "--hindsight-limit", "1", "--quiet", timeout=600)
+    assert perfect.returncode == 0 and "forecast: perfect" in perfect.stdout, perfect.stdout
+    assert json.loads((tmp_path / "p.json").read_text())["forecast_error"]["cost_eur"] == 0.0
+    # what the error cost is the noisy replay against its own perfect replay, both priced on the realised signals
+    ran = json.loads(out.read_text())["gsched"]["cost_eur"]
+    assert fe["cost_eur"] == pytest.approx(ran - fe["perfect_cost_eur"], abs=1e-12), (fe, ran)
