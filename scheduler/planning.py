@@ -291,7 +291,10 @@ class Planning:
             if nodes:
                 plan["nodes"] = [[names[k] for k in seg.nodes] for seg in solution.plan[pjob.id]]
             plan["work_s"] = run_h * 3600
-            if pjob.id in solution.late:
+            urgent = planned_jobs[j].urgent
+            # an urgent job's deadline slot is derived (its earliest finish), so the planner's lateness is not its own
+            late_h = (end - planned_jobs[j].deadline) / timedelta(hours=1)
+            if (pjob.id in solution.late and not urgent) or (urgent and late_h > 0):
                 plan["late"] = True
             if len(option.segments) > 1:
                 a0, b0 = option.segments[0]
@@ -309,8 +312,9 @@ class Planning:
             updates[int(pjob.id)] = {
                 "state": JobState.PLANNED, "planned_start": start, "planned_end": end, "planned_gpus": mode.gpus,
                 "plan_json": json.dumps(plan),
-                "plan_reason": solution.late.get(pjob.id) or explain(costing, j, option, start, end,
-                                                                     planned_jobs[j].urgent),
+                "plan_reason": (explain(costing, j, option, start, end, True)
+                                + (f"; {late_h:.2f} h after its deadline" if late_h > 0 else "")) if urgent
+                else solution.late.get(pjob.id) or explain(costing, j, option, start, end, False),
             }
         self.store.save_plans(updates, at=now)
 
@@ -400,6 +404,8 @@ def explain(costing: Costing, j: int, option: Any, start: datetime, end: datetim
     starts, costs, _n = costing.rigid_costs(job, option.mode, costing.horizon)
     now_cost = float(costs[0]) if len(starts) and starts[0] == 0 else None
     window = f"{start:%H:%M}-{end:%H:%M} UTC"
+    if urgent:
+        return f"--now: starts when its devices are free, {window} on {label}"
     if now_cost and now_cost > 0 and option.cost < now_cost:
         return f"waits for {window} on {label}, {100 * (now_cost - option.cost) / now_cost:.0f}% {unit} than now"
     return f"waits for {window} on {label}: devices are busy until then"

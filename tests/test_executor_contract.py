@@ -50,7 +50,7 @@ class Backend:
         return self.kind != "local"
 
     def daemon(self, origin: str, home: Path | None = None, env: dict[str, str] | None = None,
-               planner: str = "") -> DaemonProc:
+               planner: str = "", slot_minutes: int = 1) -> DaemonProc:
         if home is None:
             home = make_home()
             self.homes.append(home)
@@ -69,7 +69,7 @@ calibrate_when_idle = false
 clock_origin = "{origin}"
 {executor}
 [planner]
-slot_minutes = 1
+slot_minutes = {slot_minutes}
 horizon_hours = 3
 time_limit_s = 1.0
 {planner}
@@ -328,6 +328,33 @@ def test_a_job_longer_than_the_horizon_runs(backend: Backend) -> None:
     finally:
         for jid in (long, late):
             d.cli("cancel", str(jid))
+        d.stop()
+
+
+def test_an_urgent_job_preempts_on_quarter_hour_slots_mid_slot(backend: Backend) -> None:
+    """The preemption case as a new user meets it: the default 15-minute slots, the urgent job submitted mid-slot,
+    a long preemptible job holding every device with hours of slack. The urgent job must start now (not at the next
+    quarter hour, "GPUs are busy ... after its deadline" while its deadline was an hour away), and the preemptible
+    one is asked to checkpoint."""
+    work = backend.workdir("w")
+    d = backend.daemon(CHEAP, planner="elastic = true", slot_minutes=15).start()
+    try:
+        victim = d.submit(write_job(work, "victim", job_text(
+            work, f'command = ["sleep", "3000"]\nduration = "5h"\npreemptible = true\nmax_delay = "12h"\n'
+                  f'gpus = {backend.devices}\n')))
+        d.wait_state(victim, {"RUNNING"}, timeout_s=60)
+        urgent = d.submit(write_job(work, "urgent", job_text(
+            work, 'command = ["sh", "-c", "echo urgent-ran; sleep 1"]\nduration = "1m"\nmax_delay = "1h"\n')),
+            "--now")
+        job = ended(d, urgent, 120)
+        assert job["state"] == "COMPLETED", (job, d.stderr_path.read_text()[-3000:])
+        preempted = d.show(victim)
+        assert any(r.startswith(f"preempted by job {urgent} (--now)") for r in events(preempted, "PREEMPTED")), \
+            (preempted["events"], d.stderr_path.read_text()[-3000:])
+        reasons = events(job, "PLANNED") + events(job, "PENDING")
+        assert not any("after its deadline" in r for r in reasons), reasons
+    finally:
+        d.cli("cancel", str(victim))
         d.stop()
 
 
