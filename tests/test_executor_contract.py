@@ -331,21 +331,25 @@ def test_a_job_longer_than_the_horizon_runs(backend: Backend) -> None:
         d.stop()
 
 
-def test_an_urgent_job_preempts_on_quarter_hour_slots_mid_slot(backend: Backend) -> None:
+@pytest.mark.parametrize("kind", ["commands", "workloads"])
+def test_an_urgent_job_preempts_on_quarter_hour_slots_mid_slot(backend: Backend, kind: str) -> None:
     """The preemption case as a new user meets it: the default 15-minute slots, the urgent job submitted mid-slot,
     a long preemptible job holding every device with hours of slack. The urgent job must start now (not at the next
     quarter hour, "GPUs are busy ... after its deadline" while its deadline was an hour away), and the preemptible
-    one is asked to checkpoint."""
+    one is asked to checkpoint. Workloads on a fresh daemon run with no calibrated profile yet."""
     work = backend.workdir("w")
     d = backend.daemon(CHEAP, planner="elastic = true", slot_minutes=15).start()
+    if kind == "commands":
+        victim_body = 'command = ["sleep", "3000"]\nduration = "5h"\n'
+        urgent_body = 'command = ["sh", "-c", "echo urgent-ran; sleep 1"]\nduration = "1m"\n'
+    else:
+        victim_body = 'workload = "jobs.linear"\nsteps = 400000\n'
+        urgent_body = 'workload = "jobs.linear"\nsteps = 2000\n'
     try:
         victim = d.submit(write_job(work, "victim", job_text(
-            work, f'command = ["sleep", "3000"]\nduration = "5h"\npreemptible = true\nmax_delay = "12h"\n'
-                  f'gpus = {backend.devices}\n')))
+            work, f'{victim_body}preemptible = true\nmax_delay = "12h"\ngpus = {backend.devices}\n')))
         d.wait_state(victim, {"RUNNING"}, timeout_s=60)
-        urgent = d.submit(write_job(work, "urgent", job_text(
-            work, 'command = ["sh", "-c", "echo urgent-ran; sleep 1"]\nduration = "1m"\nmax_delay = "1h"\n')),
-            "--now")
+        urgent = d.submit(write_job(work, "urgent", job_text(work, f'{urgent_body}max_delay = "1h"\n')), "--now")
         job = ended(d, urgent, 120)
         assert job["state"] == "COMPLETED", (job, d.stderr_path.read_text()[-3000:])
         preempted = d.show(victim)
