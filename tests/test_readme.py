@@ -90,3 +90,30 @@ def test_every_gsched_command_in_the_readme_runs(tmp_path: Path) -> None:
         d.stop()
         d.kill_runners()
     assert len(ran) == len(commands) - 1
+
+
+def _anchors(markdown: str) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as hyphens."""
+    return {re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+            for title in re.findall(r"^#+ (.+)$", markdown, re.M)}
+
+
+def test_every_relative_link_in_the_markdown_resolves_to_a_file_and_heading() -> None:
+    """Links are relative to the file they are in (a link written from the repository root breaks on every viewer)."""
+    files = subprocess.run(["git", "ls-files", "*.md"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert "README.md" in files and len(files) > 10
+    broken = []
+    for name in files:
+        page = ROOT / name
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # https:, mailto:
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{name}: {target} (no {linked})")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text()):
+                broken.append(f"{name}: {target} (no heading #{anchor})")
+    assert broken == []
