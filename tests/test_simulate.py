@@ -374,3 +374,22 @@ def test_a_noisy_forecast_reports_its_error_and_what_it_cost_beside_the_perfect_
     # what the error cost is the noisy replay against its own perfect replay, both priced on the realised signals
     ran = json.loads(out.read_text())["gsched"]["cost_eur"]
     assert fe["cost_eur"] == pytest.approx(ran - fe["perfect_cost_eur"], abs=1e-12), (fe, ran)
+
+
+def test_jobs_longer_than_the_planner_horizon_run_in_a_replay_and_the_saving_is_over_all_of_them(
+        tmp_path: Path) -> None:
+    """60 h and 120 h rigid jobs and a 7-day preemptible one, each due a day after it could finish: the 48 h
+    horizon once kept them PENDING for ever while the report printed a saving without them."""
+    (tmp_path / "h.csv").write_text("id,submit,user,gpus,run_time,max_delay,preemptible\n"
+                                    "long,2026-06-01T00:00:00Z,ann,1,60h,24h,false\n"
+                                    "longer,2026-06-01T01:00:00Z,bo,2,120h,24h,false\n"
+                                    "week,2026-06-01T02:00:00Z,cy,1,168h,24h,true\n"
+                                    "short,2026-06-01T03:00:00Z,ann,1,2h,12h,false\n")
+    out = tmp_path / "r.json"
+    done = cli("simulate", "--jobs", str(tmp_path / "h.csv"), "--gpus", "4", "--output", str(out),
+               "--time-limit", "0.3", "--hindsight-limit", "1", "--quiet", timeout=600)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    report = json.loads(out.read_text())
+    assert report["complete"] and report["valid"] and not report["unfinished"], report
+    assert report["gsched"]["late_jobs"] == 0 and report["saved_vs_run_now"] is not None
+    assert "saved against run-now" in done.stdout
