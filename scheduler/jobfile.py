@@ -245,10 +245,13 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
     if not name.strip() or len(name) > 64 or any(c.isspace() or not c.isprintable() for c in name):
         r.fail("name", "must be 1-64 printable characters without spaces")
 
-    workload = r.typed("workload", (str,), "a module name such as 'jobs.linear'")
-    command = r.typed("command", (list,), "a list of strings, e.g. [\"python3\", \"train.py\"]")
-    if ("workload" in data) == ("command" in data):
+    workload = command = None
+    if ("workload" in data) == ("command" in data):  # one error: neither is checked further
         r.fail("workload", "give exactly one of 'workload' (a module in jobs/) or 'command' (a list)")
+    elif "workload" in data:
+        workload = r.typed("workload", (str,), "a module name such as 'jobs.linear'")
+    else:
+        command = r.typed("command", (list,), "a list of strings, e.g. [\"python3\", \"train.py\"]")
     args = r.typed("args", (dict,), "a table of workload arguments") or {}
     steps = r.whole("steps", 1, MAX_STEPS)
     duration_s = r.duration("duration")
@@ -269,7 +272,7 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
                 r.text(where, value)
             elif not isinstance(value, (int, float, bool)):
                 r.fail(where, f"must be a string, number or boolean, got {type(value).__name__}")
-    elif "command" in data:
+    elif "command" in data and "workload" not in data:
         if args:
             r.fail("args", "only for a workload; put a command's arguments in 'command'")
         if command is not None:
@@ -284,6 +287,7 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
 
     gpus = data.get("gpus", 1)
     gpus_min = gpus_max = 1
+    errors_before = len(r.errors)
     if isinstance(gpus, dict):
         for key in gpus:
             if key not in ("min", "max"):
@@ -299,7 +303,9 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
             gpus_min = gpus_max = gpus
     else:
         r.fail("gpus", f"must be a whole number or a table {{min = 1, max = 4}}, got {_show(gpus)}")
-    nodes_min, nodes_max = _parse_nodes(r, data.get("nodes", 1), gpus_min, gpus_max)
+    # one error per mistake: a wrong gpus is not also a count that splits over no nodes
+    nodes_min, nodes_max = _parse_nodes(r, data.get("nodes", 1), gpus_min, gpus_max,
+                                        gpus_ok=len(r.errors) == errors_before)
 
     horizon = now + timedelta(seconds=MAX_DURATION_S)
     deadline = now + timedelta(seconds=default_max_delay_s)
@@ -396,8 +402,9 @@ def splits(gpus_min: int, gpus_max: int, nodes_min: int, nodes_max: int) -> list
     return out
 
 
-def _parse_nodes(r: "_Reader", nodes: Any, gpus_min: int, gpus_max: int) -> tuple[int, int]:
+def _parse_nodes(r: "_Reader", nodes: Any, gpus_min: int, gpus_max: int, gpus_ok: bool) -> tuple[int, int]:
     low = high = 1
+    errors_before = len(r.errors)
     if isinstance(nodes, dict):
         for key in nodes:
             if key not in ("min", "max"):
@@ -414,7 +421,7 @@ def _parse_nodes(r: "_Reader", nodes: Any, gpus_min: int, gpus_max: int) -> tupl
     else:
         r.fail("nodes", f"must be a whole number or a table {{min = 1, max = 2}}, got {_show(nodes)}")
         return 1, 1
-    if not splits(gpus_min, gpus_max, low, high):
+    if gpus_ok and len(r.errors) == errors_before and not splits(gpus_min, gpus_max, low, high):
         r.fail("nodes", f"no GPU count in gpus ({gpus_min}..{gpus_max}) splits evenly over {low}..{high} node(s): "
                         f"n GPUs on k nodes run n/k on each")
     return low, high

@@ -123,3 +123,25 @@ def test_daemon_validates_too(daemon: DaemonProc, tmp_path: Path) -> None:
         client.submit('command = ["true"]\nduration = "1m"\ngpus = {min = 2, max = 1}\n', "x.toml", str(tmp_path))
     good = write_job(tmp_path, "ok", 'command = ["true"]\nduration = "1m"\n')
     assert daemon.submit(good) == 1
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.toml")))
+def test_one_mistake_in_a_shipped_job_file_is_one_error_naming_its_field(example: str) -> None:
+    """Each field of a shipped example set to a wrong value: exactly one error, naming that field (a gpus.min above
+    gpus.max once also said no GPU count split over the nodes; a workload added to a command file, three)."""
+    text = (EXAMPLES / example).read_text()
+    bads = ['"zzz"', "-5", "0", "true", '[1, "a"]', "{ min = 3, max = 1 }", "2020-01-01T00:00:00Z"]
+    keys = ["name", "workload", "command", "steps", "duration", "gpus", "nodes", "deadline", "max_delay",
+            "preemptible", "args"]
+    now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    checked = 0
+    for key in keys:
+        for bad in bads:
+            kept = [line for line in text.splitlines() if line.split("=")[0].strip() != key]
+            try:  # at the top, before any [table]
+                parse_job(f"{key} = {bad}\n" + "\n".join(kept) + "\n", source=example, base_dir=EXAMPLES, now=now)
+            except JobFileError as exc:
+                checked += 1
+                wheres = [where.split(".")[0].split("[")[0] for where, _m in exc.errors]
+                assert len(exc.errors) == 1 and wheres[0] in (key, "workload"), (key, bad, str(exc))
+    assert checked > 30
