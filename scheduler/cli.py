@@ -112,6 +112,20 @@ def _mass(grams: float | None) -> str:
     return _scaled(grams, "g", ((1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ")))
 
 
+def _field(key: str, value: Any) -> str:
+    """A field for people: money, energy and mass in readable units by the unit in its name, other floats rounded."""
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        for suffix, show in (("_eur", _money), ("_j", _energy), ("_g", _mass),
+                             ("_kwh", lambda v: _energy(v * 3.6e6)), ("_kg", lambda v: _mass(v * 1000))):
+            if key.endswith(suffix):
+                return show(value)
+        if isinstance(value, float):
+            return f"{value:.4g}"
+    return _safe(value)
+
+
 def _times(value: float | None, factor: float) -> float | None:
     return None if value is None else value * factor
 
@@ -184,7 +198,7 @@ def show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(False, 
         if key == "command" and value and job.get("command_path"):  # the program it runs: python3 -> /venv/...
             value = f"{' '.join(value)}  ({value[0]} -> {job['command_path']})"
         if key not in skip:
-            print(f"{key:>14}: {'-' if value is None else _safe(value)}")
+            print(f"{key:>14}: {_field(key, value)}")
     print(f"{'mode':>14}: {json.dumps(job['mode'])}")
     print(f"{'metrics':>14}: {_safe(json.dumps(job['metrics']))}")
     if job.get("private_withheld"):
@@ -302,10 +316,14 @@ def wait(job_id: int = typer.Argument(...),
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         with _client() as client:
+            said = False
             while True:
                 job = client.job(job_id)
                 if job["state"] in TERMINAL:
                     break
+                if not said:
+                    said = True
+                    _say_when(job, client.info())
                 if deadline is not None and time.monotonic() > deadline:
                     print(f"gsched: job {job_id} still {job['state']} after {timeout} s", file=sys.stderr)
                     raise typer.Exit(124)
@@ -316,6 +334,23 @@ def wait(job_id: int = typer.Argument(...),
         print(f"gsched: job {job_id} {job['state']}: {_safe(job['reason'])}", file=sys.stderr)
         raise typer.Exit(1)
     raise typer.Exit(min(max(int(job["exit_code"]), 0), 255))
+
+
+def _say_when(job: dict[str, Any], info: dict[str, Any]) -> None:
+    """A job that will not start for a while: say so at once (when, why, and how to run it now), on stderr."""
+    from scheduler.timeutil import parse_rfc3339
+
+    if job["state"] not in ("PENDING", "PLANNED"):
+        return
+    how = f"to run it now instead: gsched cancel {job['id']}, then gsched submit --now with its job file"
+    if job["state"] == "PENDING" or not job.get("planned_start"):
+        print(f"gsched: job {job['id']} is PENDING: {_safe(job['reason'])}; waiting ({how})", file=sys.stderr)
+        return
+    ahead_s = (parse_rfc3339(job["planned_start"]) - parse_rfc3339(info["now"])).total_seconds()
+    if ahead_s > 60:
+        wall = "" if info.get("clock_speed", 1) == 1 else f", {ahead_s / info['clock_speed']:.0f} s of real time"
+        print(f"gsched: job {job['id']} is PLANNED to start at {job['planned_start']}, in {ahead_s / 3600:.1f} h"
+              f"{wall}: {_safe(job['reason'])}; waiting ({how})", file=sys.stderr)
 
 
 @app.command()

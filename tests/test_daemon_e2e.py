@@ -242,3 +242,21 @@ def test_a_stop_signal_arriving_while_the_main_thread_holds_a_lock_still_stops_i
     done = subprocess.run([sys.executable, "-c", STOP_WHILE_LOCKED], cwd=ROOT, capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0 and done.stdout.strip() == "SIGTERM", done
+
+
+def test_wait_on_a_job_planned_far_ahead_says_when_and_how_to_run_it_now(tmp_path: Path) -> None:
+    """`gsched wait` looked hung on a job planned hours ahead: it says at once when the job will start, why, and how
+    to run it now, on stderr, then waits."""
+    from test_elastic import alternating_trace, trace_daemon
+
+    d = trace_daemon(alternating_trace(tmp_path / "trace.csv"), 1, "2024-01-01T00:02:00Z")  # cheap hour at 01:00
+    try:
+        jid = d.submit(write_job(tmp_path, "later", 'command = ["true"]\nduration = "10m"\nmax_delay = "6h"\n'))
+        d.wait_state(jid, {"PLANNED"})
+        started = time.monotonic()
+        waited = d.cli("wait", str(jid), "--timeout", "1")
+    finally:
+        d.stop()
+    assert waited.returncode == 124 and time.monotonic() - started < 30, waited.stderr
+    assert f"job {jid} is PLANNED to start at 2024-01-01T01:00:00Z, in 1.0 h" in waited.stderr, waited.stderr
+    assert f"gsched cancel {jid}, then gsched submit --now" in waited.stderr, waited.stderr

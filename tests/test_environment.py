@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def test_the_shipped_own_script_example_runs_with_the_submitters_python_under_a_
         assert job["command_path"] == str(VENV_BIN / "python3") and job["job_path"].startswith(str(VENV_BIN)), job
         shown = d.cli("show", str(jid), check=True).stdout
         assert f"(python3 -> {VENV_BIN / 'python3'})" in shown, shown
+        # money, energy and mass in readable units, never a raw float (cost_eur: 1.3030659744444444e-06)
+        assert re.search(r"cost_eur: -?[\d.]+ [mµn]?EUR\n", shown) and re.search(r"energy_j: [\d.]+ [µmk]?Wh\n", shown), \
+            shown
+        assert not re.search(r"\d\.\d{6,}|e-0\d", shown), shown
     finally:
         d.stop()
         d.kill_runners()
