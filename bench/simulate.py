@@ -85,7 +85,7 @@ def main() -> None:
             r = result.report
             g, now, h = r["gsched"], r["run_now"], r["hindsight"]
             print(f"| {window} | {r['replans']} | {time.monotonic() - t0:.0f} | {now['cost_eur']:.2f} | "
-                  f"{g['cost_eur']:.2f} ({r['saved_vs_run_now']['cost_pct']:.1f}%) | {h['cost_eur']:.2f} "
+                  f"{g['cost_eur']:.2f} ({r['saved_vs_run_now']['cost_pct'] or 0:.1f}%) | {h['cost_eur']:.2f} "
                   f"({100 * (now['cost_eur'] - h['cost_eur']) / now['cost_eur']:.1f}%) | "
                   f"{100 * (g['cost_eur'] - h['cost_eur']) / h['cost_eur']:+.1f}% | {now['late_jobs']} / "
                   f"{g['late_jobs']} / {h['late_jobs']} | {g['wait_median_h']:.1f} / {g['wait_p95_h']:.1f} |",

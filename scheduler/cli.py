@@ -590,8 +590,8 @@ def simulate(
               f"{row['late_jobs']:>5} {_num(row['wait_median_h'], 1, 2):>14} {_num(row['wait_p95_h'], 1, 2):>11} "
               f"{100 * row['gpu_utilisation']:>7.1f}%")
     if saved is not None:
-        print(f"saved against run-now: {saved['cost_eur']:.2f} EUR ({saved['cost_pct']:.1f}%), {saved['co2_kg']:.1f} "
-              f"kg CO2 ({saved['co2_pct']:.1f}%); hindsight at {h['time_limit_s']:g} s"
+        print(f"saved against run-now: {saved['cost_eur']:.2f} EUR ({_pct(saved['cost_pct'])}), {saved['co2_kg']:.1f} "
+              f"kg CO2 ({_pct(saved['co2_pct'])}); hindsight at {h['time_limit_s']:g} s"
               + ("" if h["complete"] else f" (left {len(h['not_run_in_full'])} job(s) without a full run)"))
     fe = report["forecast_error"]
     if fe["forecast"] == "perfect":
@@ -599,7 +599,7 @@ def simulate(
     elif fe["cost_eur"] is not None:
         print(f"forecast {fe['forecast']}: price off by {_pct(fe['price_error_pct'])}, carbon by "
               f"{_pct(fe['carbon_error_pct'])} (mean absolute); the error cost {fe['cost_eur']:.2f} EUR "
-              f"({fe['cost_pct']:+.1f}%) and {fe['co2_kg']:.1f} kg CO2 against the same replay on the perfect "
+              f"({'-' if fe['cost_pct'] is None else format(fe['cost_pct'], '+.1f') + '%'}) and {fe['co2_kg']:.1f} kg CO2 against the same replay on the perfect "
               "forecast (negative: luck)")
     print(f"report: {output}; executed plan: {files['plan']} (problem: {files['problem']})")
     _simulate_exit(report)

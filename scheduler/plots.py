@@ -242,8 +242,15 @@ def simulation_png(series: dict[str, tuple[list[datetime], list[float], list[flo
     ax_cost.set_ylabel("cumulative cost (EUR)")
     ax_co2.set_ylabel("cumulative CO2 (kg)")
     ax_cost.legend(loc="upper left")
+    saved = report["saved_vs_run_now"]
+    if saved is None:
+        outcome = "not every job ran in full: no saving"
+    elif saved["cost_pct"] is None:  # a cost at or below zero (negative prices): EUR only
+        outcome = f"saved {saved['cost_eur']:.2f} EUR on run-now"
+    else:
+        outcome = f"saved {saved['cost_pct']:.1f}% on run-now"
     ax_cost.set_title(f"gsched simulate: {report['jobs']} jobs on {report['gpus']} GPUs, forecast {report['forecast']}"
-                      f" - saved {report['saved_vs_run_now']['cost_pct']:.1f}% on run-now")
+                      f" - {outcome}")
     ax_co2.set_xlabel("UTC")
     fig.autofmt_xdate()
     fig.tight_layout()

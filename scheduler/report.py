@@ -128,13 +128,15 @@ def totals(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["baseline_co2_kg"] = sum(r["baseline_co2_kg"] for r in compared)
     out["saved_cost_eur"] = out["baseline_cost_eur"] - sum(r["cost_eur"] for r in compared)
     out["saved_co2_kg"] = out["baseline_co2_kg"] - sum(r["co2_kg"] for r in compared)
-    out["saved_cost_pct"] = _pct(out["saved_cost_eur"], out["baseline_cost_eur"])
-    out["saved_co2_pct"] = _pct(out["saved_co2_kg"], out["baseline_co2_kg"])
+    out["saved_cost_pct"] = saving_pct(out["baseline_cost_eur"], out["baseline_cost_eur"] - out["saved_cost_eur"])
+    out["saved_co2_pct"] = saving_pct(out["baseline_co2_kg"], out["baseline_co2_kg"] - out["saved_co2_kg"])
     return out
 
 
-def _pct(saved: float, baseline: float) -> float | None:
-    return round(100 * saved / baseline, 2) if baseline > 0 else None
+def saving_pct(baseline: float, result: float) -> float | None:
+    """The saving as a percentage of the baseline, only where it means one: both sides above zero. Day-ahead prices
+    go below zero on sunny, windy hours, so a cost can be negative; a saving across zero ("176%") is EUR only."""
+    return round(100 * (baseline - result) / baseline, 2) if baseline > 0 and result >= 0 else None
 
 
 def report(jobs: Sequence[FinishedJob], signals: Signals, devices: int) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from scheduler.planner.problem import Evaluation, PJob, Plan, Problem, Segment, 
     problem_to_json
 from scheduler.planner.solve import solve
 from scheduler.profiles import mode_key
+from scheduler.report import saving_pct
 from scheduler.store import Store
 from scheduler.timeutil import floor_to, rfc3339
 
@@ -436,8 +437,8 @@ def _priced(history: History, config: Config, realised: Provider, forecast: Fore
     g, r = report["gsched"], report["run_now"]
     report["complete"] = not unfinished and not incomplete["gsched"] and not incomplete["run_now"]
     report["saved_vs_run_now"] = {
-        "cost_eur": r["cost_eur"] - g["cost_eur"], "cost_pct": _pct(r["cost_eur"] - g["cost_eur"], r["cost_eur"]),
-        "co2_kg": r["co2_kg"] - g["co2_kg"], "co2_pct": _pct(r["co2_kg"] - g["co2_kg"], r["co2_kg"])
+        "cost_eur": r["cost_eur"] - g["cost_eur"], "cost_pct": saving_pct(r["cost_eur"], g["cost_eur"]),
+        "co2_kg": r["co2_kg"] - g["co2_kg"], "co2_pct": saving_pct(r["co2_kg"], g["co2_kg"])
     } if report["complete"] else None
     for name in ("run_now", "hindsight"):
         report[name]["complete"] = not incomplete[name]
@@ -467,8 +468,8 @@ def _forecast_error(forecast: ForecastMode, replayed: Replayed, perfect: Replaye
         out.update(perfect_cost_eur=None, perfect_co2_kg=None, cost_eur=None, cost_pct=None, co2_kg=None)
         return out
     out.update(perfect_cost_eur=executed.cost_eur, perfect_co2_kg=executed.co2_g / 1000,
-               cost_eur=ran["cost_eur"] - executed.cost_eur, cost_pct=_pct(ran["cost_eur"] - executed.cost_eur,
-                                                                          executed.cost_eur),
+               cost_eur=ran["cost_eur"] - executed.cost_eur,
+               cost_pct=None if (pct := saving_pct(executed.cost_eur, ran["cost_eur"])) is None else -pct,
                co2_kg=ran["co2_kg"] - executed.co2_g / 1000)
     return out
 
@@ -487,10 +488,6 @@ def _problem(t0: datetime, slot_minutes: int, slots: int, realised: Provider, ca
     free = tuple(capacity.at(t0 + k * step) for k in range(slots))
     return Problem(t0, slot_minutes, capacity.most, carbon_price, tuple(price), tuple(carbon), tuple(jobs), objective,
                    free)
-
-
-def _pct(part: float, whole: float) -> float:
-    return 100 * part / whole if whole else 0.0
 
 
 def _summary(problem: Problem, plan: Plan, e: Evaluation, users: dict[str, str]) -> dict[str, Any]:

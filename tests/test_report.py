@@ -185,3 +185,27 @@ def test_savings_are_over_the_completed_jobs_only_a_cancelled_one_is_listed_and_
     assert total["jobs"] == 2 and total["compared_jobs"] == 1
     assert total["cost_eur"] == pytest.approx(rows[1]["cost_eur"] + rows[2]["cost_eur"])
     assert total["saved_cost_eur"] == pytest.approx(0.29) and total["saved_cost_pct"] == pytest.approx(96.67, abs=0.01)
+
+
+def test_a_saving_across_zero_is_in_eur_only_negative_prices_make_negative_costs() -> None:
+    """Day-ahead prices below zero make a run's cost negative: the saving is still baseline minus cost in EUR, but
+    a percentage of it ("176%") means nothing, so there is none."""
+    from datetime import datetime, timedelta, timezone
+
+    from scheduler.forecasts.base import Forecast
+    from scheduler.report import FinishedJob, Run, report as build, saving_pct
+
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    price = (300.0, -50.0) * 24
+
+    def signals(start: datetime, end: datetime) -> tuple[Forecast, str]:
+        return Forecast(t0, 3600, price, (100.0,) * 48, (None,) * 48, "test"), "trace"
+
+    at = t0 + timedelta(hours=1)  # ran in the negative hour; run-now would have run at 00:00
+    job = FinishedJob(1, "j", "ann", "COMPLETED", t0, at + timedelta(hours=1),
+                      (Run(at, at + timedelta(hours=1), 3.6e6, "estimate"),))
+    total = build([job], signals, devices=1)["total"]
+    assert total["cost_eur"] == pytest.approx(-0.05)  # 1 kWh at -50 EUR/MWh
+    assert total["saved_cost_eur"] == pytest.approx(0.35) and total["saved_cost_pct"] is None
+    assert saving_pct(10.0, 4.0) == 60.0 and saving_pct(10.0, 0.0) == 100.0
+    assert saving_pct(10.0, -1.0) is None and saving_pct(0.0, 1.0) is None and saving_pct(-2.0, -3.0) is None

@@ -349,8 +349,10 @@ def test_a_replay_that_leaves_a_job_unrun_names_it_shows_no_saving_and_exits_8(t
     (tmp_path / "pool.csv").write_text("start_utc,gpus\n2026-06-01T00:00:00Z,2\n2026-06-01T02:00:00Z,1\n")
     out = tmp_path / "r.json"
     done = cli("simulate", "--jobs", str(tmp_path / "h.csv"), "--capacity", str(tmp_path / "pool.csv"),
-               "--output", str(out), "--time-limit", "0.3", "--hindsight-limit", "1", "--quiet", timeout=600)
+               "--output", str(out), "--time-limit", "0.3", "--hindsight-limit", "1", "--quiet",
+               "--plot", str(tmp_path / "sim.png"), timeout=600)
     assert done.returncode == 8, (done.stdout, done.stderr)
+    assert (tmp_path / "sim.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # drawn, without a saving
     assert "saved against run-now" not in done.stdout, done.stdout
     assert "not run in full: job wide" in done.stderr and "no savings shown" in done.stderr, done.stderr
     report = json.loads(out.read_text())
