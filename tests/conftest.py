@@ -226,8 +226,13 @@ def unix_users() -> Iterator[tuple[str, str]]:
     finally:
         for parent, mode in opened.items():
             parent.chmod(mode)
-        for name in created:
-            subprocess.run(["userdel", name], check=False)
+        for name in created:  # a job of theirs still ending (Slurm's teardown may come after this) made userdel fail
+            for _ in range(50):
+                if subprocess.run(["userdel", name], capture_output=True).returncode in (0, 6):  # 6: no such user
+                    break
+                time.sleep(0.2)
+            else:
+                subprocess.run(["userdel", "--force", name], check=False)
 
 
 def as_user(user: str | None, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -21,6 +21,18 @@ import time
 from pathlib import Path
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
+MUNGED_PID = Path("/run/munge/munged.pid")
+MUNGED = {"ours": False, "clusters": 0}  # did these tests start munged, and how many clusters use it now
+
+
+def _running(pid_file: Path) -> int | None:
+    """The pid in ``pid_file`` if that process is alive (a zombie is not)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return None if state in ("Z", "X") else pid
+    except (OSError, ValueError, IndexError):
+        return None
 FAKE_GPUS = Path("/run/fakegpu")
 
 
@@ -179,8 +191,11 @@ PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                             (Path("/var/lib/munge"), "munge")):
             path.mkdir(parents=True, exist_ok=True)
             shutil.chown(path, owner, owner)
-        if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
+        if not _running(MUNGED_PID):  # one already running (the machine's own) is used and left alone
             subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", "/usr/sbin/munged"], check=True, timeout=30)
+            MUNGED["ours"] = True
+        MUNGED["clusters"] += 1
+        self.holds_munged = True
         if self.nodes > 1:
             try:
                 self._network()
@@ -254,3 +269,10 @@ PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
         if self.nodes > 1:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=30)
+        if getattr(self, "holds_munged", False):
+            self.holds_munged = False
+            MUNGED["clusters"] -= 1
+            pid = _running(MUNGED_PID)
+            if MUNGED["clusters"] == 0 and MUNGED["ours"] and pid:  # the munged these tests started, by its pid file
+                os.kill(pid, signal.SIGTERM)
+                MUNGED["ours"] = False
