@@ -70,6 +70,7 @@ def fetch_forecast(config: "Config", hours: float) -> dict[str, Any]:
     from scheduler.forecasts.service import ForecastService
     from scheduler.service import forecast_provider
     from scheduler.store import Store
+    from scheduler.timeutil import rfc3339
 
     if not config.forecast.providers:
         raise InputError(f"{config.source}: no [[forecast.providers]] to fetch from")
@@ -81,6 +82,9 @@ def fetch_forecast(config: "Config", hours: float) -> dict[str, Any]:
         service.refresh()
         points = service.points(now, now + timedelta(hours=hours))
         store.close()
+    # the daemon's /v1/forecast shape: RFC 3339 times; "error" is why no provider answered
+    failed = [s for s in service.status.values() if not s.ok]
     return {"currency": config.forecast.currency, "points": points,
-            "providers": [vars(status) | {"fetched_at": str(status.fetched_at) if status.fetched_at else None}
-                          for status in service.status.values()]}
+            "providers": [vars(status) | {"fetched_at": rfc3339(status.fetched_at) if status.fetched_at else None}
+                          for status in service.status.values()],
+            "error": "; ".join(f"{s.name}: {s.error}" for s in failed) if len(failed) == len(service.status) else None}

@@ -5,6 +5,7 @@ prometheus_client's own parser."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import ROOT, DaemonProc, make_home, write_job
+from conftest import ROOT, DaemonProc, cli, make_home, write_job
 from test_elastic import alternating_trace, trace_daemon
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -38,6 +39,35 @@ def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     for family in text_string_to_metric_families(body):
         for sample in family.samples:
             out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return out
+
+
+def documented_keys(page: Path) -> set[str]:
+    """The quoted names in the page's JSON skeleton: the plain fenced block that starts with '{'."""
+    blocks: list[str] = []
+    inside, plain, current = False, False, []
+    for line in page.read_text().splitlines():
+        if line.startswith("```"):
+            if inside and plain:
+                blocks.append("\n".join(current))
+            inside, plain, current = not inside, line == "```", []
+        elif inside:
+            current.append(line)
+    block = next(b for b in blocks if b.startswith("{"))
+    return set(re.findall(r'"(\w+)"', block)) - {"NAME"}
+
+
+def keys_of(value: object, skip_under: set[str] = frozenset(), under: str = "") -> set[str]:
+    """Every key at any depth (a mapping's keys under ``skip_under`` are data, such as user names, not keys)."""
+    out: set[str] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if under not in skip_under:
+                out.add(key)
+            out |= keys_of(inner, skip_under, "" if under in skip_under else key)
+    elif isinstance(value, list):
+        for inner in value:
+            out |= keys_of(inner, skip_under, under)
     return out
 
 
@@ -69,6 +99,7 @@ def test_report_pictures_and_metrics_show_what_waiting_for_cheap_hours_saved(tmp
         table = d.cli("report", "--plot", str(tmp_path / "saved.png"), check=True).stdout
         assert_png(tmp_path / "saved.png")
         none = json.loads(d.cli("report", "--json", "--until", "2023-01-01", check=True).stdout)
+        signals = json.loads(d.cli("forecast", "--json", "--hours", "2", check=True).stdout)
         bad = d.cli("report", "--since", "yesterday")
     finally:
         d.stop()
@@ -87,6 +118,13 @@ def test_report_pictures_and_metrics_show_what_waiting_for_cheap_hours_saved(tmp
     assert report["users"]["root"]["jobs"] == 2
     assert "2 job(s) ran" in table and "96.7%" in table and "-0.0" not in table
     assert none["jobs"] == [] and none["total"]["jobs"] == 0
+    # the documented JSON keys are the output's keys, no more and no fewer
+    assert documented_keys(ROOT / "docs" / "report.md") == keys_of(report, skip_under={"users"})
+    (tmp_path / "fetch.toml").write_text('[[forecast.providers]]\nkind = "file"\n')
+    fetched = json.loads(cli("forecast", "--fetch", "--config", str(tmp_path / "fetch.toml"), "--json", "--hours",
+                             "2", check=True).stdout)
+    assert documented_keys(ROOT / "docs" / "forecasts.md") == keys_of(fetched)
+    assert keys_of(signals) <= keys_of(fetched)  # the daemon's replayed trace: no providers to list
     assert bad.returncode == 2 and "--since" in bad.stderr
     # the metrics after the runs: counters moved by what the runs measured
     assert after["gsched_jobs"][(("state", "COMPLETED"),)] == 2

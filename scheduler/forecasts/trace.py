@@ -91,7 +91,7 @@ class TraceProvider:
         return [{"start": rfc3339(f.start + i * step), "end": rfc3339(f.start + (i + 1) * step),
                  "price_per_mwh": f.price_eur_per_mwh[i], "carbon_g_per_kwh": f.carbon_g_per_kwh[i],
                  "renewable_share_pct": f.renewable_share_pct[i], "source": self.name, "estimated": False,
-                 "stale": False} for i in range(len(f.price_eur_per_mwh))]
+                 "stale": False, "realised": True} for i in range(len(f.price_eur_per_mwh))]
 
     def forecast(self, start: datetime, end: datetime) -> Forecast:
         first_step = self.first + ((start - self.first) // self.step) * self.step
