@@ -31,7 +31,7 @@ from scheduler.forecasts.base import Provider
 from scheduler.jobfile import calibration_job, parse_job
 from scheduler.models import Job, JobState
 from scheduler.outcomes import QUEUED, Outcomes, spec_of
-from scheduler.planning import Planning, free_per_node, node_of, remaining_fraction
+from scheduler.planning import Planning, free_per_node, node_of, remaining_fraction, run_end
 from scheduler.policy import Checkpoint, priority_preemptions, segment_pauses
 from scheduler.profiles import Profiles
 from scheduler.store import Store
@@ -39,6 +39,11 @@ from scheduler.timeutil import floor_to
 from scheduler.userpath import acting_ids, owner_dir
 
 log = logging.getLogger("gsched.daemon")
+# Replans from the last plan while they improve it, at most this many in a row: on a queue with late jobs each one
+# "improved" on the last plan as read back from the store (511 late slots against 526, every minute for an hour of
+# a replay: the round trip loses something not yet found), so the run never ended
+MAX_EXTRA_REPLANS = 3
+REPLAN_AT_LEAST_EVERY = timedelta(hours=1)
 
 
 def sd_notify(message: str) -> None:
@@ -71,6 +76,7 @@ class Daemon:
         self._dirty = threading.Event()  # something changed that the plan must follow
         self._stopping = threading.Event()
         self._planned_grid: datetime | None = None
+        self._extra_replans = 0  # replans in a row from the last plan, nothing having changed
         self._idle_since: float | None = None  # time.monotonic() when the last job left the devices
         self._calibrated: set[tuple[str, int, str, str]] = set()  # modes measured while idle in this run
         self._calibration_scan = True  # a job ended since the last look for unmeasured modes
@@ -164,7 +170,9 @@ class Daemon:
             for pause in segment_pauses(self.store.jobs([JobState.RUNNING]), now, self.executor.started):
                 self._checkpoint(pause, now)
         queued = self.store.jobs(QUEUED)
-        if queued and (self._dirty.is_set() or grid0 != self._planned_grid or self._may_improve(now, queued)):
+        changed = self._dirty.is_set() or (grid0 != self._planned_grid and self._plan_outdated(now, grid0, queued))
+        if queued and (changed or self._may_improve(now, queued)):
+            self._extra_replans = 0 if changed else self._extra_replans + 1
             self._dirty.clear()
             self._planned_grid = grid0
             running = self.store.jobs([JobState.RUNNING])
@@ -187,10 +195,21 @@ class Daemon:
         if self.config.daemon.calibrate_when_idle:
             self._calibrate_when_idle(now, busy=bool(queued) or bool(self.store.jobs([JobState.RUNNING])))
 
+    def _plan_outdated(self, now: datetime, grid0: datetime, queued: list[Job]) -> bool:
+        """At a slot boundary with nothing new (an arrival, an end, new signals wake the daemon), the last plan still
+        holds unless a job has none, a planned start passed without a start, a run outlasted its plan, or the plan
+        is an hour old. (Replanning at every boundary anyway cost a replay a second each: 672 a week.)"""
+        if self._planned_grid is None or grid0 - self._planned_grid >= REPLAN_AT_LEAST_EVERY:
+            return True
+        if any(j.state == JobState.PENDING or (j.planned_start is not None and j.planned_start <= now
+                                               and not j.run_handle) for j in queued):
+            return True
+        return any((end := run_end(j)) is not None and end < now for j in self.store.jobs([JobState.RUNNING]))
+
     def _may_improve(self, now: datetime, queued: list[Job]) -> bool:
         """Replan once more from the last plan while that still improves it, unless a planned start is near enough
         for the replan to delay it."""
-        if not self.planning.improving:
+        if not self.planning.improving or self._extra_replans >= MAX_EXTRA_REPLANS:
             return False
         near = now + timedelta(seconds=self.config.planner.time_limit_s + 2 * self.config.daemon.tick_s)
         return not any(j.planned_start is not None and j.planned_start <= near for j in queued)

@@ -395,3 +395,16 @@ def test_jobs_longer_than_the_planner_horizon_run_in_a_replay_and_the_saving_is_
     assert report["complete"] and report["valid"] and not report["unfinished"], report
     assert report["gsched"]["late_jobs"] == 0 and report["saved_vs_run_now"] is not None
     assert "saved against run-now" in done.stdout
+
+
+def test_a_replay_replans_when_something_changed_not_at_every_slot_boundary(tmp_path: Path) -> None:
+    """One job waiting up to a day for its cheap window: with nothing arriving or ending, the plan stands; the daemon
+    replans at least hourly (96 replans at every 15-minute boundary made a replay cost a second a boundary)."""
+    (tmp_path / "h.csv").write_text("id,submit,user,gpus,run_time,max_delay\nwaits,2026-06-01T00:05:00Z,ann,1,30m,24h\n")
+    history = load_history(tmp_path / "h.csv", DeadlinePolicy())
+    result = simulate(history, quick_config(0.3), TraceProvider(), ForecastMode("perfect"), Capacity.constant(1), 1.0)
+    report = result.report
+    assert report["complete"] and not report["unfinished"], report
+    waited_h = report["gsched"]["wait_median_h"]
+    assert waited_h > 3, report["gsched"]  # it did wait for a cheaper window
+    assert report["replans"] <= waited_h + 3, (report["replans"], waited_h)
