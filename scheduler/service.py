@@ -157,8 +157,9 @@ def run_daemon(config: Config) -> None:
         sd_notify("STOPPING=1")
         if metrics is not None:
             metrics.shutdown()
-        server.shutdown()
+        server.shutdown()  # each step logged: a stop once hung past 30 s under load, step unknown
         server.server_close()
+        log.info("API closed; finishing the tick and forecast fetch in flight")
         daemon.stop()
         store.close()
         paths.socket.unlink(missing_ok=True)
