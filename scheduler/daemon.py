@@ -40,8 +40,8 @@ from scheduler.userpath import acting_ids, owner_dir
 
 log = logging.getLogger("gsched.daemon")
 # Replans from the last plan while they improve it, at most this many in a row: on a queue with late jobs each one
-# "improved" on the last plan as read back from the store (511 late slots against 526, every minute for an hour of
-# a replay: the round trip loses something not yet found), so the run never ended
+# "improved" on the last plan (511 late slots against 526, every minute for an hour of a replay, while the planner
+# dropped late jobs' previous runs), so the run never ended; the cap bounds any such chain
 MAX_EXTRA_REPLANS = 3
 REPLAN_AT_LEAST_EVERY = timedelta(hours=1)
 
