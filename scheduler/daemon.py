@@ -77,6 +77,7 @@ class Daemon:
         self._stopping = threading.Event()
         self._planned_grid: datetime | None = None
         self._extra_replans = 0  # replans in a row from the last plan, nothing having changed
+        self._checked_grid: datetime | None = None  # the last slot whose plan was checked for being outdated
         self._idle_since: float | None = None  # time.monotonic() when the last job left the devices
         self._calibrated: set[tuple[str, int, str, str]] = set()  # modes measured while idle in this run
         self._calibration_scan = True  # a job ended since the last look for unmeasured modes
@@ -170,7 +171,9 @@ class Daemon:
             for pause in segment_pauses(self.store.jobs([JobState.RUNNING]), now, self.executor.started):
                 self._checkpoint(pause, now)
         queued = self.store.jobs(QUEUED)
-        changed = self._dirty.is_set() or (grid0 != self._planned_grid and self._plan_outdated(now, grid0, queued))
+        boundary = grid0 not in (self._planned_grid, self._checked_grid)  # looked at once a slot, not every tick
+        self._checked_grid = grid0
+        changed = self._dirty.is_set() or (boundary and self._plan_outdated(now, grid0, queued))
         if queued and (changed or self._may_improve(now, queued)):
             self._extra_replans = 0 if changed else self._extra_replans + 1
             self._dirty.clear()
