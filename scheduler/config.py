@@ -94,6 +94,7 @@ class PlannerSettings:
     cpu_device_power_w: float = 15.0
     time_limit_s: float = 5.0
     hysteresis_pct: float = 2.0
+    wait_pct_per_h: float = 5.0
     elastic: bool = True
     resume_overhead_minutes: float = 2.0
     elastic_extend_minutes: float = 15.0
@@ -229,6 +230,7 @@ class Config:
             (self.planner.cpu_device_power_w > 0, "planner.cpu_device_power_w", "must be > 0"),
             (self.planner.time_limit_s > 0, "planner.time_limit_s", "must be > 0"),
             (0 <= self.planner.hysteresis_pct < 100, "planner.hysteresis_pct", "must be in [0, 100)"),
+            (0 <= self.planner.wait_pct_per_h <= 100, "planner.wait_pct_per_h", "must be in [0, 100]"),
             (0 <= self.planner.resume_overhead_minutes <= 1440, "planner.resume_overhead_minutes", "must be in [0, 1440]"),
             (self.planner.elastic_extend_minutes >= 0, "planner.elastic_extend_minutes", "must be >= 0"),
         ]

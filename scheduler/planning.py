@@ -251,7 +251,8 @@ class Planning:
         problem = Problem(grid0, settings.slot_minutes, len(self.profiles.devices), settings.carbon_price_eur_per_t,
                           tuple(price), tuple(carbon), tuple(pjobs), settings.objective,
                           tuple(max(0, c) for c in capacity),
-                          slot0_elapsed_minutes=max(0.0, min(now - grid0, slot) / timedelta(minutes=1)), nodes=nodes)
+                          slot0_elapsed_minutes=max(0.0, min(now - grid0, slot) / timedelta(minutes=1)), nodes=nodes,
+                          wait_pct_per_h=settings.wait_pct_per_h * busy_share(pjobs, capacity, slot_h))
         problem = with_urgent_pinned(problem, [j for j, job in enumerate(planned_jobs) if job.urgent])
         solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100,
                          prices=prices_on(self._prices, grid0, slot, horizon))
@@ -375,6 +376,22 @@ def with_urgent_pinned(problem: Problem, urgent: list[int]) -> Problem:
         free[s:costing.run_end(job, 0, s, n)] -= job.modes[0].gpus
         jobs[j] = replace(job, start_by_slot=s)
     return replace(problem, jobs=tuple(jobs))
+
+
+BUSY_FROM_H, BUSY_FULL_H = 16.0, 32.0
+
+
+def busy_share(jobs: list[PJob], capacity: list[int], slot_h: float) -> float:
+    """How much of planner.wait_pct_per_h applies: 0 while the queue holds under BUSY_FROM_H hours of work for the
+    GPUs free over the next day, all of it from BUSY_FULL_H. A lightly loaded queue waits for cheap hours freely; a
+    backlog that keeps the GPUs busy for a day will meet arrivals it cannot see, and a job it delays becomes late
+    (7f04ca's Philly week on 35 GPUs: 53 late, run-now 36)."""
+    day = capacity[:max(1, round(24 / slot_h))]
+    free = sum(day) / len(day) if day else 0.0
+    if free <= 0:
+        return 1.0 if jobs else 0.0
+    gpu_h = sum(j.modes[j.requested_mode].gpus * j.work / j.modes[j.requested_mode].rate for j in jobs)
+    return min(1.0, max(0.0, (gpu_h / free - BUSY_FROM_H) / (BUSY_FULL_H - BUSY_FROM_H)))
 
 
 def improving(stats: dict[str, Any], limit_s: float) -> bool:

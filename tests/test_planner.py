@@ -820,3 +820,29 @@ def test_jobs_longer_than_the_horizon_are_planned(tmp_path: Path) -> None:
     assert late.planned_start is not None and late.planned_start == now, late  # at once: no cheaper hour is worth more lateness
     assert late.plan_reason and "needs 60.0 h" in late.plan_reason and "planned for its earliest finish" in \
         late.plan_reason, late.plan_reason
+
+
+def test_the_price_of_waiting_moves_a_job_earlier_and_is_not_a_cost() -> None:
+    """A busy queue prices each hour a job waits (Problem.wait_pct_per_h): a 10% cheaper window 4 h away is not worth
+    it at 5%/h, and the plan's cost and reason stay the energy's own."""
+    prices = [100.0] * 4 + [90.0] * 4
+    job = PJob("a", 0, 8, 2.0, ONE)
+    free = solve(problem(prices, [job]))
+    assert free.plan["a"][0].start_slot == 4
+    busy = solve(dataclasses.replace(problem(prices, [job]), wait_pct_per_h=5.0))
+    assert busy.plan["a"][0].start_slot == 0
+    assert busy.objective == pytest.approx(2 * 0.1)  # the price of waiting is never reported as a cost
+
+
+def test_only_a_backlog_of_a_day_of_work_pays_the_price_of_waiting() -> None:
+    from scheduler.planning import BUSY_FROM_H, BUSY_FULL_H, busy_share
+
+    def queue(gpu_h: float) -> list[PJob]:
+        return [PJob("a", 0, 8, gpu_h / 4, (Mode(4, 1.0, 1.2),))]
+
+    capacity = [8] * 96  # 15-minute slots, 8 GPUs free
+    assert busy_share(queue(8 * (BUSY_FROM_H - 1)), capacity, 0.25) == 0.0
+    assert busy_share(queue(8 * (BUSY_FROM_H + BUSY_FULL_H) / 2), capacity, 0.25) == pytest.approx(0.5)
+    assert busy_share(queue(8 * (BUSY_FULL_H + 5)), capacity, 0.25) == 1.0
+    assert busy_share(queue(1.0), [0] * 96, 0.25) == 1.0  # every GPU taken for a day: the queue waits for them
+    assert busy_share([], [0] * 96, 0.25) == 0.0

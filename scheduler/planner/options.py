@@ -85,6 +85,10 @@ class Costing:
         # Equal windows must not be a coin toss between LP vertices: in the solvers' price (not in the LP bound)
         # each slot of delay costs this much more, so the earliest of equal options wins and stays chosen.
         self.tiebreak = 1e-7 * (1 + top_kw * float(np.abs(self.w).max(initial=0.0)) * self.slot_h)
+        # Per job, each slot of delay costs the tie-break and the price of waiting (Problem.wait_pct_per_h)
+        per_kwh_slot = problem.wait_pct_per_h / 100 * (float(np.abs(self.w).mean()) if self.horizon else 0.0) * self.slot_h
+        self.delay = [self.tiebreak + per_kwh_slot * job.modes[job.requested_mode].power_kw * job.work
+                      / job.modes[job.requested_mode].rate for job in problem.jobs]
 
     def slots_needed(self, job: PJob, mode: int) -> tuple[int, float]:
         """(whole slots, fraction of the last slot used) for one contiguous run that starts after slot 0."""

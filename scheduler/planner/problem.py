@@ -79,6 +79,10 @@ class Problem:
     slot0_elapsed_minutes: float = 0.0
     # Free GPUs per node per slot, where a partition is several nodes: a segment runs on one node. Empty: one pool.
     nodes: tuple[tuple[int, ...], ...] = ()
+    # The price of waiting while the queue is busy, per hour a job waits, in % of the horizon's mean kWh weight per
+    # kWh the job draws. Not a cost (reported costs leave it out, like tie-breaks): insurance against the arrivals a
+    # plan cannot see, which make a job planned for a cheap window late when the devices stay busy. 0 offline.
+    wait_pct_per_h: float = 0.0
 
     @property
     def horizon_slots(self) -> int:
