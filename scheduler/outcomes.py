@@ -104,7 +104,9 @@ class Outcomes:
             reason = result.error or (f"killed by {result.signal}" if result.signal else f"exit code {exit_code}")
         # The executor's word wins unless the run really finished: a workload that checkpointed on Slurm's TERM
         # (a node failure) and exited 0 was stopped, and Slurm runs it again
-        if said is not None and not (all_done or (exit_code == 0 and metrics.preempted is False)):
+        # (the user's cancel stays the user's: Slurm reports the scancel it caused as its own CANCELLED).
+        if said is not None and not job.cancel_requested and not (
+                all_done or (exit_code == 0 and metrics.preempted is False)):
             state, reason = said
         if result.ignored:
             reason += f" ({len(result.ignored)} invalid value(s) in its output ignored: {result.ignored[0]})"
