@@ -834,6 +834,18 @@ def test_the_price_of_waiting_moves_a_job_earlier_and_is_not_a_cost() -> None:
     assert busy.objective == pytest.approx(2 * 0.1)  # the price of waiting is never reported as a cost
 
 
+def test_the_price_of_waiting_is_on_when_the_work_is_done_so_a_sliver_of_a_long_job_is_no_head_start() -> None:
+    """Priced on a job's start, a long preemptible job's first slot in front of a short job looked like all of it
+    started at once: the sliver won, and a replay paused and resumed it at every boundary while the short job waited.
+    On when its work is done, the sliver gains the long job what it costs the short one, and its resume costs more."""
+    long = PJob("long", 0, 24, 12.0, ONE, preemptible=True, resume_overhead_minutes=6)
+    short = PJob("short", 0, 8, 2.0, ONE)
+    prices = [100.0] * 4 + [80.0] * 2 + [100.0] * 18  # whoever runs in the cheap two hours saves the same
+    plan = solve(dataclasses.replace(problem(prices, [long, short]), wait_pct_per_h=5.0)).plan
+    # (on the start: long [0, 4) + [6, 15) around short [4, 6), paying a resume for nothing)
+    assert len(plan["long"]) == 1 and len(plan["short"]) == 1, plan  # one after the other: no resume paid
+
+
 def test_only_a_backlog_of_a_day_of_work_pays_the_price_of_waiting() -> None:
     from scheduler.planning import BUSY_FROM_H, BUSY_FULL_H, busy_share
 

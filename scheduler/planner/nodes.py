@@ -66,7 +66,7 @@ def _rigid_on_nodes(costing: Costing, j: int, free: np.ndarray, first_mode: int
             if not len(ok):
                 continue
             # the solvers' tie-break: of equal costs (prefix sums differ in the last bits) the earliest start
-            priced = costs[ok] + costing.delay[j] * starts[ok]
+            priced = costs[ok] + costing.delay[j] * (starts[ok] + n / 2)
             i = int(ok[np.argmin(priced)]) if cheapest else int(ok[0])
             key = float(priced.min()) if cheapest else float(starts[i])
             if best is None or key < best[0]:

@@ -60,6 +60,12 @@ class Option:
     def end(self) -> int:
         return self.segments[-1][1]
 
+    @property
+    def mean_slot(self) -> float:
+        """When its work is done on average: what waiting is priced on. (Priced on the start, a sliver of a long
+        preemptible job in front of a short one looked like the whole job started early, and the sliver won.)"""
+        return sum((b - a) * (a + b) for a, b in self.segments) / (2 * sum(b - a for a, b in self.segments))
+
     def slots(self) -> np.ndarray:
         return np.concatenate([np.arange(a, b) for a, b in self.segments])
 
@@ -85,7 +91,8 @@ class Costing:
         # Equal windows must not be a coin toss between LP vertices: in the solvers' price (not in the LP bound)
         # each slot of delay costs this much more, so the earliest of equal options wins and stays chosen.
         self.tiebreak = 1e-7 * (1 + top_kw * float(np.abs(self.w).max(initial=0.0)) * self.slot_h)
-        # Per job, each slot of delay costs the tie-break and the price of waiting (Problem.wait_pct_per_h)
+        # Per job, each slot its work waits (Option.mean_slot) costs the tie-break and the price of waiting
+        # (Problem.wait_pct_per_h)
         per_kwh_slot = problem.wait_pct_per_h / 100 * (float(np.abs(self.w).mean()) if self.horizon else 0.0) * self.slot_h
         self.delay = [self.tiebreak + per_kwh_slot * job.modes[job.requested_mode].power_kw * job.work
                       / job.modes[job.requested_mode].rate for job in problem.jobs]

@@ -108,7 +108,7 @@ class Planner:
 
     def price(self, option: Option) -> float:
         """What the solvers minimise: the cost, a discount for staying put, a prohibitive price per late slot."""
-        price = option.cost + self.costing.delay[option.job] * option.start
+        price = option.cost + self.costing.delay[option.job] * option.mean_slot
         if option.late:  # one more late job costs more than any one job's late slots: fewer late jobs come first
             return price + self.late_penalty * (option.end - self.jobs[option.job].deadline_slot + self.costing.horizon)
         previous = self.previous.get(option.job)
@@ -160,7 +160,7 @@ class Planner:
             if len(starts):
                 ok = costing.fits(job, m, starts, n, free)
                 if ok.any():
-                    keys = costs[ok] + costing.delay[j] * starts[ok]  # of equal options, the earliest
+                    keys = costs[ok] + costing.delay[j] * (starts[ok] + n / 2)  # of equal options, the earliest
                     if priced:
                         keys = keys + mode.gpus * (self.lam_prefix[starts[ok] + n] - self.lam_prefix[starts[ok]])
                     i = _first_min(keys)
@@ -182,14 +182,14 @@ class Planner:
                     slot_key = costing.w + self.lam * mode.gpus / (mode.power_kw * costing.slot_h)
                 split = costing.split_option(j, m, free, slot_key)
                 if split is not None:
-                    split_key = (split.cost + costing.delay[j] * split.start
+                    split_key = (split.cost + costing.delay[j] * split.mean_slot
                                  + (self._gpu_slots_price(split) if priced else 0.0))
                     if _better(split_key, best_key):
                         best, best_key = split, split_key
             elastic = costing.elastic_option(j, free, self.lam if priced else None) if _better(
                 min(floors), best_key) else None
             if elastic is not None:
-                elastic_key = (elastic.cost + costing.delay[j] * elastic.start
+                elastic_key = (elastic.cost + costing.delay[j] * elastic.mean_slot
                                + (self._gpu_slots_price(elastic) if priced else 0.0))
                 if _better(elastic_key, best_key):
                     best, best_key = elastic, elastic_key
