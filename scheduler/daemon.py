@@ -212,7 +212,9 @@ class Daemon:
         week; every hour, 108 of a contentious week's 400 replans.)"""
         if self._planned_grid is None or grid0 - self._planned_grid >= REPLAN_AT_LEAST_EVERY:
             return True
-        if any(j.state == JobState.PENDING or (j.planned_start is not None and j.planned_start <= now
+        # (a start due at this boundary is not passed: the dispatch after this look starts it, or it waits for
+        # devices still being freed; replanning first moved it away from a job pausing for it, slot after slot)
+        if any(j.state == JobState.PENDING or (j.planned_start is not None and j.planned_start < grid0
                                                and not j.run_handle) for j in queued):
             return True
         return any((end := run_end(j)) is not None and end < now for j in self.store.jobs([JobState.RUNNING]))

@@ -200,9 +200,16 @@ class Planning:
             modelled.append((job, spec, jm, remaining_fraction(spec, steps_done.get(job.id, 0))))
         if callable(free):
             base = settings.horizon_hours * 60 // settings.slot_minutes
-            offered = free(base)
-            pooled = [sum(max(0, c[t]) for c in offered.values())
-                      for t in range(min(map(len, offered.values()), default=0))]
+            offered = probe = free(base)
+            pooled = pooled_free(offered)
+            widest = max((min(m.gpus for m in jm.modes) for _j, _s, jm, _l in modelled), default=0)
+            # Devices busy past the horizon (a 60-hour run) hide when a job fits: look further, doubling, until the
+            # last slot seen has room for the widest job (or HORIZON_CAP), so a late job is planned, not PENDING.
+            while pooled and pooled[-1] < widest and len(pooled) < HORIZON_CAP / slot:
+                probe = free(min(2 * len(pooled), math.ceil(HORIZON_CAP / slot)))
+                pooled = pooled_free(probe)
+            if len(pooled) > base:
+                offered = probe
             wanted = horizon_slots(base, pooled, [(job.deadline, jm.modes[jm.requested].gpus,
                                                    left * jm.work / jm.modes[jm.requested].rate)
                                                   for job, _s, jm, left in modelled], grid0, slot)
@@ -321,6 +328,11 @@ class Planning:
 
 
 HORIZON_CAP = timedelta(days=35)  # a deadline further out is planned for within this; the queue's end always is
+
+
+def pooled_free(offered: dict[str, list[int]]) -> list[int]:
+    """The devices free in each slot, all nodes together."""
+    return [sum(max(0, c[t]) for c in offered.values()) for t in range(min(map(len, offered.values()), default=0))]
 
 
 def horizon_slots(base: int, pooled: list[int], jobs: list[tuple[datetime, int, float]], grid0: datetime,
