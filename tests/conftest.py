@@ -162,11 +162,27 @@ class DaemonProc:
             subprocess.run(["pkill", "-KILL", "-f", str(run)], check=False)
 
 
+_MADE: list[Path] = []  # shared scratch directories, removed when the session ends
+
+
+def shared_tmp(prefix: str, mode: int = 0o755) -> Path:
+    """A directory outside pytest's 0700 tmp tree, so a second Unix user can reach it; removed at the session's
+    end, whatever the test left in it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(mode)
+    _MADE.append(path)
+    return path
+
+
 def make_home() -> Path:
-    # Outside pytest's 0700 tmp tree, so a second Unix user can reach the socket.
-    base = Path(tempfile.mkdtemp(prefix="gsched-test-", dir="/tmp"))
-    base.chmod(0o755)
-    return base / "home"
+    return shared_tmp("gsched-test-") / "home"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_shared_tmp() -> Iterator[None]:
+    yield
+    for path in _MADE:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -5,11 +5,10 @@ the reason where a real Slurm cannot run (not root, no apt)."""
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
+from conftest import shared_tmp
 from scheduler.executor.slurmctl import Slurm, foreign_gpus, sbatch_argv
 from slurm_cluster import SlurmCluster
 
@@ -31,8 +30,7 @@ def test_submit_move_find_requeue_cancel_on_a_real_slurm(slurm_cluster: SlurmClu
     slurm = Slurm("gpu", env=cluster.env)
     assert slurm.gpus() == 4
     user = unix_users[0]
-    tmp_path = Path(tempfile.mkdtemp(prefix="gsched-slurm-job-"))  # the job's user must reach it
-    tmp_path.chmod(0o777)
+    tmp_path = shared_tmp("gsched-slurm-job-", 0o777)  # the job's user must reach it
     script = tmp_path / "batch.sh"
     script.write_text("#!/bin/sh\nid -un > \"$1\"\necho \"$CUDA_VISIBLE_DEVICES\" >> \"$1\"\nsleep 30\n")
     script.chmod(0o755)
