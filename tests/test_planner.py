@@ -858,3 +858,21 @@ def test_only_a_backlog_of_a_day_of_work_pays_the_price_of_waiting() -> None:
     assert busy_share(queue(8 * (BUSY_FULL_H + 5)), capacity, 0.25) == 1.0
     assert busy_share(queue(1.0), [0] * 96, 0.25) == 1.0  # every GPU taken for a day: the queue waits for them
     assert busy_share([], [0] * 96, 0.25) == 0.0
+
+
+def test_a_job_no_plan_brings_on_time_is_counted_as_late_in_every_plan_and_not_repaired() -> None:
+    """A job that cannot meet its deadline even with every free GPU to itself (the running jobs hold the rest) is
+    late in any plan: the planner's lower bound on late jobs counts it, and repair, which only moves other queued
+    jobs, does not spend an overloaded replan's time on it. One that the other queued jobs crowd out is not so."""
+    from scheduler.planner.solve import Planner
+
+    crowded = PJob("crowded", 0, 3, 2.0, ONE)  # on time alone (slots 0-1); FIFO puts it behind "first"
+    first = PJob("first", 0, 8, 4.0, ONE)
+    hopeless = PJob("hopeless", 0, 3, 2.0, (Mode(2, 1.0, 1.0),))  # 2 GPUs: only 1 is free before slot 2
+    p = dataclasses.replace(problem([50.0] * 8, [first, crowded, hopeless], gpus=2), capacity=(1, 1, 2, 2, 2, 2, 2, 2))
+    planner = Planner(p)
+    assert [planner.hopeless(j) for j in range(3)] == [False, False, True]
+    fifo = planner.fifo()
+    assert planner.lateness(fifo)[0] >= 2 and planner.fewest_late(fifo) == 1
+    solution = solve(p, 2.0)
+    assert set(solution.late) == {"hopeless"}, solution.late

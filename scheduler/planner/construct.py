@@ -154,9 +154,10 @@ def construct(planner: Planner, budget: Budget, queues: dict[str, dict[int, Opti
             variants.reverse()
         if relaxation is not None and relaxation.rounding:
             variants.append(("greedy, unrounded", None, True, True))
+        fewest = planner.fewest_late(queues["fifo"])
         for k, (name, prices, relative, make_room) in enumerate(variants):
             spent = time.monotonic() - started
-            if k and (min(planner.lateness(plan)[0] for plan in starts.values()) == 0
+            if k and (min(planner.lateness(plan)[0] for plan in starts.values()) <= fewest
                       or time.monotonic() + spent / k > t0 + 0.9 * limit):
                 break
             starts[name] = greedy(planner, t0 + (0.65 if not k else 0.9) * limit, prices, relative=relative,

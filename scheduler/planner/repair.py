@@ -35,7 +35,8 @@ def repair(planner: Planner, chosen: dict[int, Option], deadline_s: float) -> in
     fixed = failed = 0
     tried: set[int] = set()
     while time.monotonic() < deadline_s and failed < REPAIR_TRIES:
-        late = [j for j in range(len(planner.jobs)) if j not in tried and (j not in chosen or chosen[j].late)]
+        late = [j for j in range(len(planner.jobs)) if j not in tried and (j not in chosen or chosen[j].late)
+                and not planner.hopeless(j)]
         if not late:
             break
         # The widest late jobs first: the narrow ones fit into what is left around them.

@@ -81,6 +81,7 @@ class Planner:
         self.prices0 = prices if prices is not None and len(prices[0]) == self.costing.horizon else None
         self.previous: dict[int, Option] = {}
         self.repaired_jobs = 0  # late jobs that repair() brought on time in this solve
+        self._hopeless: dict[int, bool] = {}
         for j, job in enumerate(self.jobs):
             if previous and job.id in previous:
                 option = self._checked(j, *previous[job.id])
@@ -135,6 +136,24 @@ class Planner:
 
     def rank(self, chosen: dict[int, Option]) -> tuple[int, int, float]:
         return (*self.lateness(chosen), sum(self.price(o) for o in chosen.values()))
+
+    def hopeless(self, j: int) -> bool:
+        """Whether no plan brings job ``j`` on time: not even with every GPU the running jobs leave free to itself.
+        Moving other queued jobs cannot help it, so repair does not try (an overloaded replan spent most of its
+        time there), and such jobs are the fewest late jobs any plan can have."""
+        if j not in self._hopeless:
+            previous = self.previous.pop(j, None)  # a late previous run would pass for the best option
+            option = self.best_option(j, self.costing.capacity)
+            if previous is not None:
+                self.previous[j] = previous
+            self._hopeless[j] = option is None or option.late
+        return self._hopeless[j]
+
+    def fewest_late(self, chosen: dict[int, Option]) -> int:
+        """A lower bound on any plan's late jobs, from one plan: its late jobs that are hopeless (those are late in
+        every plan)."""
+        return sum(1 for j in range(len(self.jobs))
+                   if (j not in chosen or chosen[j].end > self.jobs[j].deadline_slot) and self.hopeless(j))
 
 
     def fifo(self) -> dict[int, Option]:
