@@ -156,9 +156,6 @@ class Planning:
         self.improving = False
         self._stale = 0  # replans in a row that did not improve: two end the run of extra replans
         self.last_problem: Problem | None = None
-        # How much of planner.wait_pct_per_h the last plan priced waiting at (busy_share): between 0 and 1 it moves
-        # with the backlog, which every end and every hour change
-        self.wait_share = 0.0
         self.last_solution: Solution | None = None
         self.last_previous: dict[str, tuple[int, tuple[tuple[int, int], ...], tuple[int, ...]]] = {}
         # the last replan's GPU-slot prices from its grid's start: the next replan's relaxation goes on from them
@@ -176,6 +173,13 @@ class Planning:
                 log.error("forecast unavailable, planning without prices: %s", exc)
             self.forecast_error = str(exc)
             return [1.0] * horizon, [1.0] * horizon
+
+    @property
+    def wait_share(self) -> float:
+        """How much of planner.wait_pct_per_h the last plan priced waiting at (busy_share): between 0 and 1 it moves
+        with the backlog, which every end and every hour change."""
+        per_h = self.config.planner.wait_pct_per_h
+        return self.last_problem.wait_pct_per_h / per_h if self.last_problem is not None and per_h > 0 else 0.0
 
     def replan(self, now: datetime, grid0: datetime, queued: list[Job],
                free: dict[str, list[int]] | Callable[[int], dict[str, list[int]]],
@@ -262,7 +266,7 @@ class Planning:
                           tuple(price), tuple(carbon), tuple(pjobs), settings.objective,
                           tuple(max(0, c) for c in capacity),
                           slot0_elapsed_minutes=max(0.0, min(now - grid0, slot) / timedelta(minutes=1)), nodes=nodes,
-                          wait_pct_per_h=settings.wait_pct_per_h * (share := busy_share(pjobs, capacity, slot_h)))
+                          wait_pct_per_h=settings.wait_pct_per_h * busy_share(pjobs, capacity, slot_h))
         problem = with_urgent_pinned(problem, [j for j, job in enumerate(planned_jobs) if job.urgent])
         solution = solve(problem, settings.time_limit_s, previous, settings.hysteresis_pct / 100,
                          prices=prices_on(self._prices, grid0, slot, horizon))
@@ -279,7 +283,6 @@ class Planning:
             self._stale = self._stale + 1 if cut_off else STALE_REPLANS
         # for bench/replans.py and the tests
         self.last_problem, self.last_solution, self.last_previous = problem, solution, previous
-        self.wait_share = share if settings.wait_pct_per_h > 0 else 0.0
         self.improving = self._stale < STALE_REPLANS
         costing = Costing(problem)
         updates: dict[int, dict[str, Any]] = {}

@@ -141,11 +141,8 @@ class Planner:
         """Whether no plan brings job ``j`` on time: not even with every GPU the running jobs leave free to itself.
         Moving other queued jobs cannot help it, so repair does not try (an overloaded replan spent most of its
         time there), and such jobs are the fewest late jobs any plan can have."""
-        if j not in self._hopeless:
-            previous = self.previous.pop(j, None)  # a late previous run would pass for the best option
+        if j not in self._hopeless:  # (a late previous run comes back only where no on-time option fits)
             option = self.best_option(j, self.costing.capacity)
-            if previous is not None:
-                self.previous[j] = previous
             self._hopeless[j] = option is None or option.late
         return self._hopeless[j]
 
