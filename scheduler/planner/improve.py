@@ -153,50 +153,26 @@ def candidates(planner: Planner, chosen: dict[int, Option], relaxation: Prices |
 
 def milp(planner: Planner, columns: dict[int, list[Option]], capacity: np.ndarray, warm: dict[int, Option],
          time_limit_s: float) -> tuple[dict[int, Option] | None, str]:
-    """Choose one option per job in ``columns`` within ``capacity``; None when no plan was found.
-
-    GPUs in use are a running sum: a variable per slot, the load, changes by what starts and ends there, and is
-    bounded by the slot's capacity. A run then has two nonzeros per segment (its start and its end) instead of one per
-    slot it covers: 9 jobs of 36 h runs on 15-minute slots were 84,000 nonzeros, and HiGHS's presolve of them took
-    the whole 0.3-0.5 s a replan gave it. The relaxation is the same (the load is a linear map of the choices)."""
+    """Choose one option per job in ``columns`` within ``capacity``; None when no plan was found."""
     jobs = sorted(columns)
     flat = [(j, o) for j in jobs for o in columns[j]]
     if not flat or time_limit_s <= 0.05:
         return None, "skipped"
-    # skipped by the size of the model it replaced (what SOLVE_NNZ_PER_S was measured on): a larger MILP that the
-    # sparse model would now start is left to the neighbourhoods, as before
     if sum(len(o.slots()) + 1 for _j, o in flat) > time_limit_s * SOLVE_NNZ_PER_S:
         return None, "skipped: too large to solve in the time"
     horizon, row_of = planner.costing.horizon, {j: r for r, j in enumerate(jobs)}
-    n_jobs = len(jobs)
     starts, index, value, costs, hint = [0], [], [], [], []
-    load = np.zeros(horizon)
     for j, option in flat:
-        change: dict[int, float] = {}
-        for i, (a, b) in enumerate(option.segments):
-            g = float(planner.jobs[j].modes[option.mode_at(i)].gpus)
-            change[a] = change.get(a, 0.0) - g  # load_t - load_(t-1) - starting + ending = 0
-            if b < horizon:
-                change[b] = change.get(b, 0.0) + g
-        rows = sorted(t for t, v in change.items() if v)
-        index += [row_of[j], *(n_jobs + t for t in rows)]
-        value += [1.0, *(change[t] for t in rows)]
+        slots = option.slots()
+        index += [row_of[j], *(len(jobs) + slots).tolist()]
+        value += [1.0] + option.gpus(planner.jobs[j]).astype(float).tolist()
         starts.append(len(index))
         costs.append(planner.price(option))
-        warmed = warm.get(j) is option
-        hint.append(1.0 if warmed else 0.0)
-        if warmed:
-            np.add.at(load, option.slots(), option.gpus(planner.jobs[j]))
-    for t in range(horizon):  # the load columns: +1 in their slot's row, -1 in the next one's
-        index += [n_jobs + t, *([n_jobs + t + 1] if t + 1 < horizon else [])]
-        value += [1.0, *([-1.0] if t + 1 < horizon else [])]
-        starts.append(len(index))
-    ones = np.ones(n_jobs)
-    lp = column_lp(np.concatenate([costs, np.zeros(horizon)]),
-                   np.concatenate([np.ones(len(flat)), capacity.astype(float)]),
-                   np.concatenate([ones, np.zeros(horizon)]), np.concatenate([ones, np.zeros(horizon)]),
-                   np.asarray(starts), np.asarray(index), np.asarray(value),
-                   integer=[True] * len(flat) + [False] * horizon)
+        hint.append(1.0 if warm.get(j) is option else 0.0)
+    ones = np.ones(len(jobs))
+    lp = column_lp(np.asarray(costs), np.ones(len(flat)), np.concatenate([ones, np.full(horizon, -np.inf)]),
+                   np.concatenate([ones, capacity.astype(float)]), np.asarray(starts), np.asarray(index),
+                   np.asarray(value), integer=True)
     h = new_highs(time_limit_s)
     # The gap is relative to the energy cost alone: late penalties dwarf it, and a relative gap of the whole
     # objective let HiGHS stop at any plan within several late slots of the optimum.
@@ -204,20 +180,19 @@ def milp(planner: Planner, columns: dict[int, list[Option]], capacity: np.ndarra
     h.setOptionValue("mip_rel_gap", 0.0)
     h.setOptionValue("mip_abs_gap", max(1e-6, 1e-4 * real))
     h.passModel(lp)
-    if sum(hint) == n_jobs:
+    if sum(hint) == len(jobs):
         import highspy
 
         solution = highspy.HighsSolution()
-        solution.col_value = [*hint, *load.tolist()]
+        solution.col_value = hint
         solution.value_valid = True
         h.setSolution(solution)
     h.run()
     status = h.modelStatusToString(h.getModelStatus())
     if h.getInfo().primal_solution_status != 2:  # no feasible point
         return None, status
-    values = h.getSolution().col_value
-    picked = {j: option for (j, option), v in zip(flat, values[:len(flat)]) if v > 0.5}
-    return (picked if len(picked) == n_jobs else None), status
+    picked = {j: option for (j, option), v in zip(flat, h.getSolution().col_value) if v > 0.5}
+    return (picked if len(picked) == len(jobs) else None), status
 
 
 def neighbourhoods(planner: Planner, chosen: dict[int, Option], columns: list[list[Option]] | Columns,
