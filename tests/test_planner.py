@@ -339,6 +339,23 @@ def test_a_converged_replan_returns_before_its_limit_and_says_why() -> None:
     assert time.monotonic() - began < 150 and stats["lns_sweeps"] >= 2  # two sweeps without a gain end it
 
 
+def test_the_neighbourhood_search_solves_a_group_once_while_the_plan_stands() -> None:
+    """On no more jobs than a group holds, every group (each late job's, and the sweep's) is all of them: sweeps that
+    gain nothing solve that MILP once, not once per group and sweep (an 8-job replan solved it 16 times)."""
+    import time
+
+    from scheduler.planner.improve import candidates, neighbourhoods
+    from scheduler.planner.solve import Planner
+
+    planner = Planner(_busy_day(7, 12, 4))
+    chosen = planner.fifo()
+    columns, _truncated = candidates(planner, chosen, None, math.inf, 3000)
+    neighbourhoods(planner, chosen, columns, time.monotonic() + 60, {})  # to where it gains nothing more
+    stats: dict = {}
+    assert not neighbourhoods(planner, chosen, columns, time.monotonic() + 60, stats)
+    assert stats["lns_sweeps"] == 2 and stats["lns_windows"] == 1, stats
+
+
 def test_neighbourhood_search_keeps_every_rule_and_never_loses() -> None:
     import time
 

@@ -209,6 +209,9 @@ def neighbourhoods(planner: Planner, chosen: dict[int, Option], columns: list[li
     for option in chosen.values():
         planner._take(option, free)
     moved, stale, sweep_no = False, 0, 0
+    # Groups solved since the plan last changed: solving one again gives the same answer. On a few jobs every late
+    # job's group is all of them, and an 8-job replan solved the same MILP 16 times before its sweeps went stale.
+    solved: set[frozenset[int]] = set()
     while time.monotonic() < deadline_s - 0.2 and stale < 2:
         gained = False
         order = sorted(chosen, key=lambda j: (chosen[j].start, j))
@@ -229,8 +232,9 @@ def neighbourhoods(planner: Planner, chosen: dict[int, Option], columns: list[li
             if time.monotonic() >= deadline_s - 0.2:
                 break
             freed = [j for j in freed if j in chosen]
-            if len(freed) < 2:
+            if len(freed) < 2 or frozenset(freed) in solved:
                 continue
+            solved.add(frozenset(freed))
             capacity = free.copy()
             for j in freed:
                 planner._take(chosen[j], capacity, +1)
@@ -250,6 +254,7 @@ def neighbourhoods(planner: Planner, chosen: dict[int, Option], columns: list[li
                 for j in freed:
                     planner._take(chosen[j], free)
                 gained = moved = True
+                solved.clear()
             if status == "Optimal" and took < 0.3 * step_s:
                 size = min(n, size + max(1, size // 4))
             elif status != "Optimal" and status != "skipped":
