@@ -893,3 +893,22 @@ def test_a_job_no_plan_brings_on_time_is_counted_as_late_in_every_plan_and_not_r
     assert planner.lateness(fifo)[0] >= 2 and planner.fewest_late(fifo) == 1
     solution = solve(p, 2.0)
     assert set(solution.late) == {"hopeless"}, solution.late
+
+
+def test_an_overloaded_online_queue_is_planned_by_construction_alone_and_keeps_its_jobs_on_time() -> None:
+    """Waiting has a price (the daemon's backlog is over a day's work) and FIFO leaves a job late that another order
+    keeps on time: the replan ends after construction, whose reordering still brings that job on time. Offline (no
+    price of waiting), or where FIFO is late only for jobs no plan saves, the improvement runs."""
+    first = PJob("first", 0, 8, 4.0, ONE)
+    crowded = PJob("crowded", 0, 3, 2.0, ONE)  # FIFO runs it after "first": late; first-come second is on time
+    prices = [50.0, 60.0, 40.0, 30.0, 50.0, 20.0, 60.0, 70.0]
+    online = dataclasses.replace(problem(prices, [first, crowded]), wait_pct_per_h=5.0)
+    s = solve(online, 2.0)
+    assert not s.late and s.plan["crowded"][0].end_slot <= 3, s.plan
+    assert [p["phase"] for p in s.phases] == ["queues", "pricing", "construction", "milp"], s.phases
+    assert "overloaded" in str(s.phases[-1]["note"])
+    offline = solve(problem(prices, [first, crowded]), 2.0)
+    assert "overloaded" not in str(offline.phases[3]["note"]) and not offline.late, offline.phases
+    calm = solve(dataclasses.replace(problem(prices, [first, PJob("calm", 0, 8, 2.0, ONE)], gpus=2),
+                                     wait_pct_per_h=5.0), 2.0)
+    assert "overloaded" not in str(calm.phases[3]["note"]), calm.phases
