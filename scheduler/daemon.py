@@ -237,6 +237,24 @@ class Daemon:
             return True
         return any((end := run_end(j)) is not None and end < now for j in self.store.jobs([JobState.RUNNING]))
 
+    def next_look(self, now: datetime) -> datetime:
+        """The next time a look could act with nothing new observed (no arrival, end or request wakes it): a planned
+        start, a run's planned end or segment end and the boundary after it, the boundary of the six-hourly replan,
+        or the next boundary where a job has no plan or a start has passed. A replay ticks only then and at its
+        events (at every boundary, a contentious week's 1,028 ticks read the store about 7,000 times); a live daemon
+        looks every tick anyway."""
+        slot = timedelta(minutes=self.config.planner.slot_minutes)
+        boundary = floor_to(now, slot) + slot
+        queued = self.store.jobs(QUEUED)
+        if self._planned_grid is None or any(j.state == JobState.PENDING or j.planned_start is None for j in queued):
+            return boundary
+        due = [self._planned_grid + REPLAN_AT_LEAST_EVERY, *(j.planned_start for j in queued if j.planned_start)]
+        for job in self.store.jobs([JobState.RUNNING]):
+            end = run_end(job)
+            if end is not None:
+                due += [end, floor_to(end, slot) + slot]
+        return min(d if d > now else boundary for d in due)
+
     def _may_improve(self, now: datetime, queued: list[Job]) -> bool:
         """Replan once more from the last plan while that still improves it, unless a planned start is near enough
         for the replan to delay it."""

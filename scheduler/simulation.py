@@ -3,8 +3,8 @@
 The daemon (daemon.py: its ticks, replans, hysteresis, elastic segments, priority preemption, the config) runs
 unchanged against the simulated executor (executor/sim.py) and a real SQLite store in a scratch directory. Each
 job is submitted at its recorded submit time and sees only the forecast as it would have been known (perfect,
-persistence or noisy); ticks happen at arrivals, run ends, slot boundaries and the daemon's own improving replans,
-all on whole minutes. Everything is priced afterwards on the realised signals, by the planner's own evaluator:
+persistence or noisy); ticks happen at arrivals, run ends, the daemon's own improving replans and the slot
+boundaries where something is due (Daemon.next_look), all on whole minutes. Everything is priced afterwards on the realised signals, by the planner's own evaluator:
 
 - the executed schedule, as a plan on a 1-minute grid (every run's minutes, in its mode);
 - run-now (FIFO, each job in its requested mode as soon as GPUs allow) and the hindsight plan (`gsched plan` on
@@ -221,7 +221,6 @@ class Replay:
         self.config = dataclasses.replace(config, daemon=dataclasses.replace(config.daemon,
                                                                              calibrate_when_idle=False))
         settings = self.config.planner
-        self.slot = timedelta(minutes=settings.slot_minutes)
         self.home, self.capacity = home, capacity
         self.store = Store(home / "gsched.db")
         self.clock = SimClock(start)
@@ -257,7 +256,7 @@ class Replay:
         """The next time the daemon must look: a slot boundary, ``arrival``, a run's end, a checkpoint asked for,
         or the next replan while replans improve."""
         t = self.clock.now()
-        nxt = [floor_to(t, self.slot) + self.slot]
+        nxt = [_ceil_minute(self.daemon.next_look(t))]
         if arrival is not None:
             nxt.append(arrival)
         end = self.executor.next_end()

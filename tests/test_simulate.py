@@ -423,3 +423,15 @@ def test_a_job_ending_when_its_plan_said_does_not_replan(tmp_path: Path) -> None
     report = simulate(history, config, TraceProvider(), ForecastMode("perfect"), Capacity.constant(1), 1.0).report
     assert report["complete"] and not report["unfinished"], report
     assert report["replans"] < 11, report["replans"]  # 11 of the 12 ends leave jobs queued
+
+
+def test_a_replay_ticks_where_something_is_due_not_at_every_slot_boundary(tmp_path: Path) -> None:
+    """A job that waits hours for a cheap window: the replay looks at its arrival, its planned start, its end and
+    the six-hourly replans, not at each of the quarter hours in between, and the job still starts when planned."""
+    (tmp_path / "h.csv").write_text("id,submit,user,gpus,run_time,max_delay\nwaits,2026-06-01T06:05:00Z,ann,1,1h,40h\n")
+    history = load_history(tmp_path / "h.csv", DeadlinePolicy())
+    result = simulate(history, quick_config(0.3), TraceProvider(), ForecastMode("perfect"), Capacity.constant(1), 1.0)
+    assert result.report["complete"], result.report
+    waited_min = min(s.start_slot for s in result.plan["1"])  # minutes from the first slot, 06:00
+    assert waited_min >= 6 * 60, result.plan  # the cheap window is hours away: dozens of boundaries passed
+    assert result.report["ticks"] < 12 + waited_min // (6 * 60), (result.report["ticks"], waited_min)
