@@ -276,14 +276,7 @@ class Planning:
         self.replans += 1
         self.last_plan = {"solve_s": solution.stats["solve_s"], "jobs": len(pjobs),
                           "gap_to_bound": solution.stats.get("gap_to_bound")}
-        if improving(solution.stats, settings.time_limit_s):
-            self._stale = 0
-        else:  # two in a row without gain end it; one that ended before its limit, or left jobs late, at once
-            # (late jobs' runs are pinned to FIFO's starts after the search, so the next replan does not go on from
-            # where this one's search ended: on a contentious week such replans alternated between 6 late jobs and
-            # 7 with fewer late slots, each "improving" on the other, 28 of its 120 replans)
-            cut_off = float(solution.stats["solve_s"]) >= 0.8 * settings.time_limit_s
-            self._stale = self._stale + 1 if cut_off and not solution.late else STALE_REPLANS
+        self._stale = stale_after(self._stale, solution.stats, bool(solution.late), settings.time_limit_s)
         # for bench/replans.py and the tests
         self.last_problem, self.last_solution, self.last_previous = problem, solution, previous
         self.improving = self._stale < STALE_REPLANS
@@ -414,6 +407,16 @@ def busy_share(jobs: list[PJob], capacity: list[int], slot_h: float) -> float:
         return 1.0 if jobs else 0.0
     gpu_h = sum(j.modes[j.requested_mode].gpus * j.work / j.modes[j.requested_mode].rate for j in jobs)
     return min(1.0, max(0.0, (gpu_h / free - BUSY_FROM_H) / (BUSY_FULL_H - BUSY_FROM_H)))
+
+
+def stale_after(stale: int, stats: dict[str, Any], late: bool, limit_s: float) -> int:
+    """Replans in a row without gain, after this one: two end the improving replans; one that ended before its
+    limit, or left jobs late, ends them at once. (Late jobs' runs are pinned to FIFO's starts after the search, so
+    the next replan does not go on from where this one's search ended: on a contentious week such replans
+    alternated between 6 late jobs and 7 with fewer late slots, each "improving" on the other, 28 of 120.)"""
+    if improving(stats, limit_s):
+        return 0
+    return stale + 1 if float(stats["solve_s"]) >= 0.8 * limit_s and not late else STALE_REPLANS
 
 
 def improving(stats: dict[str, Any], limit_s: float) -> bool:

@@ -912,3 +912,19 @@ def test_an_overloaded_online_queue_is_planned_by_construction_alone_and_keeps_i
     calm = solve(dataclasses.replace(problem(prices, [first, PJob("calm", 0, 8, 2.0, ONE)], gpus=2),
                                      wait_pct_per_h=5.0), 2.0)
     assert "overloaded" not in str(calm.phases[3]["note"]), calm.phases
+
+
+def test_improving_replans_end_at_a_plan_that_leaves_jobs_late_and_gains_nothing() -> None:
+    """The daemon replans again from its last plan while that improves it; one cut-off replan without gain may be
+    followed by one that gains, unless it leaves jobs late (its late runs were re-placed after the search, so the
+    next does not go on from where it ended) or ended before its limit."""
+    from scheduler.planning import STALE_REPLANS, stale_after
+
+    def stats(late_jobs: int, objective: float, solve_s: float = 1.0) -> dict:
+        return {"solve_s": solve_s, "previous_late_jobs": 6, "previous_late_slots": 199, "previous_objective": 100.0,
+                "late_jobs": late_jobs, "late_slots": 131 if late_jobs == 7 else 199, "objective_priced": objective}
+
+    assert stale_after(1, stats(5, 100.0), True, 1.0) == 0  # fewer late jobs: improving, late or not
+    assert stale_after(0, stats(6, 100.0), False, 1.0) == 1  # no gain, cut off, none late: one more may follow
+    assert stale_after(0, stats(7, 90.0), True, 1.0) == STALE_REPLANS  # 6 late -> 7: no gain, late: ends at once
+    assert stale_after(0, stats(6, 100.0, solve_s=0.2), False, 1.0) == STALE_REPLANS  # ended early: converged
