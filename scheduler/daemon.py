@@ -304,8 +304,13 @@ class Daemon:
         for job in self.store.jobs([JobState.RUNNING]):
             in_use[job.owner_uid] = in_use.get(job.owner_uid, 0) + (job.gpus or 0)
         cap = 0 if holds else self.config.limits.max_gpus_per_user  # on Slurm, its QOS limits users
+        # A job planned late (it cannot meet its deadline) starts as early as the devices allow: where a run ends
+        # in the slot before its planned start, at once, not at the boundary (a queue of late jobs lost up to a slot
+        # at every hand-over, and each start pushed back the next).
+        soon = floor_to(now, timedelta(minutes=self.config.planner.slot_minutes)) + timedelta(
+            minutes=self.config.planner.slot_minutes)
         due = [j for j in queued if j.state == JobState.PLANNED and j.planned_start and j.plan_json
-               and (holds or j.planned_start <= now)]
+               and (holds or j.planned_start <= now or (j.planned_start <= soon and _planned_late(j)))]
         for job in sorted(due, key=lambda j: (j.planned_start, j.id)):
             assert job.id is not None and job.plan_json is not None and job.planned_start is not None
             try:
@@ -321,6 +326,9 @@ class Daemon:
                     continue
                 if self._launch(job, mode, now):
                     in_use[job.owner_uid] = in_use.get(job.owner_uid, 0) + mode["gpus"]
+                    if job.planned_start > now and job.planned_end is not None:  # early: its planned end moves too
+                        self.store.update(job.id, planned_start=now,
+                                          planned_end=job.planned_end - (job.planned_start - now))
             except LaunchDeferred as exc:  # the executor refused this one for now: say why, go on with the others
                 log.error("job %s: %s", job.id, exc)
                 if job.plan_reason != str(exc):
@@ -501,3 +509,12 @@ def _slot_end(when: datetime, slot: timedelta) -> datetime:
     """The end of the slot ``when`` falls in (``when`` itself on a boundary): where the planner frees a run's devices."""
     start = floor_to(when, slot)
     return start if start == when else start + slot
+
+
+def _planned_late(job: Job) -> bool:
+    """Is the job planned past its deadline, in one run (a run that pauses at a segment's end keeps its times)?"""
+    try:
+        plan = json.loads(job.plan_json or "{}")
+    except ValueError:
+        return False
+    return bool(plan.get("late")) and not plan.get("pause_at")

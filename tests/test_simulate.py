@@ -435,3 +435,16 @@ def test_a_replay_ticks_where_something_is_due_not_at_every_slot_boundary(tmp_pa
     waited_min = min(s.start_slot for s in result.plan["1"])  # minutes from the first slot, 06:00
     assert waited_min >= 6 * 60, result.plan  # the cheap window is hours away: dozens of boundaries passed
     assert result.report["ticks"] < 12 + waited_min // (6 * 60), (result.report["ticks"], waited_min)
+
+
+def test_a_job_planned_late_starts_when_the_devices_free_not_at_the_next_boundary(tmp_path: Path) -> None:
+    """One GPU: a 50-minute run, then a job that cannot meet its deadline. Its plan starts it at the quarter hour
+    after the run's slot; it starts when the run ends, as FIFO would, ten minutes earlier."""
+    (tmp_path / "h.csv").write_text("id,submit,user,gpus,run_time,max_delay\n"
+                                    "first,2026-06-01T06:00:00Z,ann,1,50m,5m\n"
+                                    "late,2026-06-01T06:01:00Z,bo,1,1h,1m\n")
+    history = load_history(tmp_path / "h.csv", DeadlinePolicy())
+    result = simulate(history, quick_config(0.3), TraceProvider(), ForecastMode("perfect"), Capacity.constant(1), 1.0)
+    assert result.report["complete"], result.report
+    first, late = (min(s.start_slot for s in result.plan[k]) for k in ("1", "2"))  # minutes from 06:00
+    assert first == 0 and late == 50, result.plan
