@@ -326,7 +326,7 @@ class Daemon:
                     continue
                 if self._launch(job, mode, now):
                     in_use[job.owner_uid] = in_use.get(job.owner_uid, 0) + mode["gpus"]
-                    if job.planned_start > now and job.planned_end is not None:  # early: its planned end moves too
+                    if not holds and job.planned_start > now and job.planned_end is not None:  # early: so does its end
                         self.store.update(job.id, planned_start=now,
                                           planned_end=job.planned_end - (job.planned_start - now))
             except LaunchDeferred as exc:  # the executor refused this one for now: say why, go on with the others
