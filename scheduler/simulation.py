@@ -4,7 +4,8 @@ The daemon (daemon.py: its ticks, replans, hysteresis, elastic segments, priorit
 unchanged against the simulated executor (executor/sim.py) and a real SQLite store in a scratch directory. Each
 job is submitted at its recorded submit time and sees only the forecast as it would have been known (perfect,
 persistence or noisy); ticks happen at arrivals, run ends, the daemon's own improving replans and the slot
-boundaries where something is due (Daemon.next_look), all on whole minutes. Everything is priced afterwards on the realised signals, by the planner's own evaluator:
+boundaries where something is due (Daemon.next_look), all on whole minutes. Everything is priced afterwards on the
+realised signals, by the planner's own evaluator:
 
 - the executed schedule, as a plan on a 1-minute grid (every run's minutes, in its mode);
 - run-now (FIFO, each job in its requested mode as soon as GPUs allow) and the hindsight plan (`gsched plan` on
@@ -253,8 +254,8 @@ class Replay:
         return self.store.jobs([*QUEUED, JobState.RUNNING])
 
     def next_event(self, arrival: datetime | None = None) -> datetime:
-        """The next time the daemon must look: a slot boundary, ``arrival``, a run's end, a checkpoint asked for,
-        or the next replan while replans improve."""
+        """The next time the daemon must look: a slot boundary where something is due, ``arrival``, a run's end, a
+        checkpoint asked for, or the next replan while replans improve."""
         t = self.clock.now()
         nxt = [_ceil_minute(self.daemon.next_look(t))]
         if arrival is not None:
