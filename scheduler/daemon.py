@@ -307,8 +307,8 @@ class Daemon:
         # A job planned late (it cannot meet its deadline) starts as early as the devices allow: where a run ends
         # in the slot before its planned start, at once, not at the boundary (a queue of late jobs lost up to a slot
         # at every hand-over, and each start pushed back the next).
-        soon = floor_to(now, timedelta(minutes=self.config.planner.slot_minutes)) + timedelta(
-            minutes=self.config.planner.slot_minutes)
+        slot = timedelta(minutes=self.config.planner.slot_minutes)
+        soon = floor_to(now, slot) + slot
         due = [j for j in queued if j.state == JobState.PLANNED and j.planned_start and j.plan_json
                and (holds or j.planned_start <= now or (j.planned_start <= soon and _planned_late(j)))]
         for job in sorted(due, key=lambda j: (j.planned_start, j.id)):
