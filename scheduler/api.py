@@ -39,6 +39,7 @@ from scheduler.userpath import acting_ids, owner_dir, owner_which
 log = logging.getLogger("gsched.api")
 LOG_CHUNK = 1 << 20
 MAX_JOB_ID = 2**63 - 1
+MAX_SUBMIT_FILES = 1000  # job files in one submit
 SUBMIT_KEYS = {"text": str, "source": str, "base_dir": str, "urgent": bool, "environment": dict}
 
 
@@ -217,13 +218,35 @@ class Api:
         return 200, self.daemon.report(since, until, user)
 
     def submit(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
+        """One job file, or a list of them (``gsched submit A B ...``): all are checked before any is stored, and
+        they are stored together, so they are planned together (the demo's event clock has not moved between
+        them)."""
         daemon = self.daemon
         if daemon.uid != 0 and caller.uid not in (0, daemon.uid):
             owner = pwd.getpwuid(daemon.uid).pw_name
             raise PermissionDenied(f"this daemon runs as {owner}, not root: only {owner} and root may submit")
+        items = body if isinstance(body, list) else [body]
+        if not 1 <= len(items) <= MAX_SUBMIT_FILES:
+            raise InputError(f"request body: a list of 1..{MAX_SUBMIT_FILES} job objects, got {len(items)}")
+        limits = daemon.config.limits
+        if limits.max_queued_jobs_per_user and caller.uid != 0 \
+                and self.store.count_queued(caller.uid) + len(items) > limits.max_queued_jobs_per_user:
+            raise LimitExceeded(f"{caller.name} would have more than {limits.max_queued_jobs_per_user} jobs queued "
+                                f"(limits.max_queued_jobs_per_user); wait for some to start or cancel some")
+        checked = [self._checked(caller, item) for item in items]
+        now = daemon.clock.now()
+        jobs = [self.store.add_job(spec, owner_uid=caller.uid, owner_name=caller.name, urgent=urgent, now=now)
+                for spec, urgent in checked]
+        daemon.wake()
+        replies = [{"id": job.id, "name": job.name, "state": job.state.value} for job in jobs]
+        return 201, replies if isinstance(body, list) else replies[0]
+
+    def _checked(self, caller: Caller, body: Any) -> tuple[JobSpec, bool]:
+        """One job object of a submit, validated: its spec and whether it is urgent (--now)."""
+        daemon = self.daemon
         if not isinstance(body, dict):
             raise InputError('request body must be a JSON object {"text": job file contents, "source", "base_dir", '
-                             '"urgent"}')
+                             '"urgent"}, or a list of them')
         for key, value in body.items():
             if key not in SUBMIT_KEYS:
                 raise InputError(f"request body: {str(key)[:40]}: unknown key (known: {', '.join(SUBMIT_KEYS)})")
@@ -239,10 +262,6 @@ class Api:
         if not base_dir.is_absolute():
             raise InputError(f"request body: base_dir: must be an absolute path, got {str(base_dir)[:200]!r}")
         limits = daemon.config.limits
-        if limits.max_queued_jobs_per_user and caller.uid != 0 \
-                and self.store.count_queued(caller.uid) >= limits.max_queued_jobs_per_user:
-            raise LimitExceeded(f"{caller.name} already has {limits.max_queued_jobs_per_user} jobs queued "
-                                f"(limits.max_queued_jobs_per_user); wait for some to start or cancel some")
         uid, gid = acting_ids(caller.uid, caller.gid)
         spec = parse_job(body["text"], source=source, base_dir=base_dir, now=daemon.clock.now(),
                          default_max_delay_s=parse_duration_s(daemon.config.default_max_delay),
@@ -258,10 +277,7 @@ class Api:
         if limits.max_gpus_per_user and caller.uid != 0 and spec.gpus_min > limits.max_gpus_per_user:
             raise LimitExceeded(f"{source}: gpus: needs {spec.gpus_min} devices, limits.max_gpus_per_user is "
                                 f"{limits.max_gpus_per_user}")
-        job = self.store.add_job(spec, owner_uid=caller.uid, owner_name=caller.name, urgent=body.get("urgent", False),
-                                 now=daemon.clock.now())
-        daemon.wake()
-        return 201, {"id": job.id, "name": job.name, "state": job.state.value}
+        return spec, bool(body.get("urgent", False))
 
     def _owned(self, caller: Caller, id_text: str, action: str) -> Job:
         job = self.store.get(job_id(id_text))

@@ -70,20 +70,22 @@ def _main(config: Optional[Path] = typer.Option(None, "--config", help="config f
 
 
 @app.command()
-def submit(file: Path = typer.Argument(..., help="job file (TOML)"),
+def submit(files: list[Path] = typer.Argument(..., help="job file(s) (TOML); several are queued together or not "
+                                                         "at all"),
            now: bool = typer.Option(False, "--now", help="run as soon as devices are free; skip cheaper windows"),
-           parsable: bool = typer.Option(False, "--parsable", help="print only the job id")) -> None:
-    """Queue a job file; prints its id."""
+           parsable: bool = typer.Option(False, "--parsable", help="print only the job id(s), one a line")) -> None:
+    """Queue job files; prints their ids."""
     from scheduler.jobfile import read_job_file
 
     try:
-        text = read_job_file(file)
-        # The daemon validates it, on its own clock (accelerated in the demo), naming the file and the field.
+        texts = [(read_job_file(file), str(file), str(file.resolve().parent)) for file in files]
+        # The daemon validates them, on its own clock (accelerated in the demo), naming the file and the field.
         with _client() as client:
-            reply = client.submit(text, str(file), str(file.resolve().parent), urgent=now)
+            replies = client.submit(texts, urgent=now)
     except GschedError as exc:
         _fail(exc)
-    print(reply["id"] if parsable else f"Submitted job {reply['id']} ({reply['name']})")
+    for reply in replies:
+        print(reply["id"] if parsable else f"Submitted job {reply['id']} ({reply['name']})")
 
 
 def _num(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
@@ -400,7 +402,7 @@ def profile(file: Path = typer.Argument(..., help="job file of a workload, or of
             runs = []
             for n, precision, pruning in calibration_modes(spec, len(client.devices())):
                 mode, derived = calibration_job(spec, "profile", n, precision, pruning, steps)
-                reply = client.submit(derived, f"{file} ({mode})", spec.workdir, urgent=True)
+                reply = client.submit([(derived, f"{file} ({mode})", spec.workdir)], urgent=True)[0]
                 runs.append((n, precision, pruning, reply["id"]))
                 print(f"calibrating {spec.name} in {mode}: job {reply['id']}", file=sys.stderr)
             rows = []

@@ -63,13 +63,16 @@ class Client:
     def job(self, job_id: int) -> dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{job_id}").json()
 
-    def submit(self, text: str, source: str, base_dir: str, urgent: bool = False) -> dict[str, Any]:
+    def submit(self, files: list[tuple[str, str, str]], urgent: bool = False) -> list[dict[str, Any]]:
+        """Queue job files, each (text, source, base_dir): one job object, or a list of them stored together."""
         from scheduler.environment import client_environment
 
         # The job runs in the submitter's environment (what its job file's export keeps), as sbatch and pueue do.
-        body = {"text": text, "source": source, "base_dir": base_dir, "urgent": urgent,
-                "environment": client_environment()}
-        return self._request("POST", "/v1/jobs", json=body).json()
+        environment = client_environment()
+        bodies = [{"text": text, "source": source, "base_dir": base_dir, "urgent": urgent,
+                   "environment": environment} for text, source, base_dir in files]
+        reply = self._request("POST", "/v1/jobs", json=bodies[0] if len(bodies) == 1 else bodies).json()
+        return reply if isinstance(reply, list) else [reply]
 
     def cancel(self, job_id: int) -> dict[str, Any]:
         return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()

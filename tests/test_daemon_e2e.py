@@ -107,7 +107,7 @@ def test_concurrent_submits_none_lost_or_duplicated(daemon: DaemonProc, tmp_path
         f"text = Path({str(path)!r}).read_text()\n"
         "def one(i):\n"
         f"    with Client(Path({str(daemon.socket)!r})) as c:\n"
-        "        return c.submit(text, 'tiny.toml', '/tmp')['id']\n"
+        "        return c.submit([(text, 'tiny.toml', '/tmp')])[0]['id']\n"
         "with cf.ThreadPoolExecutor(10) as pool:\n"
         "    print(' '.join(str(i) for i in pool.map(one, range(50))))\n"
     )

@@ -120,7 +120,7 @@ def test_daemon_validates_too(daemon: DaemonProc, tmp_path: Path) -> None:
     from scheduler.errors import InputError
 
     with Client(daemon.socket) as client, pytest.raises(InputError, match="gpus.min"):
-        client.submit('command = ["true"]\nduration = "1m"\ngpus = {min = 2, max = 1}\n', "x.toml", str(tmp_path))
+        client.submit([('command = ["true"]\nduration = "1m"\ngpus = {min = 2, max = 1}\n', "x.toml", str(tmp_path))])
     good = write_job(tmp_path, "ok", 'command = ["true"]\nduration = "1m"\n')
     assert daemon.submit(good) == 1
 
