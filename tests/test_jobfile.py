@@ -125,6 +125,20 @@ def test_daemon_validates_too(daemon: DaemonProc, tmp_path: Path) -> None:
     assert daemon.submit(good) == 1
 
 
+def test_several_job_files_are_queued_together_or_not_at_all(daemon: DaemonProc, tmp_path: Path) -> None:
+    first = write_job(tmp_path, "first", 'command = ["true"]\nduration = "1m"\nmax_delay = "6h"\n')
+    bad = write_job(tmp_path, "bad", 'command = ["true"]\nduration = "1m"\ngpus = 7\n')
+    refused = daemon.cli("submit", str(first), str(bad))
+    assert refused.returncode == 2 and str(bad) in refused.stderr and "gpus" in refused.stderr, refused.stderr
+    assert json.loads(daemon.cli("status", "--json", check=True).stdout)["jobs"] == []
+    second = write_job(tmp_path, "second", 'command = ["true"]\nduration = "1m"\nmax_delay = "6h"\n')
+    queued = daemon.cli("submit", "--parsable", str(first), str(second))
+    assert queued.returncode == 0 and queued.stdout.split() == ["1", "2"], queued
+    shown = [daemon.show(1), daemon.show(2)]
+    assert [j["name"] for j in shown] == ["first", "second"]
+    assert shown[0]["submitted_at"] == shown[1]["submitted_at"]
+
+
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.toml")))
 def test_one_mistake_in_a_shipped_job_file_is_one_error_naming_its_field(example: str) -> None:
     """Each field of a shipped example set to a wrong value: exactly one error, naming that field (a gpus.min above
