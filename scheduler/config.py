@@ -38,6 +38,7 @@ class DaemonSettings:
     kill_grace_s: float = 10.0
     clock_speed: float = 1.0
     clock_origin: str = ""
+    event_clock: bool = False
     log_level: str = "info"
     calibrate_when_idle: bool = True
     calibrate_after_idle_s: float = 60.0
@@ -203,6 +204,8 @@ class Config:
             (0 <= self.executor.requeue_grace_s <= 3600, "executor.requeue_grace_s", "must be in 0..3600"),
             (self.executor.kind != "slurm" or self.daemon.clock_speed == 1.0, "daemon.clock_speed",
              "must be 1.0 with executor.kind = \"slurm\" (Slurm runs on the wall clock)"),
+            (not self.daemon.event_clock or self.executor.kind == "local", "daemon.event_clock",
+             "needs executor.kind = \"local\" (the daemon must see each run end to move its clock)"),
             (self.daemon.calibrate_after_idle_s >= 0, "daemon.calibrate_after_idle_s", "must be >= 0"),
             (self.daemon.calibration_s > 0, "daemon.calibration_s", "must be > 0"),
             (self.daemon.max_log_mb > 0, "daemon.max_log_mb", "must be > 0"),

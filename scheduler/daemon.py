@@ -22,7 +22,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from scheduler import __version__
-from scheduler.clock import Clock
+from scheduler.clock import Clock, EventClock
 from scheduler.config import Config, Paths
 from scheduler.errors import Conflict, GschedError, NotFound, StoreError
 from scheduler.executor.base import Broken, Ended, Executor, LaunchDeferred, Observation, Started
@@ -83,14 +83,25 @@ class Daemon:
         self._calibrated: set[tuple[str, int, str, str]] = set()  # modes measured while idle in this run
         self._calibration_scan = True  # a job ended since the last look for unmeasured modes
         self._scheduler: BackgroundScheduler | None = None
+        # An event clock (the demo) moves with the runs: each run ends at its planned end on it (drive_events)
+        self._events = isinstance(clock, EventClock)
+        self._held: dict[int, Ended] = {}  # runs that ended before their planned end, reported at it
+        self._woken = threading.Event()
+        self._driver: threading.Thread | None = None
+        if self._events:
+            self.profiles.learning = False  # a run's time on this clock is its plan's, so it measures nothing
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def start(self) -> None:
         self.recover()
         self._scheduler = BackgroundScheduler(timezone=timezone.utc)  # in-memory job store: ticks only
-        self._scheduler.add_job(self.tick, "interval", seconds=self.config.daemon.tick_s, id="tick",
-                                max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
+        if self._events:
+            self._driver = threading.Thread(target=self.drive_events, name="event-clock", daemon=True)
+            self._driver.start()
+        else:
+            self._scheduler.add_job(self.tick, "interval", seconds=self.config.daemon.tick_s, id="tick",
+                                    max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
         refresh = getattr(self.provider, "refresh", None)
         if refresh is not None:  # live providers: fetch now, then every forecast.refresh_minutes
             self._scheduler.add_job(self._refresh_forecast, "interval", id="forecast", max_instances=1,
@@ -108,6 +119,10 @@ class Daemon:
     def stop(self) -> None:
         """Stop ticking. Running jobs are left alone: they outlive us and are recovered at the next start."""
         self._stopping.set()  # a tick in flight finishes its pass and does not start another
+        self._woken.set()
+        if self._driver is not None:
+            self._driver.join()
+            self._driver = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
@@ -116,9 +131,10 @@ class Daemon:
     def wake(self) -> None:
         """Replan and tick soon: after a submit, a cancel or a job's end."""
         self._dirty.set()
+        self._woken.set()
         if self._tick_lock.locked():
             self._again.set()
-        elif self._scheduler is not None:
+        elif self._scheduler is not None and not self._events:
             try:
                 self._scheduler.modify_job("tick", next_run_time=datetime.now(timezone.utc))
             except Exception:  # the scheduler is shutting down
@@ -158,12 +174,75 @@ class Daemon:
                 self._again.clear()
                 try:
                     now = self.clock.now()
-                    self._apply(self.executor.poll(self._followed(), now), now)
+                    self._apply(self._on_clock(self.executor.poll(self._followed(), now), now), now)
                     self.plan_and_dispatch(now)
                 except Exception:  # a tick must never kill the daemon; the next one retries
                     log.exception("tick failed")
                 if not self._again.is_set() or self._stopping.is_set():
                     break
+
+    # --- the event clock (the demo) ---------------------------------------------------------------------------
+
+    def drive_events(self) -> None:
+        """Move the event clock: look, then wait for the next due moment (at the clock's pace; a request looks again
+        at once), hold there while a run planned to end by then is still working, and move the clock to it. With
+        nothing queued or running the clock stands still, so jobs submitted together are planned together."""
+        assert isinstance(self.clock, EventClock)
+        clock = self.clock
+        while not self._stopping.is_set():
+            self.tick()
+            now = clock.now()
+            if not self.store.jobs([*QUEUED, JobState.RUNNING]):
+                self._woken.wait()
+                self._woken.clear()
+                continue
+            target = self.next_look(now)
+            if self._woken.wait((target - now).total_seconds() / clock.speed):
+                self._woken.clear()
+                continue
+            while not self._stopping.is_set() and self._working_until(target):
+                self._woken.wait(0.2)  # a run's end wakes it (executor.notify)
+                self._woken.clear()
+                self.tick()
+            if not self._stopping.is_set():
+                clock.advance(target)
+
+    def _working_until(self, target: datetime) -> bool:
+        """Is a run planned to end by ``target`` still working (its end not yet seen)?"""
+        return any(j.id not in self._held and (end := run_end(j)) is not None and end <= target
+                   for j in self.store.jobs([JobState.RUNNING]))
+
+    def _on_clock(self, observations: list[Observation], now: datetime) -> list[Observation]:
+        """On an event clock, a run that ends by itself ends at its planned end: one that ended sooner is held until
+        the clock gets there, and its time and energy are its plan's (the planner's power model over that time,
+        energy_source "model"). A run the daemon stopped (cancel, requeue, pause) ends when it stopped."""
+        if not self._events:
+            return observations
+        out: list[Observation] = []
+        for obs in observations:
+            job = self._job_or_none(obs.job_id) if isinstance(obs, Ended) else None
+            if isinstance(obs, Ended) and job is not None and run_end(job) is not None \
+                    and not (job.cancel_requested or job.preempt_requested or obs.said):
+                self._held[obs.job_id] = obs
+            else:
+                out.append(obs)
+        for job_id, obs in list(self._held.items()):
+            job = self._job_or_none(job_id)
+            end = run_end(job) if job is not None and job.state == JobState.RUNNING else None
+            if end is None or end <= now:
+                del self._held[job_id]
+                out.append(self._as_planned(job, obs, end) if job is not None and end is not None else obs)
+        return out
+
+    def _as_planned(self, job: Job, obs: Ended, end: datetime) -> Ended:
+        if not isinstance(obs.raw, dict) or job.started_at is None or not job.plan_json:
+            return obs
+        mode = json.loads(job.plan_json)["mode"]
+        span_s = max(0.0, (end - job.started_at).total_seconds())
+        watts = int(mode.get("gpus") or job.gpus or 1) * float(mode.get("power_limit_w") or self.profiles.nominal_w())
+        raw = {**obs.raw, "duration_s": span_s / self.clock.speed, "energy_j": watts * span_s,
+               "energy_source": "model"}
+        return Ended(obs.job_id, raw, obs.said)
 
     def plan_and_dispatch(self, now: datetime) -> None:
         settings = self.config.planner
@@ -197,7 +276,7 @@ class Daemon:
                 free_now = {n: c[0] for n, c in free_per_node(offered, staying, now, grid0, slot, 1).items() if c}
                 self._preempt_for_priority(now, running, queued, free_now)
         self._dispatch(now, queued)
-        if self.config.daemon.calibrate_when_idle:
+        if self.config.daemon.calibrate_when_idle and not self._events:
             self._calibrate_when_idle(now, busy=bool(queued) or bool(self.store.jobs([JobState.RUNNING])))
 
     def _job_or_none(self, job_id: int) -> Job | None:

@@ -68,6 +68,7 @@ class Profiles:
                  clock_speed: float) -> None:
         self.config, self.store, self.devices = config, store, devices
         self.steps_per_s, self.clock_speed = steps_per_s, clock_speed
+        self.learning = True
 
     @property
     def kind(self) -> str:
@@ -98,7 +99,7 @@ class Profiles:
         Profiles are per owner, so no user's measurements change another user's plans; and a measurement far
         outside the default model (plausible_profile) is not kept at all, so no run makes its owner's own jobs
         unplannable either."""
-        if not spec.profile_key or not steps_per_s or duration_s < 1 or not job.plan_json or not job.gpus:
+        if not self.learning or not spec.profile_key or not steps_per_s or duration_s < 1 or not job.plan_json or not job.gpus:
             return
         mode = json.loads(job.plan_json)["mode"]
         if int(mode.get("nodes") or 1) > 1:

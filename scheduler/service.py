@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,14 +56,22 @@ def _raise_open_files() -> None:
             log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 
-def _clock(speed: float, origin: str, store: Any) -> Any:
-    """The daemon's clock. An accelerated one (the demo, tests) goes on from where it was after a restart, so
-    plans and deadlines keep their meaning: its origin is kept in the database."""
+def _clock(speed: float, origin: str, events: bool, store: Any) -> Any:
+    """The daemon's clock. An accelerated or event one (the demo, tests) goes on from where it was after a restart,
+    so plans and deadlines keep their meaning: its origin is kept in the database."""
     import time
 
-    from scheduler.clock import ScaledClock, SystemClock
+    from scheduler.clock import EventClock, ScaledClock, SystemClock
     from scheduler.timeutil import parse_rfc3339, rfc3339
 
+    if events:
+        setting = f"events {speed!r} {origin or '-'}"
+        kept = (store.meta("event_clock") or "").rsplit(" ", 1)
+        at = parse_rfc3339(kept[1]) if len(kept) == 2 and kept[0] == setting else (
+            parse_rfc3339(origin) if origin else datetime.now(timezone.utc))
+        event_clock = EventClock(speed, at, on_move=lambda to: store.set_meta("event_clock", f"{setting} {rfc3339(to)}"))
+        event_clock.on_move(at)
+        return event_clock
     if speed == 1.0 and not origin:
         return SystemClock()
     # kept: "SPEED CONFIGURED_ORIGIN VIRTUAL_AT WALL_AT"; a changed speed or clock_origin starts a new clock
@@ -126,7 +134,7 @@ def run_daemon(config: Config) -> None:
     os.chmod(paths.home, 0o711)  # others may reach the socket inside, not list or read the state
     _raise_open_files()
     store = Store(paths.db, check=True)
-    clock = _clock(config.daemon.clock_speed, config.daemon.clock_origin, store)
+    clock = _clock(config.daemon.clock_speed, config.daemon.clock_origin, config.daemon.event_clock, store)
     executor = build_executor(config, paths, store, clock)
     provider = forecast_provider(config, store, clock.now)
     daemon = Daemon(config, paths, store, clock, executor, provider,

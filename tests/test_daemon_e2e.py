@@ -9,9 +9,13 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
-from conftest import EXAMPLES, ROOT, DaemonProc, cli, write_job
+import pytest
+from conftest import EXAMPLES, ROOT, TEST_CONFIG, DaemonProc, cli, make_home, write_job
+
+from scheduler.timeutil import parse_rfc3339
 
 SHOW_FIELDS = {"id", "name", "owner", "state", "gpus", "submitted_at", "planned_start", "started_at", "finished_at",
                "exit_code", "energy_j", "energy_source", "cost_eur", "co2_g"}
@@ -260,3 +264,32 @@ def test_wait_on_a_job_planned_far_ahead_says_when_and_how_to_run_it_now(tmp_pat
     assert waited.returncode == 124 and time.monotonic() - started < 30, waited.stderr
     assert f"job {jid} is PLANNED to start at 2024-01-01T01:00:00Z, in 1.0 h" in waited.stderr, waited.stderr
     assert f"gsched cancel {jid}, then gsched submit --now" in waited.stderr, waited.stderr
+
+
+EVENT_CLOCK_CONFIG = TEST_CONFIG.replace("[daemon]\n", '[daemon]\nclock_speed = 600.0\nevent_clock = true\n'
+                                        'clock_origin = "2026-06-06T15:00:00Z"\n', 1)
+
+
+def test_on_the_event_clock_each_run_takes_its_planned_time_whatever_its_real_speed(tmp_path: Path) -> None:
+    """The demo's clock: jobs submitted together share a time, and a run ends at its planned end on the clock
+    whether its process took longer (a 2 s sleep planned for 1 s: 20 clock minutes at 600x) or far less (`true`
+    planned for 3 s), with the planner's model energy for that time. On a clock that ran on its own, the sleep
+    would end 10 minutes late and `true` 30 minutes early."""
+    d = DaemonProc(make_home(), EVENT_CLOCK_CONFIG)
+    slow = write_job(tmp_path, "slow", 'command = ["sleep", "2"]\nduration = "1s"\nmax_delay = "1h"\n')
+    quick = write_job(tmp_path, "quick", 'command = ["true"]\nduration = "3s"\nmax_delay = "1h"\n')
+    d.start()
+    try:
+        result = d.cli("submit", "--parsable", str(slow), str(quick))
+        assert result.returncode == 0, result.stderr
+        ids = [int(line) for line in result.stdout.split()]
+        jobs = [d.wait_state(i, {"COMPLETED", "FAILED"}, timeout_s=90) for i in ids]
+    finally:
+        d.stop()
+    assert [j["state"] for j in jobs] == ["COMPLETED", "COMPLETED"], jobs
+    assert jobs[0]["submitted_at"] == jobs[1]["submitted_at"] == "2026-06-06T15:00:00Z"
+    for job, minutes in zip(jobs, (10, 30)):
+        started, finished = parse_rfc3339(job["started_at"]), parse_rfc3339(job["finished_at"])
+        assert finished - started == timedelta(minutes=minutes), job
+        (run,) = job["runs"]
+        assert run["energy_source"] == "model" and run["energy_j"] == pytest.approx(15.0 * minutes * 60), run

@@ -117,3 +117,33 @@ def test_every_relative_link_in_the_markdown_resolves_to_a_file_and_heading() ->
             elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked.read_text()):
                 broken.append(f"{name}: {target} (no heading #{anchor})")
     assert broken == []
+
+
+def test_the_demo_prints_the_readmes_ending_and_runs_each_job_as_planned() -> None:
+    """`make demo`'s script as shipped, on its event clock: the same plan and report as the README shows, to the
+    digit, and each job started when its plan said and ran as long as it said."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GSCHED_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    demo = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    out = re.sub(r"/tmp/gsched-demo\.\w+", "/tmp/gsched-demo.XXXXXX", demo.stdout)
+    shown = re.search(r"```\n(== done.*?)```", README.read_text(), re.S)
+    assert shown is not None
+    assert out[out.index("== done"):] == shown.group(1)
+    # the plan printed after submitting: each job's planned window is where it ran
+    plan = out[out.index("the plan:"):out.index("== the plan as")]
+    ran = {m[0]: (m[1], m[2]) for m in re.findall(r"^\s+\d+ (\S+)\s+root\s+COMPLETED\s+\d+ \S+ (\d\d:\d\d)\s+(\S+)",
+                                                   out[out.index("== done"):], re.M)}
+    windows = dict(re.findall(r"^\s+\d+ (\S+)\s+root\s+PLANNED.*waits for (\d\d:\d\d-\d\d:\d\d) UTC", plan, re.M))
+    assert windows, plan
+    # gpt may train in fp32 or bf16, which the CPU model cannot tell apart: the first listed is planned
+    assert re.search(r"^\s+\d+ gpt .*on 1xcpu fp32", plan, re.M), plan
+    for name, window in windows.items():
+        start, end = window.split("-")
+        hours, minutes = divmod((int(end[:2]) * 60 + int(end[3:]) - int(start[:2]) * 60 - int(start[3:])) % 1440, 60)
+        assert ran[name] == (start, f"{hours:02d}:{minutes:02d}:00") or (
+            ran[name][0] == start and ran[name][1].startswith(f"{hours:02d}:{minutes:02d}")), (name, window, ran)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-ENERGY_SOURCES = ("nvml", "nvml-power", "rapl", "estimate")
+ENERGY_SOURCES = ("nvml", "nvml-power", "rapl", "estimate", "model")
 MAX_DURATION_S = 400 * 86400.0
 MAX_ENERGY_J = 1e13  # 2.8 GWh: a year of 300 GPUs at 1 kW each
 MAX_STEPS = 10**12
