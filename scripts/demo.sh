@@ -8,7 +8,16 @@ export GSCHED_HOME="${GSCHED_HOME:-$(mktemp -d /tmp/gsched-demo.XXXXXX)}"
 config=scripts/demo-config.toml
 gsched --config "$config" daemon 2>"$GSCHED_HOME/daemon.log" &
 daemon_pid=$!
-trap 'kill "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null || true' EXIT
+ids=()
+stop() {
+  # Interrupted (Ctrl-C): cancel the demo's jobs still queued or running, which would outlive the daemon (a daemon
+  # leaves runs alone when it stops, so a restart finds them), then stop the daemon.
+  for id in "${ids[@]}"; do gsched cancel "$id" >/dev/null 2>&1 || true; done
+  for id in "${ids[@]}"; do gsched wait "$id" --timeout 30 >/dev/null 2>&1 || true; done
+  kill "$daemon_pid" 2>/dev/null
+  wait "$daemon_pid" 2>/dev/null || true
+}
+trap stop EXIT
 for _ in $(seq 100); do gsched status >/dev/null 2>&1 && break; sleep 0.2; done
 echo "== daemon up: home $GSCHED_HOME; its clock starts on Saturday 15:00 UTC of the embedded DE June-2023 trace"
 # The PyTorch examples that train in fp32 (on CPUs bf16 is emulated, about 9x slower: mlp-bf16.toml would take
