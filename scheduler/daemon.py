@@ -237,11 +237,14 @@ class Daemon:
     def _as_planned(self, job: Job, obs: Ended, end: datetime) -> Ended:
         if not isinstance(obs.raw, dict) or job.started_at is None or not job.plan_json:
             return obs
-        mode = json.loads(job.plan_json)["mode"]
         span_s = max(0.0, (end - job.started_at).total_seconds())
-        watts = int(mode.get("gpus") or job.gpus or 1) * float(mode.get("power_limit_w") or self.profiles.nominal_w())
-        raw = {**obs.raw, "duration_s": span_s / self.clock.speed, "energy_j": watts * span_s,
-               "energy_source": "model"}
+        raw = {**obs.raw, "duration_s": span_s / self.clock.speed}
+        try:  # the power the planner planned the run with, as the plan priced it
+            power_kw = self.profiles.power_kw(job, spec_of(job), json.loads(job.plan_json)["mode"])
+        except Exception:  # an old record the model cannot read: the run's own reading stands
+            power_kw = None
+        if power_kw is not None:
+            raw.update(energy_j=power_kw * 1000 * span_s, energy_source="model")
         return Ended(obs.job_id, raw, obs.said)
 
     def plan_and_dispatch(self, now: datetime) -> None:

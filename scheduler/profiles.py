@@ -117,6 +117,11 @@ class Profiles:
             return
         self.store.record_profile(profile)
 
+    def power_kw(self, job: Job, spec: JobSpec, mode: dict[str, Any]) -> float | None:
+        """The power the planner gives a job's mode (by mode_key), or None where the model no longer has it."""
+        jm = self.modes_of(spec, job.owner_uid)
+        return next((m.power_kw for d, m in zip(jm.described, jm.modes) if mode_key(d) == mode_key(mode)), None)
+
     def rate_ratios(self, job: Job, spec: JobSpec) -> tuple[dict[Any, float], int | None]:
         """Each mode (by mode_key) -> its speed relative to the job's requested mode, in the planner's model; and
         the requested mode's device count."""
