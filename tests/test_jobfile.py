@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, DaemonProc, write_job
+from conftest import EXAMPLES, DaemonProc, raw_request, write_job
 from scheduler.errors import JobFileError
 from scheduler.jobfile import JobSpec, parse_job
 
@@ -137,6 +137,13 @@ def test_several_job_files_are_queued_together_or_not_at_all(daemon: DaemonProc,
     shown = [daemon.show(1), daemon.show(2)]
     assert [j["name"] for j in shown] == ["first", "second"]
     assert shown[0]["submitted_at"] == shown[1]["submitted_at"]
+    # a hostile list body: empty, too long, or holding something other than job objects; nothing is stored
+    good = {"text": 'command = ["true"]\nduration = "1m"\n', "source": "g.toml", "base_dir": str(tmp_path)}
+    for body, needle in (([], "a list of 1..1000"), ([{}] * 1001, "a list of 1..1000"),
+                         ([good, 7], "must be a JSON object"), ([good, [good]], "must be a JSON object")):
+        reply = raw_request(daemon.socket, "POST", "/v1/jobs", json.dumps(body))
+        assert reply["status"] == 400 and needle in reply["json"]["error"], (needle, reply)
+    assert len(json.loads(daemon.cli("status", "--json", check=True).stdout)["jobs"]) == 2
 
 
 @pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.glob("*.toml")))
