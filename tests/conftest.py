@@ -11,12 +11,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from scheduler.client import Client
+from scheduler.errors import GschedError
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "jobs" / "examples"
@@ -87,8 +91,12 @@ class DaemonProc:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.stderr_path.read_text()}")
-            if self.socket.exists() and self.cli("status").returncode == 0:
-                return
+            if self.socket.exists():
+                try:
+                    self.api("GET", "/v1/jobs")
+                    return
+                except GschedError:
+                    pass
             time.sleep(0.1)
         raise AssertionError(f"daemon not ready after {timeout_s} s:\n{self.stderr_path.read_text()}")
 
@@ -100,12 +108,27 @@ class DaemonProc:
         assert result.returncode == 0, result.stderr
         return int(result.stdout.strip())
 
+    def api(self, method: str, path: str) -> Any:
+        """One request on the daemon's socket from this process: what `gsched show --json` and `status --json`
+        print, without starting an interpreter for each look (the polls below were most of the suite's CPU)."""
+        with Client(self.socket) as client:
+            return client._request(method, path).json()
+
     def show(self, job_id: int) -> dict[str, Any]:
-        result = self.cli("show", str(job_id), "--json", check=True)
-        return json.loads(result.stdout)
+        return self.api("GET", f"/v1/jobs/{job_id}")
 
     def status(self) -> list[dict[str, Any]]:
-        return json.loads(self.cli("status", "--json", check=True).stdout)["jobs"]
+        return self.api("GET", "/v1/jobs")["jobs"]
+
+    def log(self, job_id: int) -> str:
+        """The job's output so far, as `gsched logs` prints it."""
+        data = b""
+        with Client(self.socket) as client:
+            while True:
+                chunk, size, _state = client.log(job_id, len(data))
+                data += chunk
+                if not chunk or len(data) >= size:
+                    return data.decode(errors="replace")
 
     def wait_state(self, job_id: int, states: set[str], timeout_s: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
@@ -133,7 +156,7 @@ class DaemonProc:
         deadline = time.monotonic() + timeout_s
         text = ""
         while time.monotonic() < deadline:
-            text = self.cli("logs", str(job_id), user=user).stdout
+            text = self.cli("logs", str(job_id), user=user).stdout if user else self.log(job_id)
             if re.search(pattern, text, re.MULTILINE):
                 return text
             time.sleep(0.2)
@@ -200,6 +223,19 @@ def daemon(home: Path) -> Iterator[DaemonProc]:
     proc.kill_runners()
 
 
+def fake_slurm_bin(bin_dir: Path) -> Path:
+    """Slurm's commands, each the fake (tests/fake_slurm/), in ``bin_dir``. The copy starts this interpreter
+    without site (15 ms a call, where `env python3` through a pyenv shim takes 90): the daemon runs squeue every
+    tick, and the fake's start-up was a third of a core in each fake-Slurm test."""
+    fake = bin_dir / "fake_slurm.py"
+    source = (ROOT / "tests" / "fake_slurm" / "fake_slurm.py").read_text()
+    fake.write_text(f"#!{sys.executable} -S\n" + source.split("\n", 1)[1])
+    fake.chmod(0o755)
+    for name in ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "runuser"):
+        (bin_dir / name).symlink_to(fake)
+    return bin_dir
+
+
 def write_job(directory: Path, name: str, text: str) -> Path:
     path = directory / f"{name}.toml"
     path.write_text(text)
@@ -213,42 +249,136 @@ CAN_MAKE_USERS = os.geteuid() == 0 and shutil.which("useradd") is not None and s
 needs_users = pytest.mark.skipif(not CAN_MAKE_USERS, reason="needs root, useradd and runuser to create real users")
 
 
+def _on_the_way() -> list[Path]:
+    """The directories on the way to the interpreter and to this checkout."""
+    return [parent for target in (Path(os.path.realpath(sys.executable)), ROOT) for parent in target.parents]
+
+
+# What the machine had before this run, taken by the process that runs the session (pytest itself, or xdist's
+# controller while its workers run the tests): users, directory modes and munged that tests add are put back by
+# that process alone, once every worker is done, so that no worker takes them away from another still using them.
+_BEFORE: dict[str, Any] = {}
+
+
+def _torch_tmp() -> list[Path]:
+    """What torch leaves in the temporary directory: torchrun's rendezvous directories, inductor's caches."""
+    tmp = Path(tempfile.gettempdir())
+    return [*tmp.glob("torchelastic_*"), *tmp.glob("torchinductor_*")]
+
+
+def _controls_the_session(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not _controls_the_session(session.config):
+        return
+    from slurm_cluster import munged_pid
+
+    _BEFORE["users"] = {name for name in USERS if _user_exists(name)}
+    _BEFORE["modes"] = {parent: parent.stat().st_mode for parent in _on_the_way()}
+    _BEFORE["munged"] = munged_pid() is not None
+    _BEFORE["torch_tmp"] = set(_torch_tmp())
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not _controls_the_session(session.config) or not _BEFORE:
+        return
+    from slurm_cluster import APT_LOCK, NET_LOCK, munged_pid
+
+    for lock in (APT_LOCK, NET_LOCK):
+        lock.unlink(missing_ok=True)
+    for path in set(_torch_tmp()) - _BEFORE["torch_tmp"]:
+        shutil.rmtree(path, ignore_errors=True)
+    for parent, mode in _BEFORE["modes"].items():
+        if parent.stat().st_mode != mode:
+            parent.chmod(mode)
+    for name in USERS:  # a job of theirs still ending (Slurm's teardown may come after this) made userdel fail
+        if name in _BEFORE["users"] or not _user_exists(name):
+            continue
+        for _ in range(50):
+            if subprocess.run(["userdel", name], capture_output=True).returncode in (0, 6):  # 6: no such user
+                break
+            time.sleep(0.2)
+        else:
+            subprocess.run(["userdel", "--force", name], check=False)
+    pid = munged_pid()
+    if pid is not None and not _BEFORE["munged"]:  # the munged the Slurm tests started
+        os.kill(pid, signal.SIGTERM)
+
+
+class _StillRunning:
+    """`pytest -v -n 3` names each test as it ends; this names the ones still running, once a minute, so that a
+    long stretch says what it waits for."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config, self.started, self.done = config, {}, threading.Event()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self.started[nodeid] = time.monotonic()
+
+    def pytest_runtest_logfinish(self, nodeid: str) -> None:
+        self.started.pop(nodeid, None)
+
+    def pytest_unconfigure(self) -> None:
+        self.done.set()
+
+    def _run(self) -> None:
+        while not self.done.wait(60):
+            now = time.monotonic()
+            slow = sorted(((now - t, n) for n, t in list(self.started.items()) if now - t >= 30), reverse=True)
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if slow and reporter is not None:
+                reporter.write_line("still running: " + ", ".join(f"{n} ({int(s) // 60} min {int(s) % 60} s)"
+                                                                  for s, n in slow))
+
+
+# The files with the longest tests, longest first: under `pytest -n` they start first, so that none of them begins
+# last and holds up the end while the other workers sit idle.
+LONGEST_FIRST = ("test_slurm_nodes.py", "test_readme.py", "test_elastic.py", "test_executor_contract.py",
+                 "test_workloads.py", "test_own_script.py", "test_environment.py", "test_report.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _controls_the_session(config):  # an xdist worker: they collect, the controller hands out in this order
+        items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+                   else len(LONGEST_FIRST))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _controls_the_session(config) and getattr(config.option, "numprocesses", None):
+        config.pluginmanager.register(_StillRunning(config), "gsched-still-running")
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def unix_users() -> Iterator[tuple[str, str]]:
-    """Two real unprivileged users, created here (and removed after) when they do not exist yet."""
-    created = []
+    """Two real unprivileged users, created when they do not exist yet (and removed when the session ends)."""
     for name in USERS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                           check=True)
-            created.append(name)
+        if not _user_exists(name):
+            made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                                  capture_output=True, text=True)
+            if made.returncode not in (0, 9):  # 9: a parallel worker made it first
+                raise AssertionError(f"useradd {name}: {made.stderr}")
     # The interpreter may live under a 0700 home (pyenv under /root): let the users traverse (o+x, not read)
-    # the directories on the way to it and to this checkout, for this session only, and restore their modes.
-    opened: dict[Path, int] = {}
-    for target in (Path(os.path.realpath(sys.executable)), ROOT):
-        for parent in target.parents:
-            mode = parent.stat().st_mode
-            if not mode & 0o001 and parent not in opened:
-                opened[parent] = mode
-                parent.chmod(mode | 0o001)
-    try:
-        probe = subprocess.run(["runuser", "-u", USERS[0], "--", sys.executable, "-c", "import scheduler.cli"],
-                               cwd=ROOT, capture_output=True, text=True)
-        if probe.returncode != 0:
-            pytest.skip(f"{USERS[0]} cannot run this checkout's Python: {probe.stderr.strip()[-200:]}")
-        yield USERS
-    finally:
-        for parent, mode in opened.items():
-            parent.chmod(mode)
-        for name in created:  # a job of theirs still ending (Slurm's teardown may come after this) made userdel fail
-            for _ in range(50):
-                if subprocess.run(["userdel", name], capture_output=True).returncode in (0, 6):  # 6: no such user
-                    break
-                time.sleep(0.2)
-            else:
-                subprocess.run(["userdel", "--force", name], check=False)
+    # the directories on the way to it and to this checkout, for this session only (their modes are restored).
+    for parent in _on_the_way():
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+    probe = subprocess.run(["runuser", "-u", USERS[0], "--", sys.executable, "-c", "import scheduler.cli"],
+                           cwd=ROOT, capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"{USERS[0]} cannot run this checkout's Python: {probe.stderr.strip()[-200:]}")
+    yield USERS
 
 
 def as_user(user: str | None, argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -11,6 +11,7 @@ Facts behind each setting: ../shared/slurm/NOTES.md.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -22,7 +23,6 @@ from pathlib import Path
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 MUNGED_PID = Path("/run/munge/munged.pid")
-MUNGED = {"ours": False, "clusters": 0}  # did these tests start munged, and how many clusters use it now
 
 
 def _running(pid_file: Path) -> int | None:
@@ -34,6 +34,14 @@ def _running(pid_file: Path) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
 FAKE_GPUS = Path("/run/fakegpu")
+# Parallel test workers take these in turn: one installs Slurm, one picks a free /24 at a time.
+APT_LOCK, NET_LOCK = Path("/tmp/gsched-test-apt.lock"), Path("/tmp/gsched-test-net.lock")
+
+
+def munged_pid() -> int | None:
+    """The running munged's pid. Clusters share it and never stop it: the test session stops the one it started
+    when every worker is done (tests/conftest.py)."""
+    return _running(MUNGED_PID)
 
 
 def why_not_available() -> str | None:
@@ -45,10 +53,14 @@ def why_not_available() -> str | None:
     if not shutil.which("apt-get"):
         return "Slurm is not installed and there is no apt-get to install it"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            return f"installing Slurm failed: {' '.join(argv)}: {done.stderr.strip()[-300:]}"
+    with open(APT_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all(shutil.which(p) for p in ("slurmctld", "slurmd", "sbatch", "munged")):
+            return None
+        for argv in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *PACKAGES]):
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                return f"installing Slurm failed: {' '.join(argv)}: {done.stderr.strip()[-300:]}"
     return None
 
 
@@ -140,8 +152,10 @@ class SlurmCluster:
         FAKE_GPUS.mkdir(parents=True, exist_ok=True)
         for i in range(self.gpus):
             link = FAKE_GPUS / f"nvidia{i}"
-            if not link.is_symlink():
+            try:
                 link.symlink_to("/dev/null")  # gres needs character devices; slurmd drops file-less GPUs
+            except FileExistsError:  # an earlier or a parallel cluster's
+                pass
         names = "localhost" if self.nodes == 1 else f"n[1-{self.nodes}]"
         (self.base / "gres.conf").write_text(
             f"AutoDetect=off\nNodeName={names} Name=gpu File={FAKE_GPUS}/nvidia[0-{self.gpus - 1}]\n")
@@ -191,14 +205,16 @@ PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                             (Path("/var/lib/munge"), "munge")):
             path.mkdir(parents=True, exist_ok=True)
             shutil.chown(path, owner, owner)
-        if not _running(MUNGED_PID):  # one already running (the machine's own) is used and left alone
-            subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", "/usr/sbin/munged"], check=True, timeout=30)
-            MUNGED["ours"] = True
-        MUNGED["clusters"] += 1
-        self.holds_munged = True
+        if not munged_pid():  # one already running (the machine's own, or a parallel worker's) is used as it is
+            started = subprocess.run(["su", "-s", "/bin/sh", "munge", "-c", "/usr/sbin/munged"], capture_output=True,
+                                     text=True, timeout=30)
+            if started.returncode != 0 and not munged_pid():
+                raise RuntimeError(f"munged did not start: {started.stderr.strip()[-300:]}")
         if self.nodes > 1:
             try:
-                self._network()
+                with open(NET_LOCK, "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    self._network()
             except subprocess.CalledProcessError as exc:
                 self.stop()
                 raise RuntimeError(f"cannot make the test network: {exc.cmd}: {exc.stderr.decode()[-300:]}") from exc
@@ -269,10 +285,3 @@ PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
         if self.nodes > 1:
             subprocess.run(["ip", "link", "del", self.bridge], capture_output=True, timeout=30)
-        if getattr(self, "holds_munged", False):
-            self.holds_munged = False
-            MUNGED["clusters"] -= 1
-            pid = _running(MUNGED_PID)
-            if MUNGED["clusters"] == 0 and MUNGED["ours"] and pid:  # the munged these tests started, by its pid file
-                os.kill(pid, signal.SIGTERM)
-                MUNGED["ours"] = False

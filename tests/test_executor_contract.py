@@ -23,12 +23,11 @@ from typing import Any
 
 import pytest
 
-from conftest import ROOT, DaemonProc, make_home, write_job
+from conftest import DaemonProc, fake_slurm_bin, make_home, write_job
 from test_elastic import alternating_trace, steps_add_up
 from test_security import runner_pid
 from test_workloads import ONE_DEVICE_THREADS, train
 
-FAKE = ROOT / "tests" / "fake_slurm" / "fake_slurm.py"
 CHEAP = "2024-01-01T01:10:00Z"  # inside a cheap hour: a job runs at once
 BEFORE_CHEAP = "2024-01-01T00:59:48Z"  # a cheap hour begins 12 s later
 DEAR = "2024-01-01T00:30:00Z"  # the next cheap hour is 30 minutes away
@@ -127,8 +126,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     elif request.param == "fake-slurm":
         bin_dir = base / "bin"
         bin_dir.mkdir()
-        for name in ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "runuser"):
-            (bin_dir / name).symlink_to(FAKE)
+        fake_slurm_bin(bin_dir)
         b = Backend("fake-slurm", 2, base, {"PATH": f"{bin_dir}:{os.environ['PATH']}",
                                              "FAKE_SLURM_STATE": str(base / "slurm.json"), "FAKE_SLURM_GPUS": "2"})
     else:

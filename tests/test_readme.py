@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -129,6 +130,8 @@ def test_the_demo_prints_the_readmes_ending_and_runs_each_job_as_planned() -> No
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     demo = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
+    for home in set(re.findall(r"/tmp/gsched-demo\.\w+", demo.stdout)):  # the demo keeps it for its user to look at
+        shutil.rmtree(home, ignore_errors=True)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     out = re.sub(r"/tmp/gsched-demo\.\w+", "/tmp/gsched-demo.XXXXXX", demo.stdout)
     shown = re.search(r"```\n(== done.*?)```", README.read_text(), re.S)

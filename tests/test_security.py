@@ -75,7 +75,7 @@ def runner_pid(home: Path, job_id: int) -> int:
                 cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
-            if b"scheduler.executor.runner" in cmdline and f"/runs/{job_id}/run-".encode() in cmdline:
+            if b"scheduler.executor.runner" in cmdline and f"{home}/runs/{job_id}/run-".encode() in cmdline:
                 return int(entry.name)
     raise AssertionError(f"no runner for job {job_id}")
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT, DaemonProc, make_home, write_job
+from conftest import ROOT, DaemonProc, fake_slurm_bin, make_home, write_job
 from test_elastic import alternating_trace
 from test_report import free_port, scrape
 
@@ -23,9 +23,7 @@ FAKE = ROOT / "tests" / "fake_slurm" / "fake_slurm.py"
 def fake_path(tmp: Path) -> Path:
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
-    for name in ("sbatch", "squeue", "sinfo", "scontrol", "scancel", "runuser"):
-        (bin_dir / name).symlink_to(FAKE)
-    return bin_dir
+    return fake_slurm_bin(bin_dir)
 
 
 def submitted(d: DaemonProc, job_id: int) -> int:
