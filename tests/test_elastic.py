@@ -138,9 +138,7 @@ def test_an_urgent_job_preempts_a_running_preemptible_job_and_both_complete(tmp_
         wide = d.submit(write_job(tmp_path, "wide", 'workload = "jobs.linear"\nsteps = 4000\npreemptible = true\n'
                                                     'gpus = 2\nmax_delay = "12h"\n'))
         d.wait_state(wide, {"RUNNING"}, timeout_s=60)
-        log, deadline = "", time.monotonic() + 60
-        while "step 800/" not in log and time.monotonic() < deadline:  # past torch's start-up
-            log = d.cli("logs", str(wide), check=True).stdout
+        d.wait_output(wide, r"step 800/", 60)  # past torch's start-up
         urgent = d.submit(write_job(tmp_path, "urgent", 'workload = "jobs.linear"\nsteps = 2000\nmax_delay = "1h"\n'),
                           "--now")
         done = {j: d.wait_state(j, {"COMPLETED", "FAILED"}, timeout_s=120) for j in (urgent, wide)}
