@@ -20,7 +20,7 @@ demo: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 test: setup
-	$(BIN)/python -m pytest -v --durations=10
+	$(BIN)/python -m pytest -v -n 3 --maxschedchunk 1 --durations=10
 
 bench: setup
 	$(BIN)/python bench/status_latency.py
