@@ -336,8 +336,7 @@ class _StillRunning:
 
 # The files with the longest tests, longest first: under `pytest -n` they start first, so that none of them begins
 # last and holds up the end while the other workers sit idle.
-LONGEST_FIRST = ("test_slurm_nodes.py", "test_readme.py", "test_elastic.py", "test_executor_contract.py",
-                 "test_workloads.py", "test_own_script.py", "test_environment.py", "test_report.py")
+LONGEST_FIRST = ("test_slurm_nodes.py", "test_readme.py", "test_elastic.py", "test_executor_contract.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
