@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -90,9 +91,11 @@ def assign_lanes(bars: list[Bar], n_lanes: int) -> list[tuple[Bar, tuple[int, ..
 
 
 def gantt_png(bars: list[Bar], n_lanes: int, times: list[datetime], price: list[float | None],
-              carbon: list[float | None], currency: str, now: datetime | None, title: str, path: Path) -> None:
+              carbon: list[float | None], currency: str, now: datetime | None, title: str, path: Path,
+              links: Sequence[tuple[str, str]] = ()) -> None:
     """Jobs on device lanes (one colour per job; elastic jobs' segments each a bar) above the price and carbon
-    curves of the same hours."""
+    curves of the same hours; ``links`` (job, job after it): an arrow from the first's last bar to the second's
+    first."""
     if not bars and not times:
         raise InputError("--plot: nothing to draw (no jobs and no signals)")
     plt = _pyplot()
@@ -114,6 +117,20 @@ def gantt_png(bars: list[Bar], n_lanes: int, times: list[datetime], price: list[
         ax_jobs.text(bar.start + (bar.end - bar.start) / 2, min(used), bar.label, ha="center", va="center",
                      parse_math=False,
                      fontsize=8, clip_on=True, bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1})
+    last: dict[str, tuple[Bar, int]] = {}
+    first: dict[str, tuple[Bar, int]] = {}
+    for bar, used in placed:
+        if bar.job not in last or bar.end > last[bar.job][0].end:
+            last[bar.job] = (bar, min(used))
+        if bar.job not in first or bar.start < first[bar.job][0].start:
+            first[bar.job] = (bar, min(used))
+    for before, after in links:  # a hop under the labels, from near one's end to near the other's start
+        if before in last and after in first:
+            (a, lane_a), (b, lane_b) = last[before], first[after]
+            ax_jobs.annotate("", xy=(b.start + (b.end - b.start) / 8, lane_b + 0.2),
+                             xytext=(a.end - (a.end - a.start) / 8, lane_a + 0.2),
+                             arrowprops={"arrowstyle": "->", "color": "black", "linewidth": 1.2,
+                                         "connectionstyle": "arc3,rad=-0.3"})
     ax_jobs.set_yticks(range(lanes))
     ax_jobs.set_yticklabels([f"device {i}" if i < n_lanes else "(over)" for i in range(lanes)])
     ax_jobs.set_ylim(lanes - 0.5, -0.5)
@@ -208,9 +225,10 @@ def status_png(jobs: list[dict[str, Any]], devices: list[dict[str, Any]], foreca
             if end > start:
                 bars.append(Bar(str(job["id"]), start, end, seg["gpus"], label))
     points = forecast.get("points") or []
+    links = [(str(a["id"]), str(job["id"])) for job in jobs for a in job.get("after") or ()]
     gantt_png(bars, len(devices), [_time(p["start"]) for p in points], [p["price_per_mwh"] for p in points],
               [p["carbon_g_per_kwh"] for p in points], forecast.get("currency", "EUR"), now,
-              f"gsched status at {now:%Y-%m-%d %H:%M} UTC", path)
+              f"gsched status at {now:%Y-%m-%d %H:%M} UTC", path, links)
 
 
 def plan_png(problem: Any, plan: dict[str, list[Any]], path: Path) -> None:
@@ -223,7 +241,8 @@ def plan_png(problem: Any, plan: dict[str, list[Any]], path: Path) -> None:
                             job.modes[seg.mode].gpus, job.id))
     times = [problem.start + k * slot for k in range(problem.horizon_slots)]
     gantt_png(bars, problem.gpus, times, list(problem.price_eur_per_mwh), list(problem.carbon_g_per_kwh), "EUR",
-              None, f"gsched plan: {len(problem.jobs)} jobs on {problem.gpus} GPUs", path)
+              None, f"gsched plan: {len(problem.jobs)} jobs on {problem.gpus} GPUs", path,
+              [(before, job.id) for job in problem.jobs for before in job.after])
 
 
 def simulation_png(series: dict[str, tuple[list[datetime], list[float], list[float]]], report: dict[str, Any],

@@ -6,7 +6,8 @@ gsched's own optional extras, as is a mode's ``nodes``, 1 unless given):
     {"start", "slot_minutes", "horizon_slots", "gpus", "carbon_price_eur_per_t",
      "signals": {"price_eur_per_mwh": [..], "carbon_g_per_kwh": [..]},
      "jobs": [{"id", "release_slot", "deadline_slot", "work", "preemptible", "resume_overhead_minutes",
-               "requested_mode", "modes": [{"gpus", "rate", "power_kw", "nodes"}], "start_by_slot" (optional)}]}
+               "requested_mode", "modes": [{"gpus", "rate", "power_kw", "nodes"}], "start_by_slot" (optional),
+               "after" (optional: ids of jobs it starts after, once they end)}]}
 Plan file ("nodes", indices into the problem's ``nodes``, one per node of the segment's mode, only where it has them):
     {"jobs": [{"id", "segments": [{"start_slot", "end_slot", "mode", "nodes"}]}]}
 
@@ -58,6 +59,8 @@ class PJob:
     # The job goes on from a checkpoint (it was paused or preempted): its first segment, too, starts with the resume
     # overhead. Unmodelled, each resume ran that much short of its plan, and the shortfall was placed "now".
     resumes: bool = False
+    # The jobs it runs after (ids in the problem): its first segment starts at or after each one's last end.
+    after: tuple[str, ...] = ()
 
     def overhead_h(self, segment: int) -> float:
         """Powered hours without progress at the start of segment ``segment`` (0 = the first)."""
@@ -239,6 +242,14 @@ def evaluate(problem: Problem, plan: Plan) -> Evaluation:
         out.finished = remaining <= EPS
         if not out.finished:
             errors.append(f"job {job.id}: {job.work - remaining:.3g} of {job.work:.3g} work done by its last segment")
+    for job in problem.jobs:  # a dependent starts once its predecessors have finished
+        first = min(plan.get(job.id, []), key=lambda seg: seg.start_slot, default=None)
+        for other in job.after:
+            done = outcomes.get(other)
+            if first is not None and done is not None and (
+                    not done.finished or problem.slot_start_h(first.start_slot) + EPS < (done.finish_h or 0.0)):
+                errors.append(f"job {job.id}: starts at slot {first.start_slot}, before job {other} "
+                              f"(its 'after') has finished")
     capacity = problem.free()
     for t, n in enumerate(used):
         if n > capacity[t]:
@@ -313,7 +324,7 @@ def problem_from_json(data: Any, source: str = "problem") -> Problem:
         job = PJob(job_id, _need(raw, "release_slot", int, where), _need(raw, "deadline_slot", int, where),
                    float(_need(raw, "work", num, where)), tuple(modes), int(raw.get("requested_mode", 0)),
                    bool(raw.get("preemptible", False)), float(raw.get("resume_overhead_minutes", 0.0)),
-                   raw.get("start_by_slot"), raw.get("resumes", False))
+                   raw.get("start_by_slot"), raw.get("resumes", False), _after(raw.get("after", []), where))
         if not isinstance(job.resumes, bool):
             raise InputError(f"{where}.resumes: must be true or false")
         if job.start_by_slot is not None and (not isinstance(job.start_by_slot, int)
@@ -324,6 +335,14 @@ def problem_from_json(data: Any, source: str = "problem") -> Problem:
         if not 0 <= job.requested_mode < len(modes):
             raise InputError(f"{where}.requested_mode: {job.requested_mode} is not a mode index")
         jobs.append(job)
+    ids = {job.id for job in jobs}
+    for i, job in enumerate(jobs):
+        for other in job.after:
+            if other not in ids:
+                raise InputError(f"{source}.jobs[{i}].after: no job {other!r} in the problem")
+    from scheduler.planner.pipelines import order
+
+    order(tuple(jobs))  # a cycle is an error naming two of its jobs
     objective = data.get("objective", "cost")
     if objective not in ("cost", "carbon"):
         raise InputError(f"{source}.objective: must be 'cost' or 'carbon'")
@@ -347,6 +366,12 @@ def problem_from_json(data: Any, source: str = "problem") -> Problem:
                    tuple(tuple(n) for n in nodes))
 
 
+def _after(raw: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(a, (str, int)) and not isinstance(a, bool) for a in raw):
+        raise InputError(f"{where}.after: must be a list of job ids")
+    return tuple(dict.fromkeys(str(a) for a in raw))
+
+
 def problem_to_json(problem: Problem) -> dict[str, Any]:
     data: dict[str, Any] = {
         "start": rfc3339(problem.start), "slot_minutes": problem.slot_minutes,
@@ -360,7 +385,8 @@ def problem_to_json(problem: Problem) -> dict[str, Any]:
                   "modes": [{"gpus": m.gpus, "rate": m.rate, "power_kw": m.power_kw,
                              **({} if m.nodes == 1 else {"nodes": m.nodes})} for m in j.modes],
                   **({} if j.start_by_slot is None else {"start_by_slot": j.start_by_slot}),
-                  **({"resumes": True} if j.resumes else {})}
+                  **({"resumes": True} if j.resumes else {}),
+                  **({"after": list(j.after)} if j.after else {})}
                  for j in problem.jobs],
     }
     if problem.capacity:

@@ -42,6 +42,7 @@ from scheduler.planner.construct import construct, seeded
 from scheduler.planner.improve import exact_elastic, improvement
 from scheduler.planner.nodes import place
 from scheduler.planner.options import Costing, Option, _better, _first_min
+from scheduler.planner.pipelines import with_precedence
 from scheduler.planner.pricing import pricing
 from scheduler.planner.problem import Plan, Problem, Segment
 from scheduler.planner.prices import Prices
@@ -360,6 +361,19 @@ FIFO_FIX_SHARE = 0.2  # of the limit, more, at most, for the rounds
 def solve(problem: Problem, time_limit_s: float = 10.0, previous: Previous | None = None,
           hysteresis: float = 0.0, use_milp: bool = True, use_lns: bool = True,
           prices: tuple[np.ndarray, float] | None = None) -> Solution:
+    """The plan of ``problem``: its pipelines' windows set (pipelines.py), then solved. A step late against its
+    window but not against its own deadline is not reported late: only the pipeline's own deadlines count."""
+    windowed = with_precedence(problem)
+    solution = _solve(windowed, time_limit_s, previous, hysteresis, use_milp, use_lns, prices)
+    if windowed is not problem:
+        deadline = {job.id: job.deadline_slot for job in problem.jobs}
+        solution.late = {i: why for i, why in solution.late.items()
+                         if i not in solution.options or solution.options[i].end > deadline[i]}
+    return solution
+
+
+def _solve(problem: Problem, time_limit_s: float, previous: Previous | None, hysteresis: float, use_milp: bool,
+           use_lns: bool, prices: tuple[np.ndarray, float] | None) -> Solution:
     """``use_lns=False``: the MILP alone for the whole limit (the benchmark's long-run yardstick). ``prices``: the
     last replan's Solution.prices, moved onto this problem's slots.
 
