@@ -27,7 +27,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from scheduler import dependencies
 from scheduler.daemon import Daemon
+from scheduler.dependencies import Dependency
 from scheduler.errors import (Conflict, InputError, LimitExceeded, NotFound,
                               PermissionDenied)
 from scheduler.environment import exported, from_request, job_path
@@ -40,7 +42,7 @@ log = logging.getLogger("gsched.api")
 LOG_CHUNK = 1 << 20
 MAX_JOB_ID = 2**63 - 1
 MAX_SUBMIT_FILES = 1000  # job files in one submit
-SUBMIT_KEYS = {"text": str, "source": str, "base_dir": str, "urgent": bool, "environment": dict}
+SUBMIT_KEYS = {"text": str, "source": str, "base_dir": str, "urgent": bool, "environment": dict, "after": str}
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,7 @@ def job_json(job: Job, totals: dict[str, Any] | None, metrics: dict[str, Any] | 
         "job_path": job_path(spec.get("environment") or {}, spec.get("env") or {}) if private and spec.get("command")
         else None,
         "private_withheld": not private,
+        "after": [{"id": d["job_id"], "kind": d["kind"]} for d in spec.get("after", ())],
     }
 
 
@@ -208,6 +211,9 @@ class Api:
                          "energy_j": r.energy_j, "energy_source": r.energy_source, "cost_eur": r.cost_eur,
                          "co2_g": r.co2_g, "metrics": json.loads(r.metrics_json) if private else None} for r in runs]
         data["spec"] = json.loads(job.spec_json) if private else None
+        data["dependents"] = [{"id": other.id, "kind": dep["kind"], "state": other.state.value}
+                              for other in self.store.dependents(jid)
+                              for dep in json.loads(other.spec_json).get("after", ()) if dep["job_id"] == jid]
         return 200, data
 
     def report(self, caller: Caller, query: dict[str, str], body: Any) -> tuple[int, Any]:
@@ -267,6 +273,7 @@ class Api:
                          default_max_delay_s=parse_duration_s(daemon.config.default_max_delay),
                          resolve_dir=lambda path: owner_dir(uid, gid, path))
         spec = self._in_environment(spec, from_request(body.get("environment")), uid, gid, caller, source)
+        spec = replace(spec, after=self._predecessors(caller, source, spec.after, body.get("after")))
         if spec.gpus_min > len(daemon.executor.devices):
             raise InputError(f"{source}: gpus: needs {spec.gpus_min} devices, this daemon schedules on "
                              f"{len(daemon.executor.devices)}")
@@ -278,6 +285,25 @@ class Api:
             raise LimitExceeded(f"{source}: gpus: needs {spec.gpus_min} devices, limits.max_gpus_per_user is "
                                 f"{limits.max_gpus_per_user}")
         return spec, bool(body.get("urgent", False))
+
+    def _predecessors(self, caller: Caller, source: str, in_file: tuple[Dependency, ...],
+                      option: str | None) -> tuple[Dependency, ...]:
+        """The job file's ``after`` and the submit's ``--dependency``, each predecessor an existing job of the
+        submitter's (root's may wait for anyone's). A new job can only wait for jobs stored before it, so no
+        dependency can close a cycle."""
+        try:
+            found = dependencies.unique([*in_file, *(dependencies.parse(option) if option else ())])
+        except ValueError as exc:
+            raise InputError(f"--dependency: {exc}") from None
+        for dep in found:
+            try:
+                other = self.store.get(dep.job_id)
+            except NotFound:
+                raise InputError(f"{source}: after: job {dep.job_id} does not exist") from None
+            if caller.uid not in (0, other.owner_uid):
+                raise PermissionDenied(f"{source}: after: job {dep.job_id} belongs to {other.owner_name}; a job "
+                                       f"may wait only for its owner's jobs")
+        return found
 
     def _owned(self, caller: Caller, id_text: str, action: str) -> Job:
         job = self.store.get(job_id(id_text))

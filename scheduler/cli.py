@@ -16,7 +16,7 @@ from typing import Any, NoReturn, Optional
 
 import typer
 
-from scheduler.errors import GschedError
+from scheduler.errors import GschedError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="gsched: a carbon- and price-aware job scheduler for GPU servers.")
@@ -73,15 +73,25 @@ def _main(config: Optional[Path] = typer.Option(None, "--config", help="config f
 def submit(files: list[Path] = typer.Argument(..., help="job file(s) (TOML); several are queued together or not "
                                                          "at all"),
            now: bool = typer.Option(False, "--now", help="run as soon as devices are free; skip cheaper windows"),
+           after: Optional[str] = typer.Option(None, "--after", help="run after these jobs complete: 12,13"),
+           dependency: Optional[str] = typer.Option(None, "--dependency", "-d",
+                                                    help="as sbatch: afterok:12:13, afterany:14, afternotok:15 "
+                                                         "(comma: all must hold)"),
            parsable: bool = typer.Option(False, "--parsable", help="print only the job id(s), one a line")) -> None:
     """Queue job files; prints their ids."""
+    from scheduler import dependencies
     from scheduler.jobfile import read_job_file
 
     try:
+        try:
+            ids = [str(dependencies.job_id(part.strip())) for part in after.split(",")] if after else []
+        except ValueError as exc:
+            raise InputError(f"--after: {exc}") from None
+        waits = ",".join([*([f"afterok:{':'.join(ids)}"] if ids else []), *([dependency] if dependency else [])])
         texts = [(read_job_file(file), str(file), str(file.resolve().parent)) for file in files]
         # The daemon validates them, on its own clock (accelerated in the demo), naming the file and the field.
         with _client() as client:
-            replies = client.submit(texts, urgent=now)
+            replies = client.submit(texts, urgent=now, after=waits or None)
     except GschedError as exc:
         _fail(exc)
     for reply in replies:
@@ -195,7 +205,8 @@ def show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(False, 
     if as_json:
         _print_json(job)
         return
-    skip = {"events", "runs", "spec", "mode", "metrics", "private_withheld", "segments", "command_path"}
+    skip = {"events", "runs", "spec", "mode", "metrics", "private_withheld", "segments", "command_path", "after",
+            "dependents"}
     for key, value in job.items():
         if key == "command" and value and job.get("command_path"):  # the program it runs: python3 -> /venv/...
             value = f"{' '.join(value)}  ({value[0]} -> {job['command_path']})"
@@ -205,6 +216,10 @@ def show(job_id: int = typer.Argument(...), as_json: bool = typer.Option(False, 
     print(f"{'metrics':>14}: {_safe(json.dumps(job['metrics']))}")
     if job.get("private_withheld"):
         print(f"{'':>14}  (command, args, env, workdir and output are shown to the owner and root only)")
+    if job.get("after"):
+        print(f"{'after':>14}: " + ", ".join(f"{d['kind']}:{d['id']}" for d in job["after"]))
+    if job.get("dependents"):
+        print(f"{'dependents':>14}: " + ", ".join(f"{d['id']} ({d['kind']}, {d['state']})" for d in job["dependents"]))
     if job["segments"]:
         print("planned segments:")
         for seg in job["segments"]:

@@ -63,14 +63,17 @@ class Client:
     def job(self, job_id: int) -> dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{job_id}").json()
 
-    def submit(self, files: list[tuple[str, str, str]], urgent: bool = False) -> list[dict[str, Any]]:
-        """Queue job files, each (text, source, base_dir): one job object, or a list of them stored together."""
+    def submit(self, files: list[tuple[str, str, str]], urgent: bool = False,
+               after: str | None = None) -> list[dict[str, Any]]:
+        """Queue job files, each (text, source, base_dir): one job object, or a list of them stored together.
+        ``after``: the jobs each waits for, as sbatch's --dependency says them."""
         from scheduler.environment import client_environment
 
         # The job runs in the submitter's environment (what its job file's export keeps), as sbatch and pueue do.
         environment = client_environment()
         bodies = [{"text": text, "source": source, "base_dir": base_dir, "urgent": urgent,
-                   "environment": environment} for text, source, base_dir in files]
+                   "environment": environment, **({"after": after} if after else {})}
+                  for text, source, base_dir in files]
         reply = self._request("POST", "/v1/jobs", json=bodies[0] if len(bodies) == 1 else bodies).json()
         return reply if isinstance(reply, list) else [reply]
 

@@ -21,9 +21,10 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from scheduler import __version__
+from scheduler import __version__, dependencies
 from scheduler.clock import Clock, EventClock
 from scheduler.config import Config, Paths
+from scheduler.dependencies import Wait
 from scheduler.errors import Conflict, GschedError, NotFound, StoreError
 from scheduler.executor.base import Broken, Ended, Executor, LaunchDeferred, Observation, Started
 from scheduler.faults import crash_point
@@ -86,6 +87,7 @@ class Daemon:
         # An event clock (the demo) moves with the runs: each run ends at its planned end on it (drive_events)
         self._events = isinstance(clock, EventClock)
         self._held: dict[int, Ended] = {}  # runs that ended before their planned end, reported at it
+        self._waiting: set[int] = set()  # queued jobs whose dependencies do not hold yet: never started
         self._woken = threading.Event()
         self._driver: threading.Thread | None = None
         if self._events:
@@ -254,7 +256,7 @@ class Daemon:
         if settings.elastic:
             for pause in segment_pauses(self.store.jobs([JobState.RUNNING]), now, self.executor.started):
                 self._checkpoint(pause, now)
-        queued = self.store.jobs(QUEUED)
+        queued, waits = self._release(self.store.jobs(QUEUED), now)
         boundary = grid0 not in (self._planned_grid, self._checked_grid)  # looked at once a slot, not every tick
         self._checked_grid = grid0
         changed = self._dirty.is_set() or (boundary and self._plan_outdated(now, grid0, queued))
@@ -271,9 +273,9 @@ class Daemon:
                 offers[horizon] = self.executor.capacity(grid0, slot.total_seconds(), horizon)
                 return free_per_node(offers[horizon], running, now, grid0, slot, horizon)
 
-            self.planning.replan(now, grid0, queued, free, held_modes)
+            self.planning.replan(now, grid0, queued, free, held_modes, waits)
             offered = offers[max(offers)]
-            queued = self.store.jobs(QUEUED)
+            queued = [j for j in self.store.jobs(QUEUED) if j.id not in self._waiting]
             if settings.elastic:
                 staying = [j for j in running if not j.preempt_requested]
                 free_now = {n: c[0] for n, c in free_per_node(offered, staying, now, grid0, slot, 1).items() if c}
@@ -281,6 +283,65 @@ class Daemon:
         self._dispatch(now, queued)
         if self.config.daemon.calibrate_when_idle and not self._events:
             self._calibrate_when_idle(now, busy=bool(queued) or bool(self.store.jobs([JobState.RUNNING])))
+
+    def _release(self, queued: list[Job], now: datetime) -> tuple[list[Job], dict[int, Wait]]:
+        """The queued jobs the planner places, and what those still waiting for predecessors wait for. A job whose
+        predecessors have not all ended as its dependencies ask stays PENDING, reason Dependency, as in Slurm. It is
+        planned with them (after queued ones, from a running one's planned end) where it waits for a success or
+        any end of jobs that are themselves planned; it waits unplanned for a failure (afternotok). A dependent
+        whose predecessor ended in a way that never satisfies it is cancelled (DependencyNeverSatisfied), and so,
+        in turn, are its own."""
+        while True:
+            cancelled = False
+            waits = {j.id: spec_of(j).after for j in queued if j.id is not None and '"after": [{' in j.spec_json}
+            states = self.store.states({d.job_id for after in waits.values() for d in after})
+            blocked: dict[int, tuple[list[dependencies.Dependency], str]] = {}
+            for job in queued:
+                if job.id not in waits:
+                    continue
+                waiting, never = dependencies.blocked(waits[job.id], states)
+                if never:
+                    try:
+                        self.store.transition(job.id, JobState.CANCELLED, at=now, expect=QUEUED, finished_at=now,
+                                              reason="DependencyNeverSatisfied: " + "; ".join(never))
+                        log.info("job %s: cancelled, its dependency can never be satisfied: %s", job.id, never)
+                    except Conflict:  # it was cancelled meanwhile
+                        pass
+                    cancelled = True
+                elif waiting:
+                    pending = [d for d in waits[job.id] if states[d.job_id] not in TERMINAL]
+                    blocked[job.id] = (pending, "Dependency: waits for " + ", ".join(waiting))
+            if cancelled:
+                queued = self.store.jobs(QUEUED)
+                continue
+            by_id = {j.id: j for j in queued}
+            plannable: dict[int, bool] = {}
+
+            def can_plan(job_id: int) -> bool:
+                if job_id not in plannable:
+                    plannable[job_id] = False  # (no cycle can form: a job waits only for jobs stored before it)
+                    plannable[job_id] = all(d.kind != "afternotok" and (
+                        states[d.job_id] == JobState.RUNNING
+                        or (d.job_id in by_id and (d.job_id not in blocked or can_plan(d.job_id))))
+                        for d in blocked[job_id][0])
+                return plannable[job_id]
+
+            plan_waits: dict[int, Wait] = {}
+            for job_id, (pending, reason) in blocked.items():
+                if can_plan(job_id):
+                    plan_waits[job_id] = Wait([d.job_id for d in pending if d.job_id in by_id],
+                                              [d.job_id for d in pending if states[d.job_id] == JobState.RUNNING],
+                                              reason)
+                    continue
+                job = by_id[job_id]
+                if job.plan_reason != reason or job.state != JobState.PENDING or job.plan_json:
+                    self.store.save_plans({job_id: {"state": JobState.PENDING, "plan_reason": reason,
+                                                    "planned_start": None, "planned_end": None, "planned_gpus": None,
+                                                    "plan_json": None}}, at=now)
+            if self._waiting - set(blocked):  # predecessors ended as asked: plan them now, not at the next boundary
+                self._dirty.set()
+            self._waiting = set(blocked)
+            return [j for j in queued if j.id not in blocked or j.id in plan_waits], plan_waits
 
     def _job_or_none(self, job_id: int) -> Job | None:
         try:
@@ -314,7 +375,8 @@ class Daemon:
             return True
         # (a start due at this boundary is not passed: the dispatch after this look starts it, or it waits for
         # devices still being freed; replanning first moved it away from a job pausing for it, slot after slot)
-        if any(j.state == JobState.PENDING or (j.planned_start is not None and j.planned_start < grid0
+        if any((j.state == JobState.PENDING and (j.id not in self._waiting or j.planned_start is None))
+               or (j.planned_start is not None and j.planned_start < grid0
                                                and not j.run_handle) for j in queued):
             return True
         return any((end := run_end(j)) is not None and end < now for j in self.store.jobs([JobState.RUNNING]))
@@ -327,7 +389,7 @@ class Daemon:
         looks every tick anyway."""
         slot = timedelta(minutes=self.config.planner.slot_minutes)
         boundary = floor_to(now, slot) + slot
-        queued = self.store.jobs(QUEUED)
+        queued = [j for j in self.store.jobs(QUEUED) if j.id not in self._waiting]
         if self._planned_grid is None or any(j.state == JobState.PENDING or j.planned_start is None for j in queued):
             return boundary
         due = [self._planned_grid + REPLAN_AT_LEAST_EVERY, *(j.planned_start for j in queued if j.planned_start)]

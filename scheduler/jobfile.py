@@ -13,13 +13,15 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from scheduler import dependencies
+from scheduler.dependencies import Dependency
 from scheduler.errors import JobFileError
 from scheduler.timeutil import parse_duration_s, parse_rfc3339, rfc3339
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _TOP_KEYS = {
     "name", "workload", "args", "command", "steps", "duration", "gpus", "nodes", "deadline", "max_delay",
-    "preemptible", "optimisations", "env", "export", "workdir", "time_limit", "resume_overhead_minutes",
+    "preemptible", "optimisations", "env", "export", "workdir", "time_limit", "resume_overhead_minutes", "after",
 }
 _OPT_KEYS = {"precision", "pruning", "compile", "power_cap_w"}
 
@@ -63,6 +65,8 @@ class JobSpec:
     # How many nodes its GPUs may span (DDP across nodes, on Slurm): n GPUs on k nodes are n/k on each
     nodes_min: int = 1
     nodes_max: int = 1
+    # The jobs it runs after (Slurm's --dependency): the API checks they exist and are the submitter's
+    after: tuple[Dependency, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -79,6 +83,7 @@ class JobSpec:
             data["command"] = tuple(data["command"])
         if isinstance(data.get("export"), list):
             data["export"] = tuple(data["export"])
+        data["after"] = tuple(Dependency(**d) for d in data.get("after", ()))
         return cls(**data)
 
     def overhead_minutes(self, default: float) -> float:
@@ -379,6 +384,7 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
         except ValueError as exc:
             r.fail("workdir", str(exc))
     time_limit_s = r.duration("time_limit")
+    after = _parse_after(r, data.get("after"))
 
     if r.errors:
         raise JobFileError(source, r.errors[0][0], r.errors[0][1], r.errors[1:])
@@ -387,7 +393,7 @@ def parse_job(text: str, *, source: str, base_dir: Path, now: datetime, default_
         workload=workload, args=args, command=tuple(command) if command is not None else None, steps=steps,
         duration_s=duration_s, preemptible=preemptible, optimisations=optimisations, env=env, export=export,
         time_limit_s=time_limit_s, resume_overhead_minutes=float(overhead) if overhead is not None else None,
-        nodes_min=nodes_min, nodes_max=nodes_max,
+        nodes_min=nodes_min, nodes_max=nodes_max, after=after,
     )
 
 
@@ -425,6 +431,27 @@ def _parse_nodes(r: "_Reader", nodes: Any, gpus_min: int, gpus_max: int, gpus_ok
         r.fail("nodes", f"no GPU count in gpus ({gpus_min}..{gpus_max}) splits evenly over {low}..{high} node(s): "
                         f"n GPUs on k nodes run n/k on each")
     return low, high
+
+
+def _parse_after(r: _Reader, raw: Any) -> tuple[Dependency, ...]:
+    """``after = [12, 13]`` (afterok), Slurm's ``after = "afterok:12:13,afterany:14"``, or a list mixing both."""
+    if raw is None:
+        return ()
+    try:
+        if isinstance(raw, str):
+            return dependencies.parse(raw)
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = [raw]
+        if not isinstance(raw, list):
+            raise ValueError(f"must be a list of job ids or a string such as 'afterok:12:13', got {_show(raw)}")
+        found: list[Dependency] = []
+        for item in raw:
+            found += (dependencies.parse(item) if isinstance(item, str) and not item.strip().isdigit()
+                      else [Dependency("afterok", dependencies.job_id(item))])
+        return dependencies.unique(found)
+    except ValueError as exc:
+        r.fail("after", str(exc))
+        return ()
 
 
 def _parse_optimisations(r: _Reader) -> Optimisations:

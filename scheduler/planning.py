@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from scheduler.config import Config
+from scheduler.dependencies import Wait
 from scheduler.errors import GschedError
 from scheduler.forecasts.base import Provider
 from scheduler.jobfile import JobSpec
@@ -183,12 +184,14 @@ class Planning:
 
     def replan(self, now: datetime, grid0: datetime, queued: list[Job],
                free: dict[str, list[int]] | Callable[[int], dict[str, list[int]]],
-               held_modes: dict[int, dict[str, Any]]) -> None:
+               held_modes: dict[int, dict[str, Any]], waits: dict[int, Wait] | None = None) -> None:
         """Plan the queued jobs on ``free`` (devices free per node, per slot from grid0; or a function of the
         horizon's slots that says so: the horizon is then planner.horizon_hours, or longer where a queued job's
         deadline or a queue's last end needs it). ``held_modes``: jobs an executor holds keep the mode they were
         handed over in; replans move their start only. On several nodes a mode's devices are on its number of
-        nodes, named in the plan (``nodes``, a list per segment)."""
+        nodes, named in the plan (``nodes``, a list per segment). ``waits``: queued jobs that wait for predecessors
+        (Daemon._release): planned after them, they stay PENDING, with their reason first, until those end."""
+        waits = waits or {}
         settings = self.config.planner
         slot = timedelta(minutes=settings.slot_minutes)
         slot_h = slot / timedelta(hours=1)
@@ -266,9 +269,16 @@ class Planning:
                 deadline_slot = min(deadline_slot, max(1, math.ceil(((now - grid0) / slot) - 1e-9
                                                                     + jm.work / modes[0].rate / slot_h)))
             elastic = settings.elastic and spec.preemptible and not job.urgent
-            pjobs.append(PJob(str(job.id), 0, deadline_slot, jm.work * left, modes, 0 if job.urgent else requested,
+            release_slot, after = 0, tuple[str, ...]()
+            if job.id in waits:
+                wait = waits[job.id]
+                after = tuple(str(i) for i in wait.after)
+                ends = [run_end(self.store.get(i)) or now for i in wait.running]
+                release_slot = min(horizon, math.ceil((max([now, *ends]) - grid0) / slot - 1e-9)) if ends else 0
+            pjobs.append(PJob(str(job.id), release_slot, deadline_slot, jm.work * left, modes, 0 if job.urgent else requested,
                               preemptible=elastic, resume_overhead_minutes=spec.overhead_minutes(
-                                  settings.resume_overhead_minutes) if elastic else 0.0, resumes=elastic and left < 1))
+                                  settings.resume_overhead_minutes) if elastic else 0.0, resumes=elastic and left < 1,
+                              after=after))
             modes_of[str(job.id)] = described
             if job.plan_json:
                 kept = previous_plan(json.loads(job.plan_json), described, grid0, slot)
@@ -297,9 +307,11 @@ class Planning:
         for j, pjob in enumerate(pjobs):
             option = solution.options.get(pjob.id)
             if option is None:
+                why = solution.unplanned.get(pjob.id, "not planned")
                 updates[int(pjob.id)] = {"state": JobState.PENDING, "planned_start": None, "planned_end": None,
                                          "planned_gpus": None, "plan_json": None,
-                                         "plan_reason": solution.unplanned.get(pjob.id, "not planned")}
+                                         "plan_reason": f"{waits[int(pjob.id)].reason}; {why}"
+                                         if int(pjob.id) in waits else why}
                 continue
             mode = pjob.modes[option.mode]
             seg_modes = [option.mode_at(i) for i in range(len(option.segments))]
@@ -332,12 +344,14 @@ class Planning:
                 else:
                     plan["pause_at"] = rfc3339(grid0 + b0 * slot)
                     end = grid0 + option.end * slot
+            reason = ((explain(costing, j, option, start, end, True)
+                       + (f"; {late_h:.2f} h after its deadline" if late_h > 0 else "")) if urgent
+                      else solution.late.get(pjob.id) or explain(costing, j, option, start, end, False))
+            waiting = waits.get(int(pjob.id))
             updates[int(pjob.id)] = {
-                "state": JobState.PLANNED, "planned_start": start, "planned_end": end, "planned_gpus": mode.gpus,
-                "plan_json": json.dumps(plan),
-                "plan_reason": (explain(costing, j, option, start, end, True)
-                                + (f"; {late_h:.2f} h after its deadline" if late_h > 0 else "")) if urgent
-                else solution.late.get(pjob.id) or explain(costing, j, option, start, end, False),
+                "state": JobState.PLANNED if waiting is None else JobState.PENDING, "planned_start": start,
+                "planned_end": end, "planned_gpus": mode.gpus, "plan_json": json.dumps(plan),
+                "plan_reason": reason if waiting is None else f"{waiting.reason}; then {reason}",
             }
         self.store.save_plans(updates, at=now)
 

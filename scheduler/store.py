@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -253,6 +253,21 @@ class Store:
                 s.add(JobEvent(job_id=job_id, at=at, state=to, reason=reason))
             s.add(job)
         return job
+
+    def states(self, job_ids: Iterable[int]) -> dict[int, JobState]:
+        """The state of each of these jobs that exists."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        with self.read() as s:
+            return {i: JobState(st) for i, st in s.exec(select(Job.id, Job.state).where(col(Job.id).in_(ids))).all()
+                    if i is not None}
+
+    def dependents(self, job_id: int) -> list[Job]:
+        """The jobs that wait, or waited, for this one (their job file's ``after``)."""
+        pattern = f'%"job_id": {int(job_id)}}}%'
+        with self.read() as s:
+            return list(s.exec(select(Job).where(col(Job.spec_json).like(pattern)).order_by(col(Job.id))).all())
 
     def update(self, job_id: int, **fields: Any) -> Job:
         """Change fields without a state change (plans, runner pid, cancel flag)."""

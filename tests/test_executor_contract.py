@@ -230,6 +230,33 @@ def test_cancel_while_queued_and_while_running(backend: Backend) -> None:
         d.stop()
 
 
+def test_a_pipeline_runs_each_step_after_the_last_and_a_failed_step_cancels_the_rest(backend: Backend) -> None:
+    """gsched holds a dependent itself: the executor gets it only once its predecessors ended as it asks."""
+    work = backend.workdir("w")
+    d = backend.daemon(CHEAP).start()
+    try:
+        def step(name: str, script: str, *after: str) -> int:
+            body = job_text(work, f'command = ["sh", "-c", "{script}"]\nduration = "1m"\n')
+            return d.submit(write_job(work, name, body), "--now", *after)
+
+        first = step("first", "while [ ! -e go ]; do sleep 0.1; done; echo one >> order")
+        second = step("second", "echo two >> order; exit 3", "--after", str(first))
+        third = step("third", "echo three >> order", "--dependency", f"afterok:{second}")
+        waiting = d.until(third, lambda j: (j["reason"] or "").startswith("Dependency: waits for job"))
+        assert waiting["state"] == "PENDING", waiting
+        assert waiting.get("slurm_job_id") is None  # nothing handed to Slurm while it waits
+        assert d.show(second)["state"] == "PENDING"
+        (work / "go").touch()
+        done = {j: ended(d, j) for j in (first, second, third)}
+        assert [done[j]["state"] for j in (first, second, third)] == ["COMPLETED", "FAILED", "CANCELLED"], done
+        assert done[second]["started_at"] >= done[first]["finished_at"]
+        assert done[third]["reason"] == f"DependencyNeverSatisfied: job {second} ended FAILED (afterok)", done[third]
+        assert not done[third]["runs"] and done[third].get("slurm_job_id") is None
+        assert (work / "order").read_text() == "one\ntwo\n"
+    finally:
+        d.stop()
+
+
 def test_a_job_past_its_time_limit_ends_timeout_with_its_energy(backend: Backend) -> None:
     work = backend.workdir("w")
     d = backend.daemon(CHEAP).start()
