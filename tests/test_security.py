@@ -391,6 +391,25 @@ def test_a_full_disk_ends_the_job_with_a_reason_and_the_daemon_keeps_answering(s
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+
+def test_a_runner_that_cannot_write_its_claim_says_the_disk_is_full(home: Path) -> None:
+    """Under load the disk can fill between the daemon starting a runner and the runner taking its run."""
+    mount = home.parent / "full"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        subprocess.run(["dd", "if=/dev/zero", f"of={mount / 'filler'}", "bs=4k"], capture_output=True)
+        runfile = home.parent / "run.json"
+        runfile.write_text(json.dumps({"claim_path": str(mount / "claim")}))
+        ran = subprocess.run([sys.executable, "-m", "scheduler.executor.runner", str(runfile)], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 75, ran.stderr  # EXIT_NO_RESULT: the daemon reports a full disk
+        assert "Traceback" not in ran.stderr and "No space left" in ran.stdout, (ran.stdout, ran.stderr)
+        assert not (mount / "claim").exists()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
 # --- 10. terminal escapes ---------------------------------------------------------------------------------------
 
 def test_terminal_escapes_are_shown_escaped(root_daemon: DaemonProc, shared: Path, users: tuple[str, str]) -> None:

@@ -150,7 +150,7 @@ class LocalExecutor(Executor):
         if token in self._runner_exits:
             code = self._runner_exits[token]
             if code == EXIT_NO_RESULT:
-                why = f"its runner could not write the result: the disk holding {self.paths.home} is full or unwritable"
+                why = f"its runner could not write its claim or result: the disk holding {self.paths.home} is full or unwritable"
             else:
                 why = f"runner exited with {code} without a result" + self._disk_hint()
             return self._ended(job, Lost(job.id, why))

@@ -11,6 +11,7 @@ Usage: python -m scheduler.executor.runner RUNFILE.json
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -31,7 +32,8 @@ from scheduler.executor.procs import TOKEN_VAR, RunGroup, proc_start_ticks
 
 METRICS_PREFIX = b"gsched-metrics "
 MAX_METRICS_LINE = 64 * 1024
-EXIT_NO_RESULT = 75  # the result could not be written (full disk): the daemon says so
+EXIT_NO_RESULT = 75  # the claim or the result could not be written (full disk): the daemon says so
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 SIOCGIFADDR = 0x8915  # Linux: an interface's IPv4 address
 
 # Runs as the job's owner, after the uid drop, so the kernel checks the owner's access to the workdir
@@ -330,7 +332,14 @@ def run(runfile: Path) -> int:
 
 
 if __name__ == "__main__":
-    code = run(Path(sys.argv[1]))
+    try:
+        code = run(Path(sys.argv[1]))
+    except OSError as exc:
+        # The disk filled before the runner wrote its claim (the job never started): a reason, not a traceback.
+        if exc.errno not in _DISK_ERRNOS:
+            raise
+        _say(f"gsched-runner: cannot write {exc.filename or 'its files'}: {exc.strerror}")
+        code = EXIT_NO_RESULT
     try:
         sys.stdout.flush()
     except OSError:
