@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 
 import numpy as np
 
 from scheduler.planner.options import Costing, Option, _runs
+from scheduler.planner.pipelines import in_order, predecessors, ready_slot
 from scheduler.planner.problem import EPS, PJob, Plan, Problem, Segment
 
 
@@ -29,10 +31,14 @@ def edf_order(problem: Problem) -> list[int]:
     return sorted(range(len(jobs)), key=lambda j: (jobs[j].deadline_slot, jobs[j].release_slot, j))
 
 
-def queue_option(costing: Costing, j: int, free: np.ndarray, cheapest: bool = False) -> Option | None:
-    """Job ``j`` in its requested mode, as early as ``free`` allows (late or not); with ``cheapest``, in its cheapest
-    window that ends by its deadline where one fits (Let's Wait Awhile), else as early as it can."""
+def queue_option(costing: Costing, j: int, free: np.ndarray, cheapest: bool = False, ready: int = 0
+                 ) -> Option | None:
+    """Job ``j`` in its requested mode, from slot ``ready`` on (its predecessors' end), as early as ``free`` allows
+    (late or not); with ``cheapest``, in its cheapest window that ends by its deadline where one fits (Let's Wait
+    Awhile), else as early as it can."""
     job = costing.problem.jobs[j]
+    if ready > job.release_slot:
+        job = replace(job, release_slot=ready)
     m = job.requested_mode
     if cheapest:
         starts, costs, n = costing.rigid_costs(job, m, job.deadline_slot)
@@ -54,13 +60,19 @@ def queue_option(costing: Costing, j: int, free: np.ndarray, cheapest: bool = Fa
 
 def queue(costing: Costing, order: list[int], cheapest: bool = False) -> dict[int, Option]:
     """A plain queue: each job in ``order``, in its requested mode, where queue_option puts it: the one FIFO and EDF
-    that the planner (its deadline guarantee), `gsched plan --compare` and `gsched simulate` all use."""
+    that the planner (its deadline guarantee), `gsched plan --compare` and `gsched simulate` all use. A job starts
+    after its predecessors' runs end (none without them): it queues behind them, however early it was submitted."""
     free = costing.capacity.copy()
     chosen: dict[int, Option] = {}
-    for j in order:
-        option = queue_option(costing, j, free, cheapest)
+    preds = predecessors(costing.problem.jobs)
+    ends: dict[int, int] = {}
+    for j in in_order(order, preds):
+        ready = ready_slot(preds[j], ends)
+        if ready is None:
+            continue
+        option = queue_option(costing, j, free, cheapest, ready)
         if option is not None:
-            chosen[j] = option
+            chosen[j], ends[j] = option, option.end
             a, b = option.segments[0]
             free[a:b] -= costing.problem.jobs[j].modes[option.mode].gpus
     return chosen
@@ -86,17 +98,24 @@ def carbonscaler(problem: Problem) -> Plan:
     costing = Costing(problem)
     free = costing.capacity.copy()
     plan: Plan = {}
-    for j in fifo_order(problem):
+    preds = predecessors(problem.jobs)
+    ends: dict[int, int] = {}
+    for j in in_order(fifo_order(problem), preds):
+        ready = ready_slot(preds[j], ends)
+        if ready is None:
+            continue
         job = problem.jobs[j]
+        if ready > job.release_slot:
+            job = replace(job, release_slot=ready)
         segments = _scale(costing, job, free) if job.preemptible else None
         if segments is None:
-            option = queue_option(costing, j, free, cheapest=True)
+            option = queue_option(costing, j, free, cheapest=True, ready=ready)
             if option is None:
                 continue
             segments = [Segment(a, b, option.mode) for a, b in option.segments]
         for seg in segments:
             free[seg.start_slot:seg.end_slot] -= job.modes[seg.mode].gpus
-        plan[job.id] = segments
+        plan[job.id], ends[j] = segments, max(seg.end_slot for seg in segments)
     return plan
 
 

@@ -11,7 +11,9 @@ at the problem's slot weights, capacity aside: the solvers then place every job 
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -46,6 +48,44 @@ def order(jobs: tuple[PJob, ...]) -> list[int]:
                 state[p] = 1
                 stack.append((p, iter(jobs[p].after)))
     return done
+
+
+def predecessors(jobs: tuple[PJob, ...]) -> list[list[int]]:
+    """Each job's predecessors in the problem, by index (a predecessor outside it has ended or is running)."""
+    index = {job.id: j for j, job in enumerate(jobs)}
+    return [[index[q] for q in job.after if q in index] for job in jobs]
+
+
+def in_order(priority: list[int], preds: list[list[int]]) -> list[int]:
+    """``priority`` changed only where a job comes before one of its predecessors: it then comes as soon as the last
+    of them has (Kahn's order, ties by ``priority``). Jobs on a cycle come last."""
+    if not any(preds):
+        return priority
+    rank = {j: k for k, j in enumerate(priority)}
+    waiting = {j: len(set(preds[j])) for j in priority}
+    deps: dict[int, list[int]] = {}
+    for j in priority:
+        for p in set(preds[j]):
+            deps.setdefault(p, []).append(j)
+    heap = [(rank[j], j) for j in priority if not waiting[j]]
+    heapq.heapify(heap)
+    out: list[int] = []
+    while heap:
+        _, j = heapq.heappop(heap)
+        out.append(j)
+        for d in deps.get(j, ()):
+            waiting[d] -= 1
+            if not waiting[d]:
+                heapq.heappush(heap, (rank[d], d))
+    placed = set(out)
+    return out + [j for j in priority if j not in placed]
+
+
+def ready_slot(preds: list[int], ends: Mapping[int, int]) -> int | None:
+    """The first slot a job may start in: its predecessors' last ends (0 without any); None while one has no run."""
+    if any(p not in ends for p in preds):
+        return None
+    return max((ends[p] for p in preds), default=0)
 
 
 class _Runs:
@@ -88,8 +128,7 @@ def with_precedence(problem: Problem) -> Problem:
     """The problem with each pipeline's windows set (see the module's text); the problem itself where no job has a
     predecessor in it."""
     jobs = problem.jobs
-    index = {job.id: j for j, job in enumerate(jobs)}
-    preds = [[index[q] for q in job.after if q in index] for job in jobs]
+    preds = predecessors(jobs)
     if not any(preds):
         return problem
     topo = order(jobs)
