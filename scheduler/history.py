@@ -10,6 +10,7 @@ gsched's format (CSV with a header, or JSON: a list of objects or {"jobs": [...]
     run_time     how long it ran on them: seconds or a duration ("90m", "1h30m") (or steps and steps_per_s)
     deadline     RFC 3339, or max_delay (a duration after submit), else the policy's (--slack, --slack-factor)
     preemptible  true/false (default false); gpus_max: it may also run on up to this many GPUs
+    after        ids of jobs it ran after ("a:b", "afterok:a:b"; a list in JSON): it starts once they end
     id, name, state
 
 Slurm: `sacct --parsable2 --allusers --format=JobID,JobName,User,Submit,Start,End,Elapsed,Timelimit,AllocTRES,State`
@@ -21,6 +22,7 @@ gres/gpu in AllocTRES, run time from Elapsed; times without an offset are read i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import re
@@ -30,8 +32,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from scheduler.dependencies import MAX_DEPENDENCIES
 from scheduler.errors import InputError
-from scheduler.timeutil import parse_duration_s
+from scheduler.planner.pipelines import in_order
+from scheduler.timeutil import parse_duration_s, rfc3339
 
 SACCT_COLUMNS = ("JobID", "JobName", "User", "Submit", "Start", "End", "Elapsed", "Timelimit", "AllocTRES", "State")
 ENDED_BADLY = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "DEADLINE", "BOOT_FAIL")
@@ -51,6 +55,8 @@ class Submission:
     gpus_max: int | None = None
     time_limit_s: float | None = None  # Slurm's Timelimit
     state: str = ""
+    after: tuple[str, ...] = ()  # ids of the jobs it starts after, once they end
+    where: str = ""  # its line (or JSON index) in the history, for errors
 
 
 @dataclass(frozen=True)
@@ -144,19 +150,61 @@ def load_history(path: Path, policy: DeadlinePolicy, drop_failed: bool = False, 
             continue
         deadline = policy.deadline(job)
         if deadline is None:
-            rows.fail(job.id, "deadline", "none in the history: state a policy (--slack 24h, --slack-factor 2 or "
-                                          "--deadline-from timelimit)")
+            rows.fail(job.where or job.id, "deadline",
+                      "none in the history: state a policy (--slack 24h, --slack-factor 2 or "
+                      "--deadline-from timelimit)")
             continue
         if deadline <= job.submit:
-            rows.fail(job.id, "deadline", f"{deadline.isoformat()} is not after its submit time")
+            rows.fail(job.where or job.id, "deadline", f"{deadline.isoformat()} is not after its submit time")
             continue
-        kept.append(Submission(job.id, job.name, job.user, job.submit, job.gpus, job.run_s, deadline,
-                               job.preemptible, job.gpus_max, job.time_limit_s, job.state))
+        kept.append(dataclasses.replace(job, deadline=deadline))
     rows.check()
     if not kept:
         raise InputError(f"{path}: no jobs to simulate" + (f" (skipped: {skipped})" if skipped else ""))
-    kept.sort(key=lambda j: (j.submit, j.id))
+    kept = _linked(kept, {job.id for job in jobs}, rows, skipped)
+    rows.check()
     return History(kept, skipped, kind)
+
+
+def _linked(jobs: list[Submission], read: set[str], rows: _Rows, skipped: dict[str, int]) -> list[Submission]:
+    """The jobs in submission order, each after its predecessors (a pipeline submitted in one go shares a second).
+    A link to a job left out (--drop-failed) is dropped and counted; one to no job, to a job submitted later, to
+    an id two jobs share, or around a cycle is an error naming the job."""
+    ids: dict[str, int] = {}
+    for job in jobs:
+        ids[job.id] = ids.get(job.id, 0) + 1
+    out = []
+    for job in jobs:
+        kept_after = []
+        for other in job.after:
+            if other not in ids:
+                if other in read:
+                    skipped["'after' links to jobs left out"] = skipped.get("'after' links to jobs left out", 0) + 1
+                else:
+                    rows.fail(job.where or job.id, "after", f"no job {other!r} in the history")
+            elif ids[other] > 1:
+                rows.fail(job.where or job.id, "after", f"{ids[other]} jobs have the id {other!r}: give each its own")
+            elif other == job.id:
+                rows.fail(job.where or job.id, "after", "a job cannot run after itself")
+            else:
+                kept_after.append(other)
+        out.append(dataclasses.replace(job, after=tuple(kept_after)) if kept_after != list(job.after) else job)
+    by_id = {job.id: job for job in out}
+    for job in out:
+        for other in job.after:
+            if other in by_id and by_id[other].submit > job.submit:
+                rows.fail(job.where or job.id, "after",
+                          f"job {other!r} is submitted after it ({rfc3339(by_id[other].submit)})")
+    if rows.errors:
+        return out
+    out.sort(key=lambda j: (j.submit, j.id))
+    position = {job.id: k for k, job in enumerate(out)}
+    ordered = in_order(list(range(len(out))), [[position[q] for q in job.after] for job in out])
+    rank = {k: r for r, k in enumerate(ordered)}
+    for k in ordered:  # in_order puts the jobs of a cycle last, in submission order: one of them comes too soon
+        if any(rank[position[q]] > rank[k] for q in out[k].after):
+            rows.fail(out[k].where or out[k].id, "after", "its 'after' makes a cycle")
+    return [out[k] for k in ordered]
 
 
 # --- gsched's own format ------------------------------------------------------------------------------------------
@@ -224,10 +272,39 @@ def _own_row(row: dict[str, Any], line: int | str, rows: _Rows, zone: tzinfo, no
         preemptible = preemptible.strip().lower() in ("true", "1", "yes")
     elif not isinstance(preemptible, bool):
         rows.fail(line, "preemptible", "must be true or false")
+    after = _after(row.get("after"), line, rows)
     if len(rows.errors) > bad or submit is None or gpus is None or run_s is None:
         return None
     return Submission(str(row.get("id") or f"{line}")[:64], str(row.get("name") or f"job-{line}")[:64], user[:64], submit,
-                      gpus, run_s, deadline, bool(preemptible), gpus_max, None, str(row.get("state") or ""))
+                      gpus, run_s, deadline, bool(preemptible), gpus_max, None, str(row.get("state") or ""), after,
+                      str(line))
+
+
+_KINDS = ("afterok", "afterany", "afternotok")
+
+
+def _after(value: Any, line: int | str, rows: _Rows) -> tuple[str, ...]:
+    """The ids a job ran after: "a:b" or "a b" (a kind first, as sbatch writes it, is allowed: in a history the job
+    ran, so whatever the kind it starts once they end), or a JSON list of ids."""
+    if value is None or value == "" or value == []:
+        return ()
+    if isinstance(value, list):
+        if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in value):
+            rows.fail(line, "after", "must be a list of job ids")
+            return ()
+        parts = [str(v).strip() for v in value]
+    elif isinstance(value, (str, int)) and not isinstance(value, bool):
+        parts = [part for part in re.split(r"[\s:;,]+", str(value).strip()) if part not in _KINDS]
+    else:
+        rows.fail(line, "after", "must be job ids such as 'a:b' or a list of them")
+        return ()
+    if any(not part or len(part) > 64 for part in parts):
+        rows.fail(line, "after", f"{str(value)[:80]!r}: each id must be 1 to 64 characters")
+        return ()
+    if len(set(parts)) > MAX_DEPENDENCIES:
+        rows.fail(line, "after", f"{len(set(parts))} jobs; at most {MAX_DEPENDENCIES}")
+        return ()
+    return tuple(dict.fromkeys(parts))
 
 
 def _time(value: Any, line: int | str, field: str, rows: _Rows, zone: tzinfo, required: bool = False
@@ -378,7 +455,7 @@ def _sacct_row(job_id: str, name: str, user: str, submit_text: Any, start_text: 
         skip("ran for 0 s")
         return None
     return Submission(job_id, (name or job_id)[:64], user[:64], submit, gpus, elapsed_s, None, False, None, limit_s,
-                      state.split()[0] if state else "")
+                      state.split()[0] if state else "", (), str(line))
 
 
 def _sacct_json(items: list[Any], rows: _Rows, skipped: dict[str, int]) -> list[Submission]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from scheduler.forecasts.base import Forecast
 from scheduler.planner.cost import J_PER_KWH, run_cost
+from scheduler.planner.pipelines import in_order
 from scheduler.timeutil import rfc3339
 
 MEASURED_SOURCES = ("nvml", "nvml-power", "rapl")
@@ -41,6 +42,7 @@ class FinishedJob:
     finished_at: datetime
     runs: tuple[Run, ...]
     requested_gpus: int = 1
+    after: tuple[int, ...] = ()  # the jobs it waited for: run-now starts it after their run-now runs end
 
     @property
     def requested_s(self) -> float:
@@ -55,7 +57,8 @@ Signals = Callable[[datetime, datetime], tuple[Forecast, str]]
 def run_now_starts(jobs: Sequence[FinishedJob], devices: int) -> dict[int, datetime]:
     """Run-now with the pool's devices: by submission, each job starts at the earliest time from its submission
     when its requested devices are free for its whole run, as the planner benchmark's run-now does; on a
-    one-minute grid (a start rounds up to the minute, a run to whole minutes)."""
+    one-minute grid (a start rounds up to the minute, a run to whole minutes). A pipeline's step starts no earlier
+    than its predecessors' run-now runs end (those reported with it): a plain queue holds it as gsched does."""
     if not jobs:
         return {}
     origin = min(j.submitted_at for j in jobs)
@@ -65,9 +68,14 @@ def run_now_starts(jobs: Sequence[FinishedJob], devices: int) -> dict[int, datet
     free = np.full(last + sum(spans.values()) + 1, devices, dtype=np.int32)  # room for the longest queue
     starts: dict[int, datetime] = {}
     room_from: dict[int, int] = {}  # need -> no minute before it has room for that many (only ever moves on)
-    for job in sorted(jobs, key=lambda j: (j.submitted_at, j.id)):
+    by_submission = sorted(jobs, key=lambda j: (j.submitted_at, j.id))
+    index = {job.id: k for k, job in enumerate(by_submission)}
+    preds = [[index[p] for p in job.after if p in index] for job in by_submission]
+    ends: dict[int, int] = {}
+    for k in in_order(list(range(len(by_submission))), preds):
+        job = by_submission[k]
         need, n = min(job.requested_gpus, devices), spans[job.id]
-        submitted = math.ceil((job.submitted_at - origin) / minute)
+        submitted = max([math.ceil((job.submitted_at - origin) / minute), *(ends.get(p, 0) for p in preds[k])])
         t = _first_room(free, max(submitted, room_from.get(need, 0)), need)
         if submitted <= room_from.get(need, 0):
             room_from[need] = t
@@ -77,7 +85,7 @@ def run_now_starts(jobs: Sequence[FinishedJob], devices: int) -> dict[int, datet
                 break
             t = _first_room(free, t + int(short[-1]) + 1, need)
         free[t:t + n] -= need
-        starts[job.id] = origin + t * minute
+        starts[job.id], ends[k] = origin + t * minute, t + n
     return starts
 
 
@@ -190,15 +198,17 @@ def from_store(store: Any, provider: Any, profiles: Any, since: datetime | None,
 
     finished = []
     for job in jobs:
+        after: tuple[int, ...] = ()
         try:
             spec = spec_of(job)
         except Exception:  # an old record the model cannot read: the runs' own durations stand
             ratios, requested_gpus = {}, None
         else:
             ratios, requested_gpus = profiles.rate_ratios(job, spec)
+            after = tuple(dep.job_id for dep in spec.after)
         finished.append(FinishedJob(
             job.id or 0, job.name, job.owner_name, job.state.value, job.submitted_at, job.finished_at,
             tuple(Run(m.started_at, m.finished_at, m.energy_j, m.energy_source,
                       ratios.get(mode_key(json.loads(m.mode_json)) if m.mode_json else None, 1.0))
-                  for m in runs[job.id or 0]), requested_gpus or job.gpus or job.gpus_min))
+                  for m in runs[job.id or 0]), requested_gpus or job.gpus or job.gpus_min, after))
     return report(finished, signals, devices)

@@ -203,11 +203,14 @@ class Simulated:
     series: dict[str, tuple[list[datetime], list[float], list[float]]]  # name -> times, cum. EUR, cum. kgCO2
 
 
-def _job_text(name: str, run_s: float, gpus: int, gpus_max: int | None, preemptible: bool, deadline: datetime) -> str:
+def _job_text(name: str, run_s: float, gpus: int, gpus_max: int | None, preemptible: bool, deadline: datetime,
+              after: list[int]) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "job"
+    # afterany: in the history it ran after them, whatever the kind; a replay never fails a job anyway
+    links = f'after = "afterany:{":".join(map(str, after))}"\n' if after else ""
     return (f'name = "{safe}"\ncommand = ["true"]\nduration = "{run_s:.3f}s"\nsteps = {max(1, round(run_s))}\n'
             f"gpus = {{ min = {gpus}, max = {max(gpus, gpus_max or gpus)} }}\n"
-            f"preemptible = {str(preemptible).lower()}\ndeadline = \"{rfc3339(deadline)}\"\n")
+            f"preemptible = {str(preemptible).lower()}\ndeadline = \"{rfc3339(deadline)}\"\n{links}")
 
 
 class Replay:
@@ -290,6 +293,7 @@ class Replayed:
     ticks: int
     seconds: float
     forecast_error: dict[str, float | None]
+    after: dict[int, tuple[int, ...]]  # store id -> its predecessors' store ids
 
 
 def simulate(history: History, config: Config, realised: Provider, forecast: ForecastMode, capacity: Capacity,
@@ -319,6 +323,7 @@ def replay(history: History, config: Config, realised: Provider, forecast: Forec
         users = {name: 20000 + k for k, name in enumerate(sorted({j.user for j in history.jobs}))}
         arrivals = [(_ceil_minute(j.submit), j) for j in history.jobs]
         ids: dict[int, Any] = {}  # store id -> submission
+        stored: dict[str, int] = {}  # history id -> store id (load_history puts predecessors first)
         k, t = 0, t0
         last_deadline = max(j.deadline for j in history.jobs if j.deadline is not None)
         total_h = sum(j.run_s * j.gpus for j in history.jobs) / 3600 / max(1, capacity.most)
@@ -329,8 +334,10 @@ def replay(history: History, config: Config, realised: Provider, forecast: Forec
             while k < len(arrivals) and arrivals[k][0] <= t:
                 job = arrivals[k][1]
                 assert job.deadline is not None
-                text = _job_text(job.name, job.run_s, job.gpus, job.gpus_max, job.preemptible, job.deadline)
-                ids[run.submit(text, job.user, users[job.user], f"history job {job.id}")] = job
+                text = _job_text(job.name, job.run_s, job.gpus, job.gpus_max, job.preemptible, job.deadline,
+                                 [stored[other] for other in job.after])
+                stored[job.id] = run.submit(text, job.user, users[job.user], f"history job {job.id}")
+                ids[stored[job.id]] = job
                 k += 1
             run.tick(t)
             active = run.active()
@@ -352,8 +359,9 @@ def replay(history: History, config: Config, realised: Provider, forecast: Forec
         pjobs = {i: _pjob(run.daemon, jobs_by_id[i]) for i in ids}
         known = run.daemon.provider
         error = known.error_pct() if isinstance(known, KnownForecast) else {}
+        after = {i: tuple(stored[other] for other in ids[i].after) for i in ids}
         return Replayed(end_at, pjobs, run.executor, ids, unfinished, run.daemon.planning.replans, run.ticks,
-                        time.monotonic() - started_wall, error)
+                        time.monotonic() - started_wall, error, after)
 
 
 def _ceil_minute(when: datetime) -> datetime:
@@ -377,7 +385,7 @@ def _executed(r: Replayed, t0: datetime, minutes: int, realised: Provider, capac
     """What ran in a replay, as a plan on a 1-minute grid, and its problem, priced."""
     settings = config.planner
     fine = _problem(t0, 1, minutes, realised, capacity, settings.carbon_price_eur_per_t, settings.objective,
-                    r.pjobs, r.ids, lambda when: math.ceil((when - t0) / MINUTE - 1e-9),
+                    r.pjobs, r.ids, r.after, lambda when: math.ceil((when - t0) / MINUTE - 1e-9),
                     lambda when: math.floor((when - t0) / MINUTE + 1e-9))
     plan: Plan = {}
     for run in r.executor.runs:
@@ -402,7 +410,8 @@ def _priced(history: History, config: Config, realised: Provider, forecast: Fore
     slots = math.ceil((latest - t0) / slot) + 2 * 24 * 60 // settings.slot_minutes
     while True:  # room for run-now to run every job in full: a backlog can outlast the last deadline by days
         coarse = _problem(t0, settings.slot_minutes, slots, realised, capacity, settings.carbon_price_eur_per_t,
-                          settings.objective, pjobs, ids, lambda when: math.ceil((when - t0) / slot - 1e-9),
+                          settings.objective, pjobs, ids, replayed.after,
+                          lambda when: math.ceil((when - t0) / slot - 1e-9),
                           lambda when: math.floor((when - t0) / slot + 1e-9))
         fifo_plan = run_now(coarse)
         if len(fifo_plan) == len(coarse.jobs) or slots > 365 * 24 * 60 // settings.slot_minutes:
@@ -419,7 +428,8 @@ def _priced(history: History, config: Config, realised: Provider, forecast: Fore
                                            ("hindsight", coarse, hindsight))}
     users = {str(i): ids[i].user for i in ids}
     report: dict[str, Any] = {
-        "jobs": len(ids), "history_format": history.format, "skipped": history.skipped,
+        "jobs": len(ids), "after_links": sum(len(a) for a in replayed.after.values()),
+        "history_format": history.format, "skipped": history.skipped,
         "period": {"start": rfc3339(t0), "end": rfc3339(end_at)}, "gpus": capacity.most,
         "forecast": forecast.label, "signals": realised.name, "objective": settings.objective,
         "planner_time_limit_s": settings.time_limit_s, "replans": replayed.replans, "ticks": replayed.ticks,
@@ -476,7 +486,8 @@ def _forecast_error(forecast: ForecastMode, replayed: Replayed, perfect: Replaye
 
 def _problem(t0: datetime, slot_minutes: int, slots: int, realised: Provider, capacity: Capacity,
              carbon_price: float, objective: str, pjobs: dict[int, Any], ids: dict[int, Any],
-             release: Callable[[datetime], int], due: Callable[[datetime], int]) -> Problem:
+             after: dict[int, tuple[int, ...]], release: Callable[[datetime], int], due: Callable[[datetime], int]
+             ) -> Problem:
     step = timedelta(minutes=slot_minutes)
     price, carbon = realised.forecast(t0, t0 + slots * step).on_grid(t0, slot_minutes * 60, slots)
     jobs = []
@@ -484,7 +495,8 @@ def _problem(t0: datetime, slot_minutes: int, slots: int, realised: Provider, ca
         submitted = ids[i]
         jobs.append(PJob(str(i), min(slots - 1, release(submitted.submit)),
                          max(1, min(slots, due(submitted.deadline))), work, modes, requested,
-                         preemptible=preemptible, resume_overhead_minutes=overhead))
+                         preemptible=preemptible, resume_overhead_minutes=overhead,
+                         after=tuple(str(p) for p in after.get(i, ()))))
     free = tuple(capacity.at(t0 + k * step) for k in range(slots))
     return Problem(t0, slot_minutes, capacity.most, carbon_price, tuple(price), tuple(carbon), tuple(jobs), objective,
                    free)

@@ -198,6 +198,24 @@ def test_run_now_queues_the_reported_jobs_fifo_with_backfill_on_the_pool() -> No
     assert starts == {1: 0, 2: 60, 5: 90, 4: 95, 3: 60}
 
 
+def test_run_now_starts_a_pipelines_step_after_its_predecessors_run_now_ends() -> None:
+    """A step submitted with its predecessor (a pipeline submitted in one go) waits for it in the baseline too:
+    without, run-now ran both at once, and the saving credited gsched with the wait it had to make."""
+    from datetime import datetime, timedelta, timezone
+
+    from scheduler.report import FinishedJob, Run, run_now_starts
+
+    t0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+    def job(i: int, run_min: float, after: tuple[int, ...] = ()) -> FinishedJob:
+        return FinishedJob(i, "n", "o", "COMPLETED", t0, t0, (Run(t0, t0 + timedelta(minutes=run_min), 1.0,
+                                                                  "estimate"),), 1, after)
+
+    jobs = [job(3, 10, (2,)), job(2, 30, (1,)), job(1, 60), job(4, 5, (9,))]  # 9: not in the report
+    starts = {k: (v - t0) / timedelta(minutes=1) for k, v in run_now_starts(jobs, 4).items()}
+    assert starts == {1: 0, 2: 60, 3: 90, 4: 0}
+
+
 def test_savings_are_over_the_completed_jobs_only_a_cancelled_one_is_listed_and_priced_not_compared() -> None:
     """A job cancelled after ten minutes ran a tenth of its work: against a run-now of that same tenth it would
     show a saving nobody made. Savings are over the jobs run in full; cost and energy count every run."""

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import random
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from scheduler.history import DeadlinePolicy, load_history, slurm_duration_s
 from scheduler.outcomes import spec_of
 from scheduler.planner.problem import evaluate, plan_from_json, problem_from_json
 from scheduler.planner.baselines import run_now
+from scheduler.planner.solve import solve
 from scheduler.simulation import Capacity, ForecastMode, Replay, simulate
 
 MONDAY = datetime(2026, 6, 1, tzinfo=timezone.utc)  # the embedded trace's week repeats on every Monday
@@ -300,6 +302,43 @@ def test_sim_a_running_job_is_recovered_by_a_restarted_daemon_and_ends_on_time(t
     assert job.state.value == "COMPLETED" and job.finished_at == started + timedelta(minutes=40)
 
 
+def test_sim_a_pipeline_runs_each_step_after_the_last_and_a_cancelled_step_cancels_the_rest(tmp_path: Path) -> None:
+    r = trace_replay(tmp_path, start="2024-01-01T01:05:00Z")
+    first = r.submit(job_text(30, 'max_delay = "1h"\n'), "ann", 20000, "a.toml")
+    second = r.submit(job_text(60, f'max_delay = "10h"\nafter = [{first}]\n'), "ann", 20000, "b.toml")
+    third = r.submit(job_text(20, f'max_delay = "12h"\nafter = "afterok:{second}"\n'), "ann", 20000, "c.toml")
+    rescue = r.submit(job_text(20, f'max_delay = "12h"\nafter = "afternotok:{second}"\n'), "ann", 20000, "d.toml")
+    r.tick(r.clock.now())
+    held = r.store.get(third)
+    assert held.state.value == "PENDING" and (held.plan_reason or "").startswith(f"Dependency: waits for job {second}")
+    r.run_until(lambda: state(r, second) == "RUNNING", r.clock.now() + timedelta(hours=12))
+    started, before = r.store.get(second).started_at, r.store.get(first).finished_at
+    assert started and before and started >= before and started.hour % 2 == 1  # after it, in a cheap hour
+    r.daemon.cancel(r.store.get(second))
+    r.run_until(lambda: state(r, rescue) == "COMPLETED", r.clock.now() + timedelta(hours=12))
+    assert [state(r, j) for j in (first, second, third, rescue)] == ["COMPLETED", "CANCELLED", "CANCELLED",
+                                                                     "COMPLETED"]
+    assert r.store.get(third).reason == f"DependencyNeverSatisfied: job {second} ended CANCELLED (afterok)"
+    assert third not in {run.job_id for run in r.executor.runs}
+    assert r.executor.in_use() == 0
+
+
+def test_sim_a_requeued_predecessor_holds_its_dependent_back_until_it_completes(tmp_path: Path) -> None:
+    r = trace_replay(tmp_path, start="2024-01-01T01:05:00Z")
+    first = r.submit(job_text(50, 'preemptible = true\nmax_delay = "12h"\n'), "ann", 20000, "a.toml")
+    second = r.submit(job_text(20, f'max_delay = "14h"\nafter = [{first}]\n'), "ann", 20000, "b.toml")
+    r.run_until(lambda: state(r, first) == "RUNNING", r.clock.now() + timedelta(hours=6))
+    r.tick(r.clock.now() + timedelta(minutes=10))
+    r.daemon.requeue(r.store.get(first))
+    r.tick(r.next_event())  # the checkpoint: back in the queue, and on again at once in this cheap hour
+    assert len([run for run in r.executor.runs if run.job_id == first]) == 1 and state(r, second) == "PENDING"
+    assert (r.store.get(second).plan_reason or "").startswith(f"Dependency: waits for job {first}")
+    r.run_until(lambda: state(r, second) == "COMPLETED", r.clock.now() + timedelta(hours=14))
+    runs = [run for run in r.executor.runs if run.job_id == first]
+    assert len(runs) >= 2 and state(r, first) == "COMPLETED"
+    assert r.store.get(second).started_at >= r.store.get(first).finished_at == runs[-1].end
+
+
 def test_a_capacity_file_sets_the_pool_over_time_and_bad_rows_are_named(tmp_path: Path) -> None:
     good = tmp_path / "capacity.csv"
     good.write_text("start_utc,gpus\n2026-06-01T00:00:00Z,4\n2026-06-01T12:00:00Z,2\n")
@@ -448,3 +487,63 @@ def test_a_job_planned_late_starts_when_the_devices_free_not_at_the_next_boundar
     assert result.report["complete"], result.report
     first, late = (min(s.start_slot for s in result.plan[k]) for k in ("1", "2"))  # minutes from 06:00
     assert first == 0 and late == 50, result.plan
+
+
+def test_a_pipeline_in_a_history_runs_each_step_after_the_last_in_the_replay_run_now_and_hindsight(
+        tmp_path: Path) -> None:
+    """prep -> train -> eval and prep -> export, submitted in one go (dependents first in the file), beside jobs
+    that fill the pool: no schedule the report prices may start a step before its predecessors end."""
+    (tmp_path / "h.csv").write_text(
+        "id,submit,user,gpus,run_time,max_delay,after\n"
+        "eval,2026-06-01T06:00:00Z,ann,1,1h,20h,afterok:train\n"
+        "train,2026-06-01T06:00:00Z,ann,2,3h,20h,prep\n"
+        "export,2026-06-01T06:00:00Z,ann,1,30m,20h,prep\n"
+        "prep,2026-06-01T06:00:00Z,ann,1,1h,20h,\n"
+        + "".join(f"other{k},2026-06-01T06:{k:02d}:00Z,bo,1,2h,4h,\n" for k in range(4)))
+    history = load_history(tmp_path / "h.csv", DeadlinePolicy())
+    order = [j.id for j in history.jobs]
+    assert order.index("prep") < order.index("train") < order.index("eval")
+    result = simulate(history, quick_config(0.3), TraceProvider(), ForecastMode("perfect"), Capacity.constant(2), 2.0)
+    report = result.report
+    assert report["valid"] and report["complete"] and report["after_links"] == 3, report
+    stored = {j.id: str(k) for k, j in enumerate(history.jobs, 1)}
+    hindsight = solve(result.hindsight_problem, 2.0).plan
+    for name, plan, minutes in (("gsched", result.plan, 1), ("run-now", run_now(result.hindsight_problem),
+                                                               result.hindsight_problem.slot_minutes),
+                                ("hindsight", hindsight, result.hindsight_problem.slot_minutes)):
+        start = {j: min(s.start_slot for s in plan[stored[j]]) * minutes for j in stored}
+        end = {j: max(s.end_slot for s in plan[stored[j]]) * minutes for j in stored}
+        for step, before in (("train", "prep"), ("export", "prep"), ("eval", "train")):
+            assert start[step] >= end[before], (name, step, start, end)
+    assert not [e for e in report["errors"] if "'after'" in e]
+
+
+@pytest.mark.parametrize(("after", "message"), [
+    ("nosuch", "no job 'nosuch' in the history"),
+    ("b", "job 'b' is submitted after it"),
+    ("a", "a job cannot run after itself"),
+])
+def test_a_bad_after_in_a_history_is_named_by_line(tmp_path: Path, after: str, message: str) -> None:
+    path = tmp_path / "h.csv"
+    path.write_text("id,submit,user,gpus,run_time,after\n"
+                    f"a,2026-06-01T06:00:00Z,ann,1,1h,{after}\n"
+                    "b,2026-06-01T07:00:00Z,ann,1,1h,\n")
+    with pytest.raises(InputError, match=re.escape(f"{path}:2: after: {message}")):
+        load_history(path, DeadlinePolicy(slack_s=3600))
+
+
+def test_a_cycle_in_a_history_is_refused_and_a_link_to_a_dropped_job_is_counted(tmp_path: Path) -> None:
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps([{"id": "a", "submit": "2026-06-01T06:00:00Z", "user": "ann", "gpus": 1,
+                                 "run_time": "1h", "after": ["b"]},
+                                {"id": "b", "submit": "2026-06-01T06:00:00Z", "user": "ann", "gpus": 1,
+                                 "run_time": "1h", "after": ["a"]}]))
+    with pytest.raises(InputError, match="after: its 'after' makes a cycle"):
+        load_history(path, DeadlinePolicy(slack_s=3600))
+    path.write_text(json.dumps([{"id": "a", "submit": "2026-06-01T06:00:00Z", "user": "ann", "gpus": 1,
+                                 "run_time": "1h", "state": "FAILED"},
+                                {"id": "b", "submit": "2026-06-01T06:00:00Z", "user": "ann", "gpus": 1,
+                                 "run_time": "1h", "after": ["a"]}]))
+    history = load_history(path, DeadlinePolicy(slack_s=3600), drop_failed=True)
+    assert [(j.id, j.after) for j in history.jobs] == [("b", ())]
+    assert history.skipped["'after' links to jobs left out"] == 1

@@ -384,8 +384,8 @@ def in_pipeline_order(problem: Problem, solution: Solution) -> Solution:
     index = {job.id: j for j, job in enumerate(jobs)}
     chosen = {index[i]: o for i, o in solution.options.items()}
     free = planner.costing.capacity.copy()
-    for option in chosen.values():
-        planner._take(option, free)
+    for placed in chosen.values():
+        planner._take(placed, free)
     ends = {j: o.end for j, o in chosen.items()}
     moved = 0
     for j in order(jobs):
