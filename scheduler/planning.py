@@ -395,7 +395,8 @@ def horizon_slots(base: int, pooled: list[int], jobs: list[tuple[datetime, int, 
 
 def with_urgent_pinned(problem: Problem, urgent: list[int]) -> Problem:
     """Each urgent (--now) job, in turn, must start in the first slot its devices are free from (now, unless
-    other urgent or running jobs hold them): no cheaper hour may draw it later."""
+    other urgent or running jobs hold them): no cheaper hour may draw it later. One waiting for queued predecessors
+    is not pinned (their end is the plan's to choose): its deadline, now plus its run, pulls them early instead."""
     if not urgent:
         return problem
     costing = Costing(problem)
@@ -404,6 +405,8 @@ def with_urgent_pinned(problem: Problem, urgent: list[int]) -> Problem:
     jobs = list(problem.jobs)
     for j in urgent:
         job = jobs[j]
+        if job.after:
+            continue
         if problem.nodes:  # where one node (or its mode's nodes) has room, not just the pool
             found = first_fit_on_nodes(costing, j, 0, on_nodes)
             if found is not None:

@@ -339,6 +339,23 @@ def test_sim_a_requeued_predecessor_holds_its_dependent_back_until_it_completes(
     assert r.store.get(second).started_at >= r.store.get(first).finished_at == runs[-1].end
 
 
+def test_sim_an_urgent_step_pulls_its_queued_predecessor_early_and_starts_when_it_ends(tmp_path: Path) -> None:
+    """In a dear hour: alone, the first step would wait for the cheap one. Its urgent (--now) dependent is planned
+    while it waits (it once had no plan: "no room in the horizon"), and both run at once, one after the other."""
+    r = trace_replay(tmp_path, start="2024-01-01T02:05:00Z")
+    first = r.submit(job_text(30, 'max_delay = "6h"\n'), "ann", 20000, "a.toml")
+    second = r.submit(job_text(20, f"after = [{first}]\n"), "ann", 20000, "b.toml", urgent=True)
+    r.tick(r.clock.now())
+    held = r.store.get(second)
+    assert held.state.value == "PENDING" and held.planned_start is not None, held.plan_reason
+    assert "--now" in (held.plan_reason or "") and held.planned_start - r.clock.now() <= timedelta(hours=1)
+    r.run_until(lambda: state(r, second) == "COMPLETED", r.clock.now() + timedelta(hours=6))
+    ran_first, ran_second = r.store.get(first), r.store.get(second)
+    assert ran_first.started_at == datetime(2024, 1, 1, 2, 5, tzinfo=timezone.utc)  # not the cheap 03:00
+    assert ran_second.started_at is not None and ran_first.finished_at is not None
+    assert timedelta(0) <= ran_second.started_at - ran_first.finished_at <= timedelta(minutes=1)
+
+
 def test_a_capacity_file_sets_the_pool_over_time_and_bad_rows_are_named(tmp_path: Path) -> None:
     good = tmp_path / "capacity.csv"
     good.write_text("start_utc,gpus\n2026-06-01T00:00:00Z,4\n2026-06-01T12:00:00Z,2\n")
