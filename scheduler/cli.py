@@ -582,7 +582,9 @@ def simulate(
         trace = signals or (Path(config.forecast.trace) if config.forecast.trace else None)
         realised = TraceProvider(trace)
         if not quiet:
-            say(f"simulating {len(history.jobs)} jobs ({history.format}) on {pool.most} GPUs, forecast "
+            links = sum(len(j.after) for j in history.jobs)
+            linked = f", {links} 'after' link{'s' if links != 1 else ''}" if links else ""
+            say(f"simulating {len(history.jobs)} jobs ({history.format}{linked}) on {pool.most} GPUs, forecast "
                 f"{mode.label}, replans of at most {config.planner.time_limit_s:g} s")
         result = run_simulation(history, config, realised, mode, pool, hindsight_limit, None if quiet else say)
         files = write_outputs(result, output)

@@ -1,7 +1,8 @@
 """One place that builds HiGHS models from column-wise arrays and keeps HiGHS off stdout.
 
-HiGHS prints its banner on stdout when the first instance is built, before any option can silence
-it; `gsched plan --json` owns stdout, so the banner is sent to stderr instead.
+HiGHS prints its banner (its version and licence) on stdout when the first instance is built, before any
+option can silence it; `gsched plan --json` owns stdout, and on stderr it read as noise between gsched's own
+progress lines, so it goes to /dev/null.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ def new_highs(time_limit_s: float) -> Any:
 
     sys.stdout.flush()
     saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(2, 1)
+        os.dup2(devnull, 1)
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+        os.close(devnull)
     h.setOptionValue("time_limit", float(max(time_limit_s, 0.01)))
     return h
 
