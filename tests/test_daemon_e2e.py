@@ -131,13 +131,19 @@ def test_concurrent_submits_none_lost_or_duplicated(daemon: DaemonProc, tmp_path
 def test_sigkilled_daemon_readopts_running_job(home: Path, tmp_path: Path) -> None:
     daemon = DaemonProc(home).start()
     try:
-        job_id = daemon.submit(sleeper(tmp_path, 4), "--now")
+        # it ends on `touch go`, after the restart: a fixed sleep could end while a loaded machine restarts the
+        # daemon, whose recovery then reads the result (right, but no re-adoption to see)
+        gated = write_job(tmp_path, "gated", 'command = ["sh", "-c", "while [ ! -e go ]; do sleep 0.1; done; '
+                                             'echo done"]\nduration = "1m"\nmax_delay = "1h"\n')
+        job_id = daemon.submit(gated, "--now")
         daemon.wait_state(job_id, {"RUNNING"})
         daemon.stop(signal.SIGKILL)
         daemon.start()
+        readopted = daemon.until(job_id, lambda j: any("re-adopted" in e["reason"] for e in j["events"]))
+        assert readopted["state"] == "RUNNING", readopted
+        (tmp_path / "go").touch()
         job = daemon.wait_state(job_id, {"COMPLETED", "FAILED"}, timeout_s=30)
         assert job["state"] == "COMPLETED"
-        assert any("re-adopted" in e["reason"] for e in job["events"])
         assert "done" in daemon.cli("logs", str(job_id), check=True).stdout
     finally:
         daemon.stop()

@@ -119,14 +119,16 @@ def test_a_failed_predecessor_cancels_its_dependents_and_theirs_and_runs_its_aft
 
 def test_a_restarted_daemon_keeps_holding_a_dependent_until_its_predecessor_ends(daemon: DaemonProc,
                                                                                tmp_path: Path) -> None:
-    first = daemon.submit(write_job(tmp_path, "first", SLEEP.format(s=15)), "--now")
+    first = daemon.submit(write_job(tmp_path, "first", GATED), "--now")  # ends on `touch go`, after the restart
     second = daemon.submit(write_job(tmp_path, "second", TRUE), "--now", "--after", str(first))
     daemon.wait_state(first, {"RUNNING"})
     daemon.until(second, lambda j: (j["reason"] or "").startswith("Dependency"))
     daemon.stop(signal.SIGKILL)
     daemon.start()
+    time.sleep(1)  # a tick or more of the restarted daemon
     held = daemon.show(second)
     assert held["state"] == "PENDING" and held["reason"].startswith("Dependency"), (held, daemon.show(first))
+    (tmp_path / "go").touch()
     done = daemon.wait_state(second, {"COMPLETED", "CANCELLED"}, timeout_s=60)
     assert done["state"] == "COMPLETED" and done["started_at"] >= daemon.show(first)["finished_at"], done
 

@@ -392,14 +392,17 @@ def test_a_running_job_survives_a_daemon_sigkill_and_completes_with_its_energy(b
     home = make_home()
     backend.homes.append(home)
     d = backend.daemon(CHEAP, home=home).start()
+    # it ends on `touch go`: a fixed sleep could end while a loaded machine restarts the daemon
     jid = d.submit(write_job(work, "long", job_text(
-        work, 'command = ["sh", "-c", "echo ran >> runs; sleep 8"]\nduration = "1m"\n')), "--now")
+        work, 'command = ["sh", "-c", "echo ran >> runs; while [ ! -e go ]; do sleep 0.1; done"]\n'
+              'duration = "1m"\n')), "--now")
     d.wait_state(jid, {"RUNNING"})
     d.stop(signal.SIGKILL)
     again = backend.daemon(CHEAP, home=home).start()
     try:
         time.sleep(1.5)  # a restart that lost the run would have ended it by now
         assert again.show(jid)["state"] == "RUNNING", again.show(jid)
+        (work / "go").touch()
         job = ended(again, jid)
         assert job["state"] == "COMPLETED", (job, again.stderr_path.read_text()[-3000:])
         assert job["energy_j"] > 0 and len(job["runs"]) == 1, job
