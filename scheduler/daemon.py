@@ -315,20 +315,17 @@ class Daemon:
                 queued = self.store.jobs(QUEUED)
                 continue
             by_id = {j.id: j for j in queued}
+            # A job waits only for jobs stored before it: by id, its predecessors are judged before it
             plannable: dict[int, bool] = {}
-
-            def can_plan(job_id: int) -> bool:
-                if job_id not in plannable:
-                    plannable[job_id] = False  # (no cycle can form: a job waits only for jobs stored before it)
-                    plannable[job_id] = all(d.kind != "afternotok" and (
-                        states[d.job_id] == JobState.RUNNING
-                        or (d.job_id in by_id and (d.job_id not in blocked or can_plan(d.job_id))))
-                        for d in blocked[job_id][0])
-                return plannable[job_id]
+            for job_id in sorted(blocked):
+                plannable[job_id] = all(d.kind != "afternotok" and (
+                    states[d.job_id] == JobState.RUNNING
+                    or (d.job_id in by_id and plannable.get(d.job_id, d.job_id not in blocked)))
+                    for d in blocked[job_id][0])
 
             plan_waits: dict[int, Wait] = {}
             for job_id, (pending, reason) in blocked.items():
-                if can_plan(job_id):
+                if plannable[job_id]:
                     plan_waits[job_id] = Wait([d.job_id for d in pending if d.job_id in by_id],
                                               [d.job_id for d in pending if states[d.job_id] == JobState.RUNNING],
                                               reason)

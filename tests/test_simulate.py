@@ -356,6 +356,23 @@ def test_sim_an_urgent_step_pulls_its_queued_predecessor_early_and_starts_when_i
     assert timedelta(0) <= ran_second.started_at - ran_first.finished_at <= timedelta(minutes=1)
 
 
+def test_sim_a_chain_of_three_hundred_steps_neither_stops_the_tick_nor_runs_out_of_order(tmp_path: Path) -> None:
+    """A user may queue a thousand jobs, each after the last: another user's job still runs at once, and the chain
+    runs one step after another, its tail waiting with its reason."""
+    r = trace_replay(tmp_path, start="2024-01-01T01:05:00Z")
+    ids = [r.submit(job_text(1, 'max_delay = "1h"\n'), "ann", 20000, "0.toml")]
+    for k in range(1, 300):
+        ids.append(r.submit(job_text(1, f'max_delay = "20h"\nafter = [{ids[-1]}]\n'), "ann", 20000, f"{k}.toml"))
+    other = r.submit(job_text(5, 'max_delay = "1h"\n'), "bo", 20001, "other.toml")
+    r.run_until(lambda: state(r, other) == "COMPLETED" and state(r, ids[2]) == "COMPLETED",
+                r.clock.now() + timedelta(hours=2))
+    assert state(r, other) == "COMPLETED" and [state(r, j) for j in ids[:3]] == ["COMPLETED"] * 3
+    last = r.store.get(ids[-1])
+    assert last.state.value == "PENDING" and (last.plan_reason or "").startswith(f"Dependency: waits for job {ids[-2]}")
+    first_runs = {run.job_id: run for run in r.executor.runs}
+    assert first_runs[ids[1]].start >= first_runs[ids[0]].end and first_runs[ids[2]].start >= first_runs[ids[1]].end
+
+
 def test_a_capacity_file_sets_the_pool_over_time_and_bad_rows_are_named(tmp_path: Path) -> None:
     good = tmp_path / "capacity.csv"
     good.write_text("start_utc,gpus\n2026-06-01T00:00:00Z,4\n2026-06-01T12:00:00Z,2\n")
