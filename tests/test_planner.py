@@ -340,8 +340,10 @@ def test_a_converged_replan_returns_before_its_limit_and_says_why() -> None:
 
 
 def test_the_neighbourhood_search_solves_a_group_once_while_the_plan_stands() -> None:
-    """On no more jobs than a group holds, every group (each late job's, and the sweep's) is all of them: sweeps that
-    gain nothing solve that MILP once, not once per group and sweep (an 8-job replan solved it 16 times)."""
+    """On no more jobs than a group holds, the sweep's group is all of them: sweeps that gain nothing solve that MILP
+    once, not once per group and sweep (an 8-job replan solved it 16 times). Each MILP gets far more than the 0.1 s
+    it needs: under CI's load a 1 s cap cut one off, and the smaller groups that follow a cut-off MILP are another
+    (correct) path than the one this test checks."""
     import time
 
     from scheduler.planner.improve import candidates, neighbourhoods
@@ -350,9 +352,11 @@ def test_the_neighbourhood_search_solves_a_group_once_while_the_plan_stands() ->
     planner = Planner(_busy_day(7, 12, 4))
     chosen = planner.fifo()
     columns, _truncated = candidates(planner, chosen, None, math.inf, 3000)
-    neighbourhoods(planner, chosen, columns, time.monotonic() + 60, {})  # to where it gains nothing more
+    # to where it gains nothing more
+    neighbourhoods(planner, chosen, columns, time.monotonic() + 600, {}, step_limit_s=120)
+    assert not any(option.late for option in chosen.values())  # else a late job's group is a second one
     stats: dict = {}
-    assert not neighbourhoods(planner, chosen, columns, time.monotonic() + 60, stats)
+    assert not neighbourhoods(planner, chosen, columns, time.monotonic() + 600, stats, step_limit_s=120)
     assert stats["lns_sweeps"] == 2 and stats["lns_windows"] == 1, stats
 
 

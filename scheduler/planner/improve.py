@@ -196,13 +196,15 @@ def milp(planner: Planner, columns: dict[int, list[Option]], capacity: np.ndarra
 
 
 def neighbourhoods(planner: Planner, chosen: dict[int, Option], columns: list[list[Option]] | Columns,
-                   deadline_s: float, stats: dict[str, float | str], rotate: int = 0) -> bool:
+                   deadline_s: float, stats: dict[str, float | str], rotate: int = 0,
+                   step_limit_s: float = LNS_STEP_S) -> bool:
     """Large neighbourhood search: free a group of jobs, keep the others, and let a small MILP re-place the
     freed ones over their whole candidate sets. A group is each late job with the jobs in its way, then runs of
     consecutive jobs in start order, half overlapping, sweeping the horizon. The group's size adapts to what
     the MILP proves in its step: larger while it solves them to optimality quickly, smaller while it is cut off
     (a fixed time window freed 330 jobs at a time on a full week of 2,000, and no MILP finished). The search
-    ends after two sweeps without a gain (the second shifted by a quarter group)."""
+    ends after two sweeps without a gain (the second shifted by a quarter group). ``step_limit_s`` caps each
+    group's MILP."""
     n = len(chosen)
     size = min(n, int(stats.get("lns_jobs") or LNS_JOBS))
     free = planner.costing.capacity.copy()
@@ -242,7 +244,7 @@ def neighbourhoods(planner: Planner, chosen: dict[int, Option], columns: list[li
             if isinstance(columns, Columns):
                 columns.build(freed)
             # the MILP's own time decides the group's size: building a job's candidates once is not its cost
-            step_s = min(LNS_STEP_S, deadline_s - 0.1 - time.monotonic())
+            step_s = min(step_limit_s, deadline_s - 0.1 - time.monotonic())
             began = time.monotonic()
             picked, status = milp(planner, {j: columns[j] for j in freed}, capacity, chosen, step_s)
             took = time.monotonic() - began
