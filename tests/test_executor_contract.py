@@ -191,10 +191,8 @@ def test_a_command_job_runs_in_its_submitters_environment_as_its_export_says(bac
         assert seen["none"][0] == "unset" and "/opt/mark/bin" not in seen["none"][1], seen
         assert seen["path"][0] == "unset" and seen["path"][1].startswith("/opt/mark/bin:"), seen
         assert seen["table"][0] == "from-the-file", seen
-        for values in seen.values():  # gsched's device settings, never the shell's
-            assert values[2] != "99", seen
-            if backend.kind == "local":
-                assert values[3] != "64", seen
+        for values in seen.values():  # gsched's device and CPU settings, never the shell's
+            assert values[2] != "99" and values[3] == "1", seen  # one device, or Slurm's one CPU for one task
         if backend.holds:  # the run files that carry the environment to the nodes are the owner's alone
             for runfile in (backend.base / "shared").glob("*/run-*.json"):
                 assert runfile.stat().st_mode & 0o077 == 0, runfile

@@ -158,6 +158,24 @@ def test_a_slurm_runs_result_is_read_without_following_links_and_bounded(tmp_pat
     assert runs.read_result(5, "tok", 3) == {"exit_code": 0} and runs.read_result(5, "tok", 4) is None
 
 
+def test_a_slurm_run_s_threads_are_the_cpus_slurm_gave_it_shared_by_its_processes() -> None:
+    """Without task binding torch starts a thread per core of the node in every process: on a shared node that
+    oversubscribes (a 1-GPU job with 2 threads on a busy 2-core host took 3x as long, for twice the CPU)."""
+    from scheduler.executor.runner import from_slurm
+
+    def threads(environ: dict[str, str], processes: int | None, env: dict[str, str]) -> str | None:
+        spec = {"result_path": "/s/r-{restart}.json", "token": "t", "env": dict(env), "inherit_env": [],
+                **({"processes": processes} if processes is not None else {})}
+        return from_slurm(spec, environ)["env"].get("OMP_NUM_THREADS")
+
+    assert threads({"SLURM_CPUS_ON_NODE": "8"}, 2, {}) == "4"  # a 2-GPU DDP workload: 4 threads a process
+    assert threads({"SLURM_CPUS_ON_NODE": "8"}, 1, {"OMP_NUM_THREADS": "64"}) == "8"  # not the shell's 64
+    assert threads({"SLURM_CPUS_ON_NODE": "1"}, 4, {}) == "1"  # never none
+    assert threads({"SLURM_CPUS_ON_NODE": "6"}, None, {}) == "6"  # a run file from before the split: one process
+    assert threads({}, 1, {"OMP_NUM_THREADS": "3"}) == "3"  # no allocation to go by: the job's own stands
+    assert threads({"SLURM_CPUS_ON_NODE": "x"}, 1, {}) is None
+
+
 def test_each_node_s_runner_joins_the_rendezvous_at_the_first_node_and_writes_its_own_result() -> None:
     from scheduler.executor.procs import TOKEN_VAR
     from scheduler.executor.runner import from_slurm

@@ -124,6 +124,7 @@ class Launcher:
         return {
             "token": token,
             "argv": spec.argv(sys.executable, processes, nodes),
+            "processes": processes if spec.workload is not None else 1,  # on each node: they share its CPUs
             "cwd": spec.workdir,
             "env": self.job_env(job_id, spec, devices, owner_uid, mode, token),
             "uid": owner_uid,

@@ -215,6 +215,11 @@ def from_slurm(spec: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
     for name in spec.get("inherit_env", ()):
         if name in environ:
             spec["env"][name] = environ[name]
+    cpus = environ.get("SLURM_CPUS_ON_NODE", "")
+    if cpus.isdigit() and int(cpus) > 0:
+        # As on a local run: the threads are the CPUs the run was given, shared by its processes, whatever the
+        # submitter's shell said (torch's default, every core of the node, oversubscribes a shared node).
+        spec["env"]["OMP_NUM_THREADS"] = str(max(1, int(cpus) // max(1, int(spec.get("processes") or 1))))
     visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
     spec["device_uuids"] = visible
     spec["env"].update(GSCHED_DEVICES=",".join(visible), GSCHED_NUM_DEVICES=str(max(1, len(visible))))

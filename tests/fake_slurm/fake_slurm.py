@@ -86,7 +86,8 @@ def launch(job: dict, now: int) -> None:
     """Run the batch script detached, as slurmd would on the node; its exit status lands in a file."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(map(str, range(gpus_of(job)))),
            "SLURM_JOB_ID": str(job["job_id"]), "SLURM_RESTART_COUNT": str(job["restart_cnt"]),
-           "SLURM_JOB_GPUS": ",".join(map(str, range(gpus_of(job)))), "SLURMD_NODENAME": "node1"}
+           "SLURM_JOB_GPUS": ",".join(map(str, range(gpus_of(job)))), "SLURMD_NODENAME": "node1",
+           "SLURM_CPUS_ON_NODE": "1"}  # Slurm's default allocation: one CPU for the one task
     exit_file(job).unlink(missing_ok=True)
     with open(job["output"], "ab") as out:
         # slurmstepd stands outside the job's process group; this wrapper shares it, so it traps TERM (a handler,
