@@ -23,6 +23,10 @@ from scheduler.client import Client
 from scheduler.errors import GschedError
 
 ROOT = Path(__file__).resolve().parents[1]
+# Three workers share two cores: torch's default of a thread per core in every process they start spins on
+# descheduled threads (a 20,000-step run took 3x the time, and 3.7x the CPU, beside two busy processes). A test
+# that needs another count, or a daemon's run that gsched gives one, sets its own.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 EXAMPLES = ROOT / "jobs" / "examples"
 
 TEST_CONFIG = """
