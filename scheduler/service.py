@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import sys
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from scheduler.store import Store
 
 log = logging.getLogger("gsched")
+STOP_STACKS_AFTER_S = 20.0  # under the tests' 30 s and systemd's TimeoutStopSec
 
 
 def _setup_logging(level: str) -> None:
@@ -168,7 +170,11 @@ def run_daemon(config: Config) -> None:
         server.shutdown()  # each step logged: a stop once hung past 30 s under load, step unknown
         server.server_close()
         log.info("API closed; finishing the tick and forecast fetch in flight")
+        # A stop has hung past 30 s under load after this line: if it does again, every thread's stack goes to
+        # the journal, so the step that holds it is known.
+        faulthandler.dump_traceback_later(STOP_STACKS_AFTER_S, file=sys.stderr)
         daemon.stop()
+        faulthandler.cancel_dump_traceback_later()
         store.close()
         paths.socket.unlink(missing_ok=True)
         log.info("gsched daemon stopped; running jobs were left running")
