@@ -91,8 +91,10 @@ def test_a_preemptible_job_pauses_through_dear_hours_survives_a_daemon_kill_and_
         tmp_path: Path) -> None:
     d = elastic_daemon(alternating_trace(tmp_path / "trace.csv"), speed=360)  # an hour is 10 s
     try:
+        # Twelve cheap hours before the deadline for about three hours of work: a machine three times as slow as
+        # planned (the rate learned from its first run) still never needs a dear hour
         body = ('workload = "jobs.linear"\nsteps = 20000\nargs = { seed = 11 }\npreemptible = true\n'
-                'resume_overhead_minutes = 15\ndeadline = "2024-01-01T12:00:00Z"\n')
+                'resume_overhead_minutes = 15\ndeadline = "2024-01-02T00:00:00Z"\n')
         jid = d.submit(write_job(tmp_path, "elastic", body))
         job = d.wait_state(jid, {"PLANNED", "RUNNING"})
         assert len(job["segments"]) >= 2 and job["pause_at"], job  # its work spans more than one cheap hour
@@ -124,14 +126,17 @@ def test_a_job_allowed_one_or_two_devices_runs_a_segment_on_each(tmp_path: Path)
         jid = d.submit(write_job(tmp_path, "wide", body))
         job = d.wait_state(jid, {"PLANNED", "RUNNING"})
         assert sorted({s["gpus"] for s in job["segments"]}) == [1, 2], job["segments"]
+        first_gpus = job["segments"][0]["gpus"]
         # Either order costs the same; on this CPU two-process DDP runs far below the model's 1.87x (gloo's
         # all-reduce per step), so with the 2-device segment last the work takes minutes of real time, not seconds.
         job = d.wait_state(jid, {"COMPLETED", "FAILED"}, timeout_s=480)
     finally:
         d.stop()
     assert job["state"] == "COMPLETED", job
-    assert {1, 2} <= {r["gpus"] for r in job["runs"]}, job["runs"]
-    assert any(r["metrics"]["world_size"] == 2 for r in job["runs"])
+    # Its first run follows the first segment. What follows depends on the machine's speed: the rate learned from
+    # that run replans the rest, and a job behind its deadline runs the rest on both devices (seen under CI's load)
+    assert job["runs"][0]["gpus"] == first_gpus, (first_gpus, job["runs"])
+    assert any(r["gpus"] == 2 and r["metrics"]["world_size"] == 2 for r in job["runs"]), job["runs"]
     steps_add_up(job, 40000)
 
 
