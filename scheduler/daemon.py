@@ -74,6 +74,10 @@ class Daemon:
         executor.notify = self.wake
         self.uid = os.geteuid()
         self._tick_lock = threading.Lock()
+        # Held while a wake moves the tick, and by stop before the scheduler's shutdown: that shutdown holds the
+        # scheduler's job-store lock while it waits for the forecast fetch in flight, and a fetch that brought new
+        # data wakes the daemon through that same lock, so a wake once the stop began would wait forever.
+        self._wake_lock = threading.Lock()
         self._again = threading.Event()
         self._dirty = threading.Event()  # something changed that the plan must follow
         self._stopping = threading.Event()
@@ -97,19 +101,21 @@ class Daemon:
 
     def start(self) -> None:
         self.recover()
-        self._scheduler = BackgroundScheduler(timezone=timezone.utc)  # in-memory job store: ticks only
+        scheduler = BackgroundScheduler(timezone=timezone.utc)  # in-memory job store: ticks only
         if self._events:
             self._driver = threading.Thread(target=self.drive_events, name="event-clock", daemon=True)
             self._driver.start()
         else:
-            self._scheduler.add_job(self.tick, "interval", seconds=self.config.daemon.tick_s, id="tick",
-                                    max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
+            scheduler.add_job(self.tick, "interval", seconds=self.config.daemon.tick_s, id="tick",
+                              max_instances=1, coalesce=True, next_run_time=datetime.now(timezone.utc))
         refresh = getattr(self.provider, "refresh", None)
         if refresh is not None:  # live providers: fetch now, then every forecast.refresh_minutes
-            self._scheduler.add_job(self._refresh_forecast, "interval", id="forecast", max_instances=1,
-                                    coalesce=True, seconds=self.config.forecast.refresh_minutes * 60,
-                                    next_run_time=datetime.now(timezone.utc))
-        self._scheduler.start()
+            scheduler.add_job(self._refresh_forecast, "interval", id="forecast", max_instances=1,
+                              coalesce=True, seconds=self.config.forecast.refresh_minutes * 60,
+                              next_run_time=datetime.now(timezone.utc))
+        scheduler.start()
+        with self._wake_lock:  # a wake from now on finds the tick it moves
+            self._scheduler = scheduler
 
     def _refresh_forecast(self) -> None:
         try:
@@ -120,7 +126,8 @@ class Daemon:
 
     def stop(self) -> None:
         """Stop ticking. Running jobs are left alone: they outlive us and are recovered at the next start."""
-        self._stopping.set()  # a tick in flight finishes its pass and does not start another
+        with self._wake_lock:
+            self._stopping.set()  # a tick in flight finishes its pass and does not start another
         self._woken.set()
         if self._driver is not None:
             self._driver.join()
@@ -136,11 +143,10 @@ class Daemon:
         self._woken.set()
         if self._tick_lock.locked():
             self._again.set()
-        elif self._scheduler is not None and not self._events:
-            try:
-                self._scheduler.modify_job("tick", next_run_time=datetime.now(timezone.utc))
-            except Exception:  # the scheduler is shutting down
-                pass
+        elif not self._events:
+            with self._wake_lock:
+                if self._scheduler is not None and not self._stopping.is_set():
+                    self._scheduler.modify_job("tick", next_run_time=datetime.now(timezone.utc))
 
     def recover(self) -> None:
         """After a (re)start: the executor re-attaches to the runs the store's handles name, or reports them gone."""

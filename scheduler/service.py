@@ -167,11 +167,11 @@ def run_daemon(config: Config) -> None:
         sd_notify("STOPPING=1")
         if metrics is not None:
             metrics.shutdown()
-        server.shutdown()  # each step logged: a stop once hung past 30 s under load, step unknown
+        server.shutdown()
         server.server_close()
         log.info("API closed; finishing the tick and forecast fetch in flight")
-        # A stop has hung past 30 s under load after this line: if it does again, every thread's stack goes to
-        # the journal, so the step that holds it is known.
+        # A stop that takes longer than systemd's patience should say where it is: every thread's stack goes to
+        # the journal (a deadlock between a forecast fetch's wake and the scheduler's shutdown once hung one).
         faulthandler.dump_traceback_later(STOP_STACKS_AFTER_S, file=sys.stderr)
         daemon.stop()
         faulthandler.cancel_dump_traceback_later()

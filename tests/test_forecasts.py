@@ -368,3 +368,51 @@ priority = 2
     finally:
         daemon.stop()
         daemon.kill_runners()
+
+
+def test_a_stop_while_a_forecast_fetch_brings_new_data_ends(tmp_path: Path) -> None:
+    """The scheduler's shutdown waits for the fetch in flight while holding its job-store lock; a fetch that then
+    brings new data wakes the daemon, which moves the tick under that lock. That wake must not wait for the
+    shutdown (a stop hung for good under CI's load)."""
+    import threading
+
+    from scheduler.clock import ScaledClock
+    from scheduler.config import Paths
+    from scheduler.daemon import Daemon
+    from scheduler.forecasts.trace import TraceProvider
+    from scheduler.service import build_executor
+
+    class HeldFetch(TraceProvider):
+        """Each fetch waits until the test lets it go, then says new data came."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fetching, self.release = threading.Event(), threading.Event()
+
+        def refresh(self) -> bool:
+            self.fetching.set()
+            self.release.wait(30)
+            return True
+
+    config = parse_config('[devices]\ngpus = "none"\ncpu_devices = 1\n[daemon]\ntick_s = 3600\n', "test")
+    paths = Paths(home=tmp_path / "home", socket=tmp_path / "home" / "gsched.sock")
+    store = Store(paths.db)
+    clock = ScaledClock(1.0)
+    provider = HeldFetch()
+    daemon = Daemon(config, paths, store, clock, build_executor(config, paths, store, clock), provider, {})
+    daemon.start()
+    assert provider.fetching.wait(10)
+    scheduler = daemon._scheduler
+    deadline = time.monotonic() + 10  # the start's tick has run (the next is an hour away): the wake moves the tick
+    while (scheduler.get_job("tick").next_run_time <= datetime.now(UTC) or daemon._tick_lock.locked()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stopper = threading.Thread(target=daemon.stop, daemon=True)
+    stopper.start()
+    deadline = time.monotonic() + 10
+    while scheduler.running and time.monotonic() < deadline:  # the shutdown has begun: it waits for the fetch
+        time.sleep(0.01)
+    provider.release.set()
+    stopper.join(10)
+    assert not stopper.is_alive(), "the stop waits for a wake that waits for the stop"
+    store.close()
