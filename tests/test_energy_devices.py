@@ -162,3 +162,35 @@ def test_daemon_caps_a_gpu_job_and_restores_the_limit_after(tmp_path: Path) -> N
     assert done.state.value == "COMPLETED" and "power_restore" not in json.loads(done.run_handle)
     assert gpus[0].limit_mw == 300_000 and gpus[0].set_calls == [200_000, 300_000]
     assert store.measurements(job.id)[0].energy_source == "estimate"
+
+
+def test_a_local_gpu_run_s_threads_are_its_gpus_share_of_the_host_s_cpus(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 CPUs and 4 GPUs: each GPU brings 4 threads to its run, shared by the run's processes (a workload's DDP
+    runs one a GPU, a command one in all), whatever the job's environment says."""
+    from datetime import datetime, timezone
+
+    from scheduler.config import Config, Paths
+    from scheduler.devices import Device
+    from scheduler.executor.launch import Launcher
+    from scheduler.executor.local import LocalExecutor
+    from scheduler.jobfile import parse_job
+    from scheduler.store import Store
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
+    devices = [Device(i, f"GPU-{i}", "fake GPU", "gpu", 80 * 1024, 300.0, 100.0, 300.0, True) for i in range(4)]
+    paths = Paths(home=tmp_path / "home", socket=tmp_path / "home" / "gsched.sock")
+    store = Store(paths.db)
+    config = Config()
+    executor = LocalExecutor(config, paths, store, devices, Launcher(paths, config))
+    now = datetime.now(timezone.utc)
+    command = 'command = ["true"]\nduration = "10m"\nmax_delay = "1h"\n[env]\nOMP_NUM_THREADS = "64"\n'
+    for text, gpus, threads in ((command, 1, "4"), (command.replace('"10m"', '"10m"\ngpus = 2'), 2, "8"),
+                                ('workload = "jobs.linear"\nsteps = 10\ngpus = 2\nmax_delay = "1h"\n', 2, "4")):
+        spec = parse_job(text, source="j.toml", base_dir=tmp_path, now=now)
+        job = store.add_job(spec, owner_uid=os.geteuid(), owner_name="me", urgent=False, now=now)
+        intent = executor.prepare(job, spec, {"gpus": gpus}, now)
+        run = json.loads((paths.runs / str(job.id) / f"run-{intent.handle['token']}.json").read_text())
+        assert run["env"]["OMP_NUM_THREADS"] == threads, (text, run["env"])
+        assert run["env"]["CUDA_VISIBLE_DEVICES"] == ",".join(f"GPU-{i}" for i in range(gpus))
+    store.close()

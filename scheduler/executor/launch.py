@@ -75,7 +75,8 @@ class Launcher:
         return self.paths.runs / str(job_id) / "work"
 
     def job_env(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int,
-                mode: dict[str, Any] | None = None, token: str = "") -> dict[str, str]:
+                mode: dict[str, Any] | None = None, token: str = "", cpus_per_gpu: int = 1) -> dict[str, str]:
+        """``cpus_per_gpu``: a local GPU's share of the host's CPUs, for its run's torch threads."""
         mode = mode or {}
         try:
             account = pwd.getpwuid(owner_uid)
@@ -112,13 +113,18 @@ class Launcher:
             CUDA_VISIBLE_DEVICES=uuids if devices and devices[0].kind == "gpu" else "",
         )
         env[TOKEN_VAR] = token
-        if devices and devices[0].kind == "cpu":  # the devices gsched gave the run, whatever the submitter's shell says
-            env["OMP_NUM_THREADS"] = "1" if spec.workload and len(devices) > 1 else str(len(devices))
+        if devices:  # the CPUs gsched gave the run, shared by its processes, whatever the submitter's shell says:
+            # torch's default, a thread per core of the host in every process, oversubscribes a shared host
+            cpus = len(devices) * (1 if devices[0].kind == "cpu" else cpus_per_gpu)
+            processes = len(devices) if spec.workload else 1  # a workload runs a DDP process per device
+            env["OMP_NUM_THREADS"] = str(max(1, cpus // processes))
+        if devices and devices[0].kind == "cpu":
             env["GLOO_SOCKET_IFNAME"] = "lo"  # DDP between processes on this host
         return env
 
     def runfile(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int,
-                mode: dict[str, Any] | None, token: str, processes: int, nodes: int = 1) -> dict[str, Any]:
+                mode: dict[str, Any] | None, token: str, processes: int, nodes: int = 1,
+                cpus_per_gpu: int = 1) -> dict[str, Any]:
         """What the runner reads: the program, its environment and the limits of one run (``processes`` on each
         of ``nodes``)."""
         return {
@@ -126,7 +132,7 @@ class Launcher:
             "argv": spec.argv(sys.executable, processes, nodes),
             "processes": processes if spec.workload is not None else 1,  # on each node: they share its CPUs
             "cwd": spec.workdir,
-            "env": self.job_env(job_id, spec, devices, owner_uid, mode, token),
+            "env": self.job_env(job_id, spec, devices, owner_uid, mode, token, cpus_per_gpu),
             "uid": owner_uid,
             "gid": owner_gid,
             "device_kind": devices[0].kind if devices else "gpu",
@@ -140,7 +146,7 @@ class Launcher:
         }
 
     def prepare(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int, owner_gid: int,
-                mode: dict[str, Any] | None, token: str) -> Path:
+                mode: dict[str, Any] | None, token: str, cpus_per_gpu: int = 1) -> Path:
         """Everything a run needs before its runner starts: its directories, cgroup and run file."""
         run_dir = self.paths.runs / str(job_id)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -155,7 +161,8 @@ class Launcher:
         result.unlink(missing_ok=True)
         group = self.group(job_id, token)
         group.create()
-        runfile = {**self.runfile(job_id, spec, devices, owner_uid, owner_gid, mode, token, len(devices)),
+        runfile = {**self.runfile(job_id, spec, devices, owner_uid, owner_gid, mode, token, len(devices),
+                                  cpus_per_gpu=cpus_per_gpu),
                    "claim_path": str(self.claim_path(job_id, token)),
                    "cgroup": str(group.cgroup) if group.cgroup else None,
                    "result_path": str(result)}

@@ -10,6 +10,7 @@ finds an unclaimed intent takes the start back (Launcher.give_up), so the run ne
 from __future__ import annotations
 
 import json
+import os
 import logging
 import secrets
 import shutil
@@ -44,6 +45,8 @@ class LocalExecutor(Executor):
                  power: PowerLimiter | None = None) -> None:
         self.config, self.paths, self.store, self.devices = config, paths, store, devices
         self.launcher = launcher
+        gpus = sum(d.kind == "gpu" for d in devices)
+        self.cpus_per_gpu = max(1, len(os.sched_getaffinity(0)) // gpus) if gpus else 1  # each GPU's share
         base = launcher.cgroup_base
         self.where = f"in cgroups under {base}" if base else "in process groups (no writable cgroup v2)"
         self.power = power  # set only for a root daemon on GPUs with devices.power_limits = "auto"
@@ -80,7 +83,7 @@ class LocalExecutor(Executor):
                 self.store.note(job.id, at=now, reason=f"power cap not set: {exc}")
         uid, gid = acting_ids(job.owner_uid, job.owner_uid)
         try:
-            self.launcher.prepare(job.id, spec, devices, uid, gid, mode, handle["token"])
+            self.launcher.prepare(job.id, spec, devices, uid, gid, mode, handle["token"], self.cpus_per_gpu)
         except OSError as exc:
             self._restore_power(job.id, handle)
             raise LaunchFailed(f"cannot prepare the run: {exc}") from exc
