@@ -75,8 +75,10 @@ class Launcher:
         return self.paths.runs / str(job_id) / "work"
 
     def job_env(self, job_id: int, spec: JobSpec, devices: list[Device], owner_uid: int,
-                mode: dict[str, Any] | None = None, token: str = "", cpus_per_gpu: int = 1) -> dict[str, str]:
-        """``cpus_per_gpu``: a local GPU's share of the host's CPUs, for its run's torch threads."""
+                mode: dict[str, Any] | None = None, token: str = "", processes: int = 1,
+                cpus_per_gpu: int = 1) -> dict[str, str]:
+        """``processes``: the run's processes on this host; ``cpus_per_gpu``: a local GPU's share of the host's CPUs.
+        Together they set the run's torch threads."""
         mode = mode or {}
         try:
             account = pwd.getpwuid(owner_uid)
@@ -116,8 +118,7 @@ class Launcher:
         if devices:  # the CPUs gsched gave the run, shared by its processes, whatever the submitter's shell says:
             # torch's default, a thread per core of the host in every process, oversubscribes a shared host
             cpus = len(devices) * (1 if devices[0].kind == "cpu" else cpus_per_gpu)
-            processes = len(devices) if spec.workload else 1  # a workload runs a DDP process per device
-            env["OMP_NUM_THREADS"] = str(max(1, cpus // processes))
+            env["OMP_NUM_THREADS"] = str(max(1, cpus // max(1, processes)))
         if devices and devices[0].kind == "cpu":
             env["GLOO_SOCKET_IFNAME"] = "lo"  # DDP between processes on this host
         return env
@@ -127,12 +128,13 @@ class Launcher:
                 cpus_per_gpu: int = 1) -> dict[str, Any]:
         """What the runner reads: the program, its environment and the limits of one run (``processes`` on each
         of ``nodes``)."""
+        per_node = processes if spec.workload is not None else 1  # a command is one process; they share the CPUs
         return {
             "token": token,
             "argv": spec.argv(sys.executable, processes, nodes),
-            "processes": processes if spec.workload is not None else 1,  # on each node: they share its CPUs
+            "processes": per_node,
             "cwd": spec.workdir,
-            "env": self.job_env(job_id, spec, devices, owner_uid, mode, token, cpus_per_gpu),
+            "env": self.job_env(job_id, spec, devices, owner_uid, mode, token, per_node, cpus_per_gpu),
             "uid": owner_uid,
             "gid": owner_gid,
             "device_kind": devices[0].kind if devices else "gpu",

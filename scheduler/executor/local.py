@@ -10,8 +10,8 @@ finds an unclaimed intent takes the start back (Launcher.give_up), so the run ne
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import secrets
 import shutil
 import signal
